@@ -1,0 +1,387 @@
+"""The `peon` command: admin CLI over the same services the bot uses.
+
+Exit codes: 0 success, 1 a one-line error, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from bot import __version__
+from bot.app import Services, open_services
+from bot.errors import ConfigError, PeonError, StartFailed
+from bot.models import Phase, ProgressEvent, PullProgress
+from bot.settings import Settings, config_path, load_settings
+from bot.warplans import (
+    WarplanError,
+    dump_warplan,
+    import_peon_plan,
+    load_catalog,
+    load_warplan,
+    warplan_json_schema,
+)
+
+log = logging.getLogger("peon")
+BAR_WIDTH = 30
+
+
+class UsageError(Exception):
+    """Bad command-line usage: exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="peon", description="Run game servers as Docker containers.")
+    p.add_argument("--config", help="config file (default: $PEON_CONFIG or config/peon.yaml)")
+    p.add_argument("--version", action="version", version=f"peon {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="group", required=True)
+
+    wp = sub.add_parser("warplan", help="war plans: per-game recipes")
+    wsub = wp.add_subparsers(dest="action", required=True)
+    wsub.add_parser("list", help="list loaded plans and files that failed")
+    s = wsub.add_parser("show", help="show one plan")
+    s.add_argument("name")
+    s = wsub.add_parser("validate", help="validate a plan file or a folder of them")
+    s.add_argument("path")
+    s = wsub.add_parser("import", help="convert a PEON plan.json into a war plan")
+    s.add_argument("path")
+    s.add_argument("-o", "--output", help="write here (default: warplans/<name>.yaml)")
+    s.add_argument("--stdout", action="store_true", help="print instead of writing a file")
+    s = wsub.add_parser("schema", help="print the war plan JSON Schema")
+
+    sv = sub.add_parser("server", help="game servers")
+    ssub = sv.add_subparsers(dest="action", required=True)
+    s = ssub.add_parser("create", help="create a server from a war plan")
+    s.add_argument("warplan")
+    s.add_argument("name")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a war plan variable (repeatable)")
+    for action in ("start", "stop", "restart", "status"):
+        s = ssub.add_parser(action, help=f"{action} a server")
+        s.add_argument("name")
+    s = ssub.add_parser("logs", help="last log lines")
+    s.add_argument("name")
+    s.add_argument("-n", "--tail", type=int, default=100)
+    s = ssub.add_parser("update", help="pull a newer image and recreate, keeping data")
+    s.add_argument("name")
+    s.add_argument("--no-pull", action="store_true", help="recreate from the local image")
+    s = ssub.add_parser("delete", help="delete a server (data kept unless --purge)")
+    s.add_argument("name")
+    s.add_argument("--purge", action="store_true", help="also delete its data volumes")
+    s.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    s = ssub.add_parser("console", help="send a console command to a running server")
+    s.add_argument("name")
+    s.add_argument("command")
+    ssub.add_parser("list", help="list servers")
+    s = ssub.add_parser("audit", help="recent audit log")
+    s.add_argument("name", nargs="?")
+    s.add_argument("-n", "--limit", type=int, default=20)
+
+    sub.add_parser("check", help="check config, war plans, database and Docker")
+    sub.add_parser("run", help="run the Discord bot")
+    return p
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        return f"cli:uid{os.getuid()}"
+
+
+def _parse_sets(items: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set takes KEY=VALUE, got '{item}'")
+        out[key.strip()] = value
+    return out
+
+
+class ProgressPrinter:
+    """Pull progress as a bar on a terminal, plain step lines otherwise."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._bar_open = False
+
+    async def __call__(self, event: ProgressEvent) -> None:
+        if isinstance(event, PullProgress):
+            if not self.tty:
+                return
+            frac = event.fraction or 0.0
+            filled = int(frac * BAR_WIDTH)
+            mb = f"{event.current / 1e6:.0f}/{event.total / 1e6:.0f} MB" if event.total else ""
+            self.stream.write(f"\r  [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
+                              f"{frac * 100:3.0f}% {mb} ({event.layers_done}/{event.layers} "
+                              "layers)")
+            self.stream.flush()
+            self._bar_open = True
+            return
+        assert isinstance(event, Phase)
+        if self._bar_open:
+            self.stream.write("\n")
+            self._bar_open = False
+        detail = f": {event.detail}" if event.detail else ""
+        self.stream.write(f"{event.server}: {event.step}{detail}\n")
+        self.stream.flush()
+
+
+def _table(rows: list[list[str]], out: IO[str]) -> None:
+    if not rows:
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return f"{d}d{h}h" if d else f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _confirm(question: str, expected: str, stdin: IO[str], out: IO[str]) -> bool:
+    out.write(f"{question} Type '{expected}' to confirm: ")
+    out.flush()
+    return stdin.readline().strip() == expected
+
+
+async def _warplan(args: argparse.Namespace, settings: Settings, out: IO[str]) -> int:
+    if args.action == "list":
+        catalog = load_catalog(settings.warplans_dir)
+        _table([["NAME", "TITLE", "IMAGE"]] + [[p.name, p.title, p.image]
+                                               for p in catalog.plans.values()], out)
+        for err in catalog.errors:
+            out.write(f"error: {err}\n")
+        return 1 if catalog.errors else 0
+    if args.action == "show":
+        catalog = load_catalog(settings.warplans_dir)
+        out.write(dump_warplan(catalog.get(args.name)))
+        return 0
+    if args.action == "validate":
+        path = Path(args.path)
+        if path.is_dir():
+            catalog = load_catalog(path)
+            for name in catalog.names():
+                out.write(f"ok: {catalog.sources[name]}\n")
+            for err in catalog.errors:
+                out.write(f"error: {err}\n")
+            return 1 if catalog.errors or not catalog.plans else 0
+        plan = load_warplan(path)
+        out.write(f"ok: {path} ({plan.title})\n")
+        return 0
+    if args.action == "schema":
+        out.write(json.dumps(warplan_json_schema(), indent=2) + "\n")
+        return 0
+    if args.action == "import":
+        result = import_peon_plan(Path(args.path))
+        for item in result.unmapped:
+            sys.stderr.write(f"not mapped: {item}\n")
+        if args.stdout:
+            out.write(result.yaml_text)
+            return 0
+        target = Path(args.output) if args.output else (
+            settings.warplans_dir / f"{result.plan.name}.yaml")
+        if target.exists():
+            raise PeonError(f"{target} already exists; choose another --output.")
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        tmp.write_text(result.yaml_text, encoding="utf-8")
+        tmp.replace(target)  # no half-written plan is ever picked up by the loader
+        out.write(f"wrote {target} (war plan '{result.plan.name}')\n")
+        return 0
+    raise UsageError(f"unknown warplan action {args.action}")
+
+
+async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: IO[str]) -> int:
+    servers = svc.servers
+    actor = _actor()
+    progress = ProgressPrinter(sys.stderr)
+    if args.action not in ("list", "status", "logs", "audit"):
+        report = await servers.reconcile(actor)
+        for line in report.lines():
+            sys.stderr.write(f"reconciled: {line}\n")
+    if args.action == "create":
+        values = _parse_sets(args.set)
+        record = await servers.create(args.warplan, args.name, values, actor=actor,
+                                      progress=progress)
+        ports = ", ".join(f"{p.name} {p.host}/{p.protocol}" for p in record.ports) or "none"
+        out.write(f"created {record.name} from {record.warplan} (ports: {ports}); "
+                  f"start it with: peon server start {record.name}\n")
+        return 0
+    if args.action in ("start", "restart"):
+        call = servers.start if args.action == "start" else servers.restart
+        try:
+            result = await call(args.name, actor=actor, progress=progress)
+        except StartFailed as e:
+            for line in e.logs[-10:]:
+                sys.stderr.write(f"  | {line}\n")
+            raise
+        if result.already_running:
+            out.write(f"{args.name} is already running at {result.connect()}\n")
+        else:
+            out.write(f"{args.name} is ready at {result.connect()} "
+                      f"(in {result.seconds:.1f} s)\n")
+        return 0
+    if args.action == "stop":
+        stopped = await servers.stop(args.name, actor=actor, progress=progress)
+        out.write(f"{args.name} stopped\n" if stopped else f"{args.name} was not running\n")
+        return 0
+    if args.action == "status":
+        st = await servers.status(args.name)
+        now = datetime.now(UTC)
+        rows = [["name", st.record.name], ["war plan", st.record.warplan],
+                ["state", st.state], ["uptime", _duration(st.uptime(now))],
+                ["address", ", ".join(f"{st.address}:{p.host}/{p.protocol} ({p.name})"
+                                      for p in st.record.ports) or "-"]]
+        if st.container and st.container.health:
+            rows.append(["health", st.container.health])
+        if st.usage:
+            mem = f"{st.usage.memory_bytes / 2**20:.0f} MiB"
+            if st.usage.memory_limit:
+                mem += f" / {st.usage.memory_limit / 2**20:.0f} MiB"
+            rows += [["cpu", f"{st.usage.cpu_percent:.1f}%"], ["memory", mem]]
+        for k, v in servers.public_variables(st.record).items():
+            rows.append([f"var {k}", v])
+        _table(rows, out)
+        return 0
+    if args.action == "logs":
+        for line in await servers.logs(args.name, args.tail):
+            out.write(line + "\n")
+        return 0
+    if args.action == "update":
+        result = await servers.update(args.name, actor=actor, pull=not args.no_pull,
+                                      progress=progress)
+        what = "new image" if result.changed else "same image"
+        again = ", restarted" if result.restarted else ""
+        out.write(f"{args.name} updated ({what}{again}); data kept\n")
+        return 0
+    if args.action == "delete":
+        record = await svc.store.get_server(args.name)
+        if not args.yes:
+            if not stdin.isatty():
+                raise PeonError("Refusing to delete without confirmation: pass --yes.")
+            what = "and ALL ITS DATA " if args.purge else "(data volumes are kept) "
+            if not _confirm(f"Delete server '{record.name}' {what}?", record.name, stdin,
+                            sys.stderr):
+                out.write("cancelled\n")
+                return 1
+        result = await servers.delete(args.name, actor=actor, purge=args.purge)
+        if result.removed_volumes:
+            out.write(f"deleted {args.name} and its volumes {', '.join(result.removed_volumes)}\n")
+        else:
+            kept = ", ".join(result.kept_volumes) or "none"
+            out.write(f"deleted {args.name}; data kept in volumes: {kept} "
+                      f"(create '{args.name}' again to reuse it)\n")
+        return 0
+    if args.action == "console":
+        await servers.console(args.name, args.command, actor=actor)
+        out.write(f"sent to {args.name}\n")
+        return 0
+    if args.action == "list":
+        rows = [["NAME", "WAR PLAN", "STATE", "PORTS"]]
+        for s in await servers.list():
+            ports = ",".join(f"{p.host}/{p.protocol}" for p in s.record.ports) or "-"
+            rows.append([s.record.name, s.record.warplan, s.state, ports])
+        _table(rows, out)
+        return 0
+    if args.action == "audit":
+        rows = [["WHEN", "ACTOR", "ACTION", "SERVER", "RESULT"]]
+        for e in await svc.store.audit_log(args.name, args.limit):
+            rows.append([e.at.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action,
+                         e.server or "-", "ok" if e.ok else f"failed: {e.detail}"])
+        _table(rows, out)
+        return 0
+    raise UsageError(f"unknown server action {args.action}")
+
+
+async def _check(settings: Settings, out: IO[str]) -> int:
+    failed = False
+    out.write(f"config: ok ({settings.source})\n")
+    catalog = load_catalog(settings.warplans_dir)
+    if catalog.errors:
+        failed = True
+        out.write(f"warplans: {len(catalog.plans)} loaded, {len(catalog.errors)} failed\n")
+        for err in catalog.errors:
+            out.write(f"  error: {err}\n")
+    else:
+        out.write(f"warplans: ok ({len(catalog.plans)} loaded from {settings.warplans_dir})\n")
+    try:
+        async with open_services(settings) as svc:
+            out.write(f"database: ok ({settings.db_path}, schema "
+                      f"v{await svc.store.schema_version()})\n")
+            try:
+                info = await svc.driver.ping()
+                out.write(f"docker: ok (Docker {info.version}, API {info.api_version}, "
+                          f"{info.os})\n")
+            except PeonError as e:
+                failed = True
+                out.write(f"docker: {e}\n")
+    except Exception as e:  # noqa: BLE001 - reported as one line, like the others
+        failed = True
+        out.write(f"database: cannot open {settings.db_path} ({e})\n")
+    token = "set" if settings.discord_token else "not set (needed by 'peon run')"
+    out.write(f"discord token: {token}\n")
+    return 1 if failed else 0
+
+
+async def _main(args: argparse.Namespace, settings: Settings, out: IO[str],
+                stdin: IO[str]) -> int:
+    if args.group == "warplan":
+        return await _warplan(args, settings, out)
+    if args.group == "check":
+        return await _check(settings, out)
+    if args.group == "server":
+        async with open_services(settings) as svc:
+            return await _server(args, svc, out, stdin)
+    raise UsageError(f"unknown command {args.group}")
+
+
+def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None,
+         stdin: IO[str] | None = None, env: dict[str, str] | None = None) -> int:
+    out = out or sys.stdout
+    stdin = stdin or sys.stdin
+    parser = _parser()
+    args = parser.parse_args(argv)  # exits 2 on usage errors
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(config_path(args.config, env or os.environ),
+                                 env if env is not None else None)
+        if args.group == "run":
+            from bot.__main__ import run_bot
+
+            return run_bot(settings)
+        return asyncio.run(_main(args, settings, out, stdin))
+    except UsageError as e:
+        parser.print_usage(sys.stderr)
+        sys.stderr.write(f"peon: error: {e}\n")
+        return 2
+    except (PeonError, ConfigError, WarplanError) as e:
+        sys.stderr.write(f"peon: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("peon: interrupted\n")
+        return 130
+
+
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

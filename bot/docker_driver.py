@@ -1,0 +1,555 @@
+"""The Docker Engine, through docker-py: the only module that imports `docker`.
+
+docker-py is synchronous, so every call runs in this driver's thread pool and the event loop
+never blocks. Results are PEON's own frozen dataclasses, never docker-py objects; docker-py and
+requests errors are translated here into bot.errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import LogConfig
+from docker.utils import parse_repository_tag
+
+from bot.errors import (
+    ContainerMissing,
+    DockerError,
+    DockerUnavailable,
+    ImageUnavailable,
+    PeonError,
+)
+from bot.models import (
+    ContainerInfo,
+    EngineInfo,
+    ImageInfo,
+    PullProgress,
+    Usage,
+    VolumeInfo,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_THREADS = 32  # log followers and pulls hold a thread each; keep room for quick calls
+LOG_MAX_SIZE = "20m"  # game servers are chatty: bound json-file logs per container
+LOG_MAX_FILES = "3"
+ERROR_TEXT_LIMIT = 300
+
+
+class NotFoundInEngine(DockerError):
+    """The engine has no such object; callers turn it into a precise domain error."""
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    name: str
+    image: str
+    labels: dict[str, str]
+    env: dict[str, str] = field(default_factory=dict)
+    command: list[str] | None = None
+    entrypoint: list[str] | None = None
+    ports: dict[str, tuple[str, int]] = field(default_factory=dict)  # "7777/udp" -> (ip, port)
+    volumes: dict[str, str] = field(default_factory=dict)  # volume name -> container path
+    memory: int | None = None
+    cpus: float | None = None
+    stop_signal: str = "SIGTERM"
+    stdin_open: bool = False
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text or text.startswith("0001-01-01"):
+        return None
+    # Docker gives RFC 3339 with nanoseconds; Python takes at most microseconds.
+    head, _, rest = text.partition(".")
+    if rest:
+        frac = "".join(ch for ch in rest if ch.isdigit())[:6]
+        tz = rest[len("".join(ch for ch in rest if ch.isdigit())):] or "Z"
+        text = f"{head}.{frac}{tz}"
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _short(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= ERROR_TEXT_LIMIT else text[: ERROR_TEXT_LIMIT - 1] + "…"
+
+
+def _explain(e: docker.errors.APIError) -> str:
+    return _short(e.explanation or str(e))
+
+
+def _translate(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn docker-py and transport errors into domain errors (runs inside the worker thread)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except docker.errors.NotFound as e:
+            raise NotFoundInEngine(_explain(e)) from e
+        except docker.errors.APIError as e:
+            raise DockerError(f"The Docker engine refused: {_explain(e)}") from e
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+            raise DockerUnavailable(_short(type(e).__name__)) from e
+        except docker.errors.DockerException as e:
+            raise DockerUnavailable(_short(str(e))) from e
+
+    return wrapper
+
+
+class PullAggregator:
+    """Folds the engine's per-layer pull events into one PullProgress."""
+
+    def __init__(self, image: str) -> None:
+        self.image = image
+        self.layers: dict[str, tuple[int, int, bool]] = {}  # id -> (current, total, done)
+        self.status = "pulling"
+
+    def feed(self, event: dict[str, Any]) -> PullProgress:
+        if "error" in event:
+            raise ImageUnavailable(self.image, _short(str(event["error"])))
+        status = str(event.get("status", ""))
+        layer = event.get("id")
+        if layer and status not in ("Pulling from", "Pulling fs layer", "Waiting") and (
+            layer not in self.layers or not self.layers[layer][2]
+        ):
+            cur, tot, _ = self.layers.get(layer, (0, 0, False))
+            detail = event.get("progressDetail") or {}
+            if status == "Downloading" and detail.get("total"):
+                cur, tot = int(detail.get("current", 0)), int(detail["total"])
+            elif status in ("Download complete", "Verifying Checksum", "Extracting"):
+                cur = tot
+            done = status in ("Pull complete", "Already exists")
+            if done:
+                cur = tot
+            self.layers[layer] = (cur, tot, done)
+        elif layer and layer not in self.layers and status in ("Pulling fs layer", "Waiting"):
+            self.layers[layer] = (0, 0, False)
+        if status.startswith(("Digest:", "Status:")):
+            self.status = status
+        return self.snapshot()
+
+    def snapshot(self) -> PullProgress:
+        cur = sum(c for c, _, _ in self.layers.values())
+        tot = sum(t for _, t, _ in self.layers.values())
+        done = sum(1 for *_, d in self.layers.values() if d)
+        return PullProgress(self.image, cur, tot, done, len(self.layers), self.status)
+
+
+class DockerDriver:
+    """Async facade over one Docker Engine."""
+
+    def __init__(self, base_url: str | None = None, timeout: int = 60) -> None:
+        self.base_url = base_url
+        self.timeout = timeout
+        self._client: docker.DockerClient | None = None
+        self._client_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="docker")
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _docker(self) -> docker.DockerClient:
+        # Built lazily in a worker thread: docker-py negotiates the API version with a request,
+        # which must not happen on the event loop or at import time.
+        with self._client_lock:
+            if self._client is None:
+                if self.base_url:
+                    self._client = docker.DockerClient(
+                        base_url=self.base_url, timeout=self.timeout, version="auto")
+                else:
+                    # Honours DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.
+                    self._client = docker.from_env(timeout=self.timeout, version="auto")
+            return self._client
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        call = functools.partial(_translate(fn), *args, **kwargs)
+        return await loop.run_in_executor(self._pool, call)
+
+    async def close(self) -> None:
+        client = self._client
+        if client is not None:
+            await self._run(client.close)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- engine -----------------------------------------------------------------------------
+
+    async def ping(self) -> EngineInfo:
+        def call() -> EngineInfo:
+            c = self._docker()
+            c.ping()
+            v = c.version()
+            info = c.info()
+            return EngineInfo(
+                version=str(v.get("Version", "?")), api_version=str(v.get("ApiVersion", "?")),
+                os=f"{info.get('OperatingSystem', '?')} ({info.get('Architecture', '?')})",
+                containers_running=int(info.get("ContainersRunning", 0)))
+
+        return await self._run(call)
+
+    async def published_ports(self) -> set[tuple[int, str]]:
+        """Host ports published by any container on this engine, PEON's or not."""
+
+        def call() -> set[tuple[int, str]]:
+            out: set[tuple[int, str]] = set()
+            for c in self._docker().api.containers(all=True):
+                for p in c.get("Ports") or []:
+                    if p.get("PublicPort"):
+                        out.add((int(p["PublicPort"]), str(p.get("Type", "tcp"))))
+            return out
+
+        return await self._run(call)
+
+    # --- images -----------------------------------------------------------------------------
+
+    async def image_info(self, image: str) -> ImageInfo | None:
+        def call() -> ImageInfo | None:
+            try:
+                img = self._docker().images.get(image)
+            except docker.errors.ImageNotFound:
+                return None
+            attrs = img.attrs
+            return ImageInfo(
+                id=img.id, tags=tuple(img.tags), repo_digests=tuple(attrs.get("RepoDigests") or ()),
+                created=str(attrs.get("Created", "")))
+
+        return await self._run(call)
+
+    async def pull(
+        self, image: str, progress: Callable[[PullProgress], Awaitable[None]] | None = None
+    ) -> ImageInfo:
+        """Pull an image, reporting aggregated progress; a registry error names the image."""
+        repo, tag = parse_repository_tag(image)
+        if not tag:
+            tag = "latest"
+        aggregator = PullAggregator(image)
+        queue: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def stream() -> None:
+            try:
+                if "@" in image:
+                    events: Iterator[dict[str, Any]] = self._docker().api.pull(
+                        image, stream=True, decode=True)
+                else:
+                    events = self._docker().api.pull(repo, tag=tag, stream=True, decode=True)
+                for event in events:
+                    loop.call_soon_threadsafe(queue.put_nowait, event)
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+            except BaseException as e:  # noqa: BLE001 - handed to the event loop side
+                loop.call_soon_threadsafe(queue.put_nowait, e)
+
+        worker = loop.run_in_executor(self._pool, stream)
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise _pull_error(image, item) from item
+                snapshot = aggregator.feed(item)
+                if progress is not None:
+                    await progress(snapshot)
+        finally:
+            with contextlib.suppress(BaseException):
+                await worker
+        info = await self.image_info(image)
+        if info is None:
+            raise ImageUnavailable(image, "the engine reported success but has no such image")
+        return info
+
+    # --- volumes ----------------------------------------------------------------------------
+
+    async def ensure_volume(self, name: str, labels: dict[str, str]) -> bool:
+        """Create the volume unless it exists; True when this call created it.
+
+        An existing volume is reused only if it carries the same PEON server labels, so data
+        kept from a deleted server comes back, and nobody else's volume is ever taken over.
+        """
+
+        def call() -> bool:
+            c = self._docker()
+            try:
+                vol = c.volumes.get(name)
+            except docker.errors.NotFound:
+                c.volumes.create(name=name, labels=labels)
+                return True
+            have = vol.attrs.get("Labels") or {}
+            keys = ("io.peon.instance", "io.peon.server", "io.peon.volume")
+            if any(have.get(k) != labels.get(k) for k in keys):
+                raise DockerError(f"Volume '{name}' exists and does not belong to this server.")
+            return False
+
+        return await self._run(call)
+
+    async def remove_volume(self, name: str) -> bool:
+        def call() -> bool:
+            try:
+                self._docker().volumes.get(name).remove(force=True)
+            except docker.errors.NotFound:
+                return False
+            return True
+
+        return await self._run(call)
+
+    async def list_volumes(self, label_filters: list[str]) -> list[VolumeInfo]:
+        def call() -> list[VolumeInfo]:
+            vols = self._docker().volumes.list(filters={"label": label_filters})
+            return [VolumeInfo(v.name, dict(v.attrs.get("Labels") or {}),
+                               str(v.attrs.get("Mountpoint", ""))) for v in vols]
+
+        return await self._run(call)
+
+    # --- containers -------------------------------------------------------------------------
+
+    async def create_container(self, spec: ContainerSpec) -> str:
+        def call() -> str:
+            c = self._docker().containers.create(
+                spec.image,
+                name=spec.name,
+                command=spec.command,
+                entrypoint=spec.entrypoint,
+                environment=spec.env,
+                labels=spec.labels,
+                ports=dict(spec.ports),
+                volumes={vol: {"bind": path, "mode": "rw"} for vol, path in spec.volumes.items()},
+                mem_limit=spec.memory,
+                nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
+                stop_signal=spec.stop_signal,
+                stdin_open=spec.stdin_open,
+                tty=False,
+                detach=True,
+                log_config=LogConfig(
+                    type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILES}),
+            )
+            return str(c.id)
+
+        return await self._run(call)
+
+    async def inspect(self, ref: str) -> ContainerInfo | None:
+        def call() -> ContainerInfo | None:
+            try:
+                attrs = self._docker().api.inspect_container(ref)
+            except docker.errors.NotFound:
+                return None
+            return _container_info(attrs)
+
+        return await self._run(call)
+
+    async def list_containers(self, label_filters: list[str]) -> list[ContainerInfo]:
+        def call() -> list[ContainerInfo]:
+            api = self._docker().api
+            out = []
+            for summary in api.containers(all=True, filters={"label": label_filters}):
+                try:
+                    out.append(_container_info(api.inspect_container(summary["Id"])))
+                except docker.errors.NotFound:
+                    continue  # removed between list and inspect
+            return out
+
+        return await self._run(call)
+
+    async def start(self, ref: str) -> None:
+        await self._run(self._container_call, ref, "start")
+
+    async def stop(self, ref: str, grace: int) -> None:
+        """Send the container's stop signal, then SIGKILL after `grace` seconds."""
+        # docker-py's own HTTP timeout must outlast the grace period.
+        await self._run(self._container_call, ref, "stop", timeout=grace)
+
+    async def kill(self, ref: str, signal: str = "SIGKILL") -> None:
+        await self._run(self._container_call, ref, "kill", signal=signal)
+
+    async def remove(self, ref: str, force: bool = False) -> bool:
+        def call() -> bool:
+            try:
+                self._docker().api.remove_container(ref, force=force, v=False)
+            except docker.errors.NotFound:
+                return False
+            return True
+
+        return await self._run(call)
+
+    async def wait(self, ref: str, timeout: float) -> int | None:
+        """Wait for the container to exit; its exit code, or None when it is still running."""
+
+        def call() -> int | None:
+            try:
+                result = self._docker().api.wait(ref, timeout=timeout)
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as e:
+                if isinstance(e, requests.exceptions.ConnectionError) and "timed out" not in str(e):
+                    raise
+                return None
+            return int(result.get("StatusCode", -1))
+
+        return await self._run(call)
+
+    async def send_console(self, ref: str, text: str) -> None:
+        """Write one line to the container's stdin (it must have been created with stdin open)."""
+
+        def call() -> None:
+            sock = self._docker().api.attach_socket(ref, params={"stdin": 1, "stream": 1})
+            try:
+                raw = getattr(sock, "_sock", sock)
+                raw.sendall(text.rstrip("\n").encode() + b"\n")
+            finally:
+                sock.close()
+
+        await self._run(call)
+
+    async def exec(self, ref: str, command: list[str], timeout: float = 60) -> tuple[int, str]:
+        def call() -> tuple[int, str]:
+            api = self._docker().api
+            exec_id = api.exec_create(ref, command, stdout=True, stderr=True)["Id"]
+            output = api.exec_start(exec_id, demux=False)
+            code = api.exec_inspect(exec_id).get("ExitCode")
+            text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
+            return (int(code) if code is not None else -1, text)
+
+        return await asyncio.wait_for(self._run(call), timeout)
+
+    async def logs(self, ref: str, tail: int = 100) -> list[str]:
+        def call() -> list[str]:
+            data = self._docker().api.logs(ref, stdout=True, stderr=True, tail=tail)
+            return data.decode(errors="replace").splitlines()
+
+        return await self._run(call)
+
+    async def follow_logs(self, ref: str, since: datetime | None = None) -> AsyncIterator[str]:
+        """Yield log lines as the container writes them; ends when the container stops.
+
+        The stream lives in a worker thread; leaving the iterator closes it, which frees the
+        thread even if the container stays silent.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        holder: dict[str, Any] = {}
+
+        def pump() -> None:
+            try:
+                stream = self._docker().api.logs(
+                    ref, stdout=True, stderr=True, stream=True, follow=True,
+                    since=since if since is not None else None)
+                holder["stream"] = stream
+                buf = b""
+                for chunk in stream:
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        loop.call_soon_threadsafe(queue.put_nowait, line.decode(errors="replace"))
+                if buf:
+                    loop.call_soon_threadsafe(queue.put_nowait, buf.decode(errors="replace"))
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+            except BaseException as e:  # noqa: BLE001 - handed to the event loop side
+                if holder.get("closed"):
+                    loop.call_soon_threadsafe(queue.put_nowait, None)
+                else:
+                    loop.call_soon_threadsafe(queue.put_nowait, e)
+
+        worker = loop.run_in_executor(self._pool, _translate(pump))
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if isinstance(item, docker.errors.NotFound):
+                    raise ContainerMissing(ref) from item
+                if isinstance(item, BaseException):
+                    raise DockerUnavailable(_short(str(item))) from item
+                yield item
+        finally:
+            holder["closed"] = True
+            stream = holder.get("stream")
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    await loop.run_in_executor(self._pool, stream.close)
+            worker.cancel()
+
+    async def stats(self, ref: str) -> Usage | None:
+        def call() -> Usage | None:
+            try:
+                s = self._docker().api.stats(ref, stream=False)
+            except docker.errors.NotFound:
+                return None
+            return usage_from_stats(s)
+
+        return await self._run(call)
+
+    def _container_call(self, ref: str, method: str, **kwargs: Any) -> None:
+        api = self._docker().api
+        try:
+            getattr(api, method)(ref, **kwargs)
+        except docker.errors.NotFound as e:
+            raise ContainerMissing(ref) from e
+
+
+def _pull_error(image: str, error: BaseException) -> PeonError:
+    if isinstance(error, ImageUnavailable):
+        return error
+    if isinstance(error, docker.errors.NotFound):
+        return ImageUnavailable(image, "no such image, or the registry denied access")
+    if isinstance(error, docker.errors.APIError):
+        text = _explain(error)
+        if any(s in text for s in ("no such host", "dial tcp", "timeout", "connection refused",
+                                    "i/o timeout", "TLS handshake")):
+            return ImageUnavailable(image, f"the registry could not be reached ({text})")
+        if "denied" in text or "not found" in text or "manifest unknown" in text:
+            return ImageUnavailable(image, "no such image, or the registry denied access")
+        return ImageUnavailable(image, text)
+    if isinstance(error, requests.exceptions.ConnectionError | docker.errors.DockerException):
+        return DockerUnavailable(_short(str(error)))
+    if isinstance(error, PeonError):
+        return error
+    return ImageUnavailable(image, _short(str(error)))
+
+
+def _container_info(attrs: dict[str, Any]) -> ContainerInfo:
+    state = attrs.get("State") or {}
+    cfg = attrs.get("Config") or {}
+    env: dict[str, str] = {}
+    for item in cfg.get("Env") or []:
+        k, _, v = item.partition("=")
+        env[k] = v
+    host_ports: dict[str, int] = {}
+    bindings = (attrs.get("HostConfig") or {}).get("PortBindings") or {}
+    for cport, binds in bindings.items():
+        for b in binds or []:
+            if b.get("HostPort"):
+                host_ports[cport] = int(b["HostPort"])
+    health = (state.get("Health") or {}).get("Status")
+    running = bool(state.get("Running"))
+    return ContainerInfo(
+        id=str(attrs["Id"]), name=str(attrs.get("Name", "")).lstrip("/"),
+        image=str(cfg.get("Image", "")), image_id=str(attrs.get("Image", "")),
+        status=str(state.get("Status", "unknown")), health=health,
+        started_at=_parse_time(state.get("StartedAt")),
+        finished_at=_parse_time(state.get("FinishedAt")),
+        exit_code=None if running else state.get("ExitCode"),
+        labels=dict(cfg.get("Labels") or {}), env=env, host_ports=host_ports)
+
+
+def usage_from_stats(s: dict[str, Any]) -> Usage:
+    """CPU percent over the engine's sampling interval and memory without page cache."""
+    cpu, pre = s.get("cpu_stats") or {}, s.get("precpu_stats") or {}
+    cpu_delta = (cpu.get("cpu_usage") or {}).get("total_usage", 0) - (
+        pre.get("cpu_usage") or {}).get("total_usage", 0)
+    sys_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+    online = cpu.get("online_cpus") or len((cpu.get("cpu_usage") or {}).get("percpu_usage") or [1])
+    percent = (cpu_delta / sys_delta) * online * 100.0 if sys_delta > 0 and cpu_delta > 0 else 0.0
+    mem = s.get("memory_stats") or {}
+    detail = mem.get("stats") or {}
+    cache = detail.get("inactive_file", detail.get("total_inactive_file", 0))
+    used = max(0, int(mem.get("usage", 0)) - int(cache))
+    return Usage(round(percent, 1), used, int(mem.get("limit", 0)))

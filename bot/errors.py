@@ -1,0 +1,116 @@
+"""Domain errors.
+
+Every subclass of PeonError has a str() that is one sentence safe to show to the person who
+caused it: no secrets, no tracebacks. The edges (CLI, Discord error handler) render them once.
+"""
+
+from __future__ import annotations
+
+
+class PeonError(Exception):
+    """Base of every error PEON shows to a user."""
+
+
+class ConfigError(PeonError):
+    def __init__(self, path: str, field: str, reason: str) -> None:
+        self.path, self.field, self.reason = path, field, reason
+        super().__init__(f"{path}: {field}: {reason}" if field else f"{path}: {reason}")
+
+
+class WarplanError(PeonError):
+    """A war plan file that does not validate; names the file, the field and the reason."""
+
+    def __init__(self, path: str, field: str, reason: str) -> None:
+        self.path, self.field, self.reason = path, field, reason
+        super().__init__(f"{path}: {field}: {reason}" if field else f"{path}: {reason}")
+
+
+class WarplanNotFound(PeonError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"There is no war plan named '{name}'.")
+
+
+class InvalidServerName(PeonError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"'{_clip(name)}' is not a valid server name: use 1-32 characters from a-z, 0-9 "
+            "and '-', starting with a letter or digit."
+        )
+
+
+class ServerExists(PeonError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"A server named '{name}' already exists.")
+
+
+class ServerNotFound(PeonError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"There is no server named '{_clip(name)}'.")
+
+
+class ServerBusy(PeonError):
+    def __init__(self, name: str, operation: str) -> None:
+        self.name, self.operation = name, operation
+        super().__init__(
+            f"Server '{name}' is busy ({operation} in progress); try again when it finishes."
+        )
+
+
+class ServerStateError(PeonError):
+    """The action does not fit the server's current state (e.g. logs of a never-started one)."""
+
+
+class VariableError(PeonError):
+    def __init__(self, name: str, reason: str) -> None:
+        self.name, self.reason = name, reason
+        super().__init__(f"Variable '{_clip(name)}': {reason}")
+
+
+class PortUnavailable(PeonError):
+    """No host port can be given to a server (pool exhausted, fixed port taken)."""
+
+
+class DockerUnavailable(PeonError):
+    def __init__(self, detail: str = "") -> None:
+        self.detail = detail
+        msg = "The Docker engine is unreachable"
+        super().__init__(f"{msg}: {detail}" if detail else f"{msg}.")
+
+
+class DockerError(PeonError):
+    """The engine refused a request; carries the engine's own explanation."""
+
+
+class ImageUnavailable(PeonError):
+    def __init__(self, image: str, reason: str) -> None:
+        self.image, self.reason = image, reason
+        super().__init__(f"Image '{image}' could not be pulled: {reason}")
+
+
+class ContainerMissing(PeonError):
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        super().__init__(f"Container '{ref}' no longer exists.")
+
+
+class StartFailed(PeonError):
+    """The server did not become ready; carries its last log lines for the operator."""
+
+    def __init__(self, name: str, reason: str, logs: list[str] | None = None) -> None:
+        self.name, self.reason = name, reason
+        self.logs = logs or []
+        super().__init__(f"Server '{name}' did not become ready: {reason}")
+
+
+class ConfirmationRequired(PeonError):
+    """A destructive action was asked for without its confirmation."""
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """Keep user-supplied text short in messages so a refusal stays one line."""
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

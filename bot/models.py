@@ -1,0 +1,192 @@
+"""Frozen value objects shared by the services and the edges (CLI, cogs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class ServerState(StrEnum):
+    """What PEON last knew of a server; `status()` adds what the engine says now."""
+
+    CREATING = "creating"  # record and port reservations written, container not yet made
+    STOPPED = "stopped"
+    RUNNING = "running"
+    MISSING = "missing"  # the record's container vanished outside PEON
+    DELETING = "deleting"
+
+
+@dataclass(frozen=True)
+class PortBinding:
+    name: str
+    container: int
+    protocol: str
+    host: int
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.host}/{self.protocol}"
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    name: str
+    warplan: str
+    image: str
+    variables: dict[str, str]
+    state: ServerState
+    container_id: str | None
+    ports: tuple[PortBinding, ...]
+    created_at: datetime
+    updated_at: datetime
+    created_by: str
+    operation: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    server: str | None
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    version: str
+    api_version: str
+    os: str
+    containers_running: int
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    tags: tuple[str, ...]
+    repo_digests: tuple[str, ...]
+    created: str
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    image: str
+    image_id: str
+    status: str  # created|running|paused|restarting|removing|exited|dead
+    health: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    exit_code: int | None
+    labels: dict[str, str]
+    env: dict[str, str] = field(default_factory=dict)
+    host_ports: dict[str, int] = field(default_factory=dict)  # "7777/tcp" -> 30001
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("running", "restarting", "paused")
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    name: str
+    labels: dict[str, str]
+    mountpoint: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_percent: float
+    memory_bytes: int
+    memory_limit: int
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    record: ServerRecord
+    container: ContainerInfo | None
+    usage: Usage | None
+    address: str
+
+    @property
+    def state(self) -> str:
+        if self.record.operation:
+            return self.record.operation
+        if self.container is None:
+            return "missing" if self.record.state != ServerState.CREATING else "creating"
+        return self.container.status
+
+    def uptime(self, now: datetime) -> float | None:
+        c = self.container
+        if c is None or not c.running or c.started_at is None:
+            return None
+        return max(0.0, (now - c.started_at).total_seconds())
+
+    def endpoints(self) -> list[str]:
+        return [f"{self.address}:{p.host}" for p in self.record.ports]
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    image: str
+    current: int
+    total: int
+    layers_done: int
+    layers: int
+    status: str
+
+    @property
+    def fraction(self) -> float | None:
+        return self.current / self.total if self.total else None
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A step of a long operation, for progress displays."""
+
+    server: str
+    step: str  # pulling|creating|starting|waiting for ready|stopping|ready|...
+    detail: str = ""
+
+
+ProgressEvent = PullProgress | Phase
+
+
+@dataclass(frozen=True)
+class StartResult:
+    name: str
+    address: str
+    ports: tuple[PortBinding, ...]
+    seconds: float
+    already_running: bool = False
+
+    def connect(self) -> str:
+        main = self.ports[0] if self.ports else None
+        return f"{self.address}:{main.host}" if main else self.address
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    adopted: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)  # containers we could not adopt
+    missing: list[str] = field(default_factory=list)
+    rolled_back: list[str] = field(default_factory=list)
+    finished_deletes: list[str] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)
+    refreshed: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = []
+        for label, names in (
+            ("adopted", self.adopted), ("orphaned containers (no war plan)", self.orphans),
+            ("missing containers", self.missing), ("rolled back unfinished creates",
+                                                   self.rolled_back),
+            ("finished interrupted deletes", self.finished_deletes),
+            ("interrupted operations", self.interrupted),
+        ):
+            if names:
+                out.append(f"{label}: {', '.join(sorted(names))}")
+        return out

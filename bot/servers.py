@@ -1,0 +1,604 @@
+"""ServerService: the lifecycle of game servers, driven by the CLI, the bot and the scheduler.
+
+Knows nothing of Discord. Each mutating operation holds the server's lease in the store (a
+second one is refused as busy, whichever process asks), writes one audit row, and is written so
+that a crash at any instant leaves state that `reconcile()` can make consistent: the container
+is always derivable from the record (war plan + variables + ports), so a start recreates a
+missing container, and a half-done create or delete is rolled back or finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import socket
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from bot import labels
+from bot.docker_driver import ContainerSpec, DockerDriver
+from bot.errors import (
+    ContainerMissing,
+    InvalidServerName,
+    PeonError,
+    ServerExists,
+    ServerStateError,
+    StartFailed,
+    WarplanNotFound,
+)
+from bot.models import (
+    ContainerInfo,
+    Phase,
+    PortBinding,
+    ProgressEvent,
+    PullProgress,
+    ReconcileReport,
+    ServerRecord,
+    ServerState,
+    ServerStatus,
+    StartResult,
+)
+from bot.ports import choose_ports, host_port_free
+from bot.settings import Settings
+from bot.store import Store, utcnow
+from bot.warplans import WarPlan, WarplanLibrary, render_environment, resolve_variables
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+LOG_TAIL_ON_FAILURE = 20
+PORT_CHECK_INTERVAL = 0.5
+NO_READY_CHECK_SETTLE = 2.0  # without a ready check, a server that survives this long is up
+MAX_LOG_TAIL = 2000
+
+Progress = Callable[[ProgressEvent], Awaitable[None]]
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise InvalidServerName(name)
+    return name
+
+
+@dataclass(frozen=True)
+class ServerSummary:
+    record: ServerRecord
+    container: ContainerInfo | None
+
+    @property
+    def state(self) -> str:
+        return ServerStatus(self.record, self.container, None, "").state
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    name: str
+    kept_volumes: tuple[str, ...]
+    removed_volumes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    name: str
+    old_image_id: str | None
+    new_image_id: str
+    pulled: bool
+    restarted: bool
+
+    @property
+    def changed(self) -> bool:
+        return self.old_image_id != self.new_image_id
+
+
+class ServerService:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        driver: DockerDriver,
+        warplans: WarplanLibrary,
+        port_probe: Callable[[int, str], bool] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.driver = driver
+        self.warplans = warplans
+        self.instance = settings.instance_id
+        self.address = settings.docker.public_address or socket.gethostname()
+        bind = settings.ports.bind_address
+        self._port_free = port_probe or (lambda port, proto: host_port_free(port, proto, bind))
+        # Serialises port choice within this process; the UNIQUE constraint covers others.
+        self._allocation = asyncio.Lock()
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _operation(self, name: str, operation: str, actor: str) -> AsyncIterator[None]:
+        """Hold the server's lease and write exactly one audit row for the operation."""
+        try:
+            await self.store.acquire(name, operation)
+        except PeonError as e:
+            await self.store.audit(actor, operation, name if NAME_RE.match(name) else None,
+                                   False, str(e))
+            raise
+        try:
+            yield
+        except BaseException as e:
+            detail = str(e) if isinstance(e, PeonError) else f"{type(e).__name__}"
+            await _quiet(self.store.audit(actor, operation, name, False, detail))
+            raise
+        else:
+            await self.store.audit(actor, operation, name, True)
+        finally:
+            await _quiet(self.store.release(name))
+
+    def _plan_for(self, record: ServerRecord) -> WarPlan:
+        try:
+            return self.warplans.get(record.warplan)
+        except WarplanNotFound:
+            raise ServerStateError(
+                f"Server '{record.name}' uses war plan '{record.warplan}', which is not loaded; "
+                "restore the plan file or run 'peon check'."
+            ) from None
+
+    def _container_spec(self, record: ServerRecord, plan: WarPlan) -> ContainerSpec:
+        host_ports = {p.name: p.host for p in record.ports}
+        bind = self.settings.ports.bind_address
+        return ContainerSpec(
+            name=labels.container_name(record.name),
+            image=plan.image,
+            labels=labels.server_labels(self.instance, record.name, plan.name),
+            env=render_environment(plan, record.variables, record.name, host_ports),
+            command=plan.command,
+            entrypoint=plan.entrypoint,
+            ports={f"{p.container}/{p.protocol}": (bind, p.host) for p in record.ports},
+            volumes={labels.volume_name(record.name, v.name): v.path for v in plan.volumes},
+            memory=plan.resources.memory_bytes,
+            cpus=plan.resources.cpus,
+            stop_signal=plan.stop.signal,
+            stdin_open=plan.console,
+        )
+
+    async def _ensure_image(self, image: str, server: str, progress: Progress | None) -> None:
+        if await self.driver.image_info(image) is not None:
+            return
+        await _emit(progress, Phase(server, "pulling", image))
+
+        async def on_pull(p: PullProgress) -> None:
+            await _emit(progress, p)
+
+        await self.driver.pull(image, on_pull)
+
+    async def _current_container(self, record: ServerRecord) -> ContainerInfo | None:
+        if record.container_id:
+            info = await self.driver.inspect(record.container_id)
+            if info is not None:
+                return info
+        # Found by label, never by name: the record may predate a recreate.
+        found = await self.driver.list_containers(labels.instance_filter(self.instance, record.name))
+        return found[0] if found else None
+
+    async def _ensure_container(
+        self, record: ServerRecord, plan: WarPlan, progress: Progress | None
+    ) -> ContainerInfo:
+        info = await self._current_container(record)
+        if info is None:
+            await self._ensure_image(plan.image, record.name, progress)
+            await _emit(progress, Phase(record.name, "creating", "container was missing"))
+            for vol in plan.volumes:
+                await self.driver.ensure_volume(
+                    labels.volume_name(record.name, vol.name),
+                    labels.volume_labels(self.instance, record.name, plan.name, vol.name))
+            cid = await self.driver.create_container(self._container_spec(record, plan))
+            info = await self.driver.inspect(cid)
+            if info is None:
+                raise ContainerMissing(cid)
+        if info.id != record.container_id:
+            await self.store.update_server(record.name, container_id=info.id)
+        return info
+
+    # --- create -----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        warplan: str,
+        name: str,
+        values: dict[str, str] | None = None,
+        *,
+        actor: str,
+        progress: Progress | None = None,
+    ) -> ServerRecord:
+        """Create a server from a war plan; on any failure nothing is left behind."""
+        try:
+            validate_name(name)
+            plan = self.warplans.get(warplan)
+            variables = resolve_variables(plan, values or {}, name)
+            if await self.store.find_server(name) is not None:
+                raise ServerExists(name)
+            await self._ensure_image(plan.image, name, progress)
+            record = await self._reserve(plan, name, variables, actor)
+        except PeonError as e:
+            await self.store.audit(actor, "create", name if NAME_RE.match(name or "") else None,
+                                   False, str(e))
+            raise
+        try:
+            await _emit(progress, Phase(name, "creating"))
+            existing = {v.name for v in await self.driver.list_volumes(
+                labels.instance_filter(self.instance, name))}
+            new = [labels.volume_name(name, v.name) for v in plan.volumes
+                   if labels.volume_name(name, v.name) not in existing]
+            # Written before the volumes exist, so a crash mid-create knows what to remove.
+            await self.store.update_server(name, pending_volumes=new)
+            info = await self._ensure_container(record, plan, None)
+            await self.store.update_server(name, state=ServerState.STOPPED, pending_volumes=[],
+                                           container_id=info.id)
+        except BaseException as e:
+            await _quiet(self._rollback_create(name))
+            detail = str(e) if isinstance(e, PeonError) else type(e).__name__
+            await _quiet(self.store.audit(actor, "create", name, False, detail))
+            raise
+        await self.store.release(name)
+        await self.store.audit(actor, "create", name, True, f"warplan={plan.name}")
+        return await self.store.get_server(name)
+
+    async def _reserve(
+        self, plan: WarPlan, name: str, variables: dict[str, str], actor: str
+    ) -> ServerRecord:
+        wanted = [(p.name, p.protocol, None if p.host == "auto" else int(p.host))
+                  for p in plan.ports]
+        async with self._allocation:
+            for attempt in range(3):
+                taken = await self.store.taken_ports() | await self.driver.published_ports()
+                chosen = await asyncio.to_thread(
+                    choose_ports, wanted, self.settings.ports.pool_range, taken, self._port_free)
+                bindings = [PortBinding(p.name, p.container, p.protocol, chosen[p.name])
+                            for p in plan.ports]
+                try:
+                    return await self.store.create_server(
+                        name=name, warplan=plan.name, image=plan.image, variables=variables,
+                        ports=bindings, created_by=actor)
+                except sqlite3.IntegrityError:
+                    # Another process reserved one of these ports between our read and write.
+                    if attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
+
+    async def _rollback_create(self, name: str) -> None:
+        for info in await self.driver.list_containers(labels.instance_filter(self.instance, name)):
+            await self.driver.remove(info.id, force=True)
+        for vol in await self.store.pending_volumes(name):
+            await self.driver.remove_volume(vol)
+        await self.store.delete_server(name)
+
+    # --- start / stop / restart ------------------------------------------------------------
+
+    async def start(self, name: str, *, actor: str, progress: Progress | None = None
+                    ) -> StartResult:
+        async with self._operation(name, "start", actor):
+            return await self._start(name, progress)
+
+    async def _start(self, name: str, progress: Progress | None) -> StartResult:
+        began = time.monotonic()
+        record = await self.store.get_server(name)
+        plan = self._plan_for(record)
+        info = await self._ensure_container(record, plan, progress)
+        if info.running:
+            await self.store.update_server(name, state=ServerState.RUNNING)
+            return StartResult(name, self.address, record.ports, 0.0, already_running=True)
+        await _emit(progress, Phase(name, "starting"))
+        await self.driver.start(info.id)
+        started = await self.driver.inspect(info.id)
+        await self.store.update_server(name, state=ServerState.RUNNING)
+        await _emit(progress, Phase(name, "waiting for ready"))
+        await self._wait_ready(record, plan, info.id,
+                               started.started_at if started else None)
+        result = StartResult(name, self.address, record.ports, time.monotonic() - began)
+        await _emit(progress, Phase(name, "ready", result.connect()))
+        return result
+
+    async def _wait_ready(self, record: ServerRecord, plan: WarPlan, cid: str,
+                          since: datetime | None) -> None:
+        ready = plan.ready
+        try:
+            async with asyncio.timeout(ready.timeout):
+                if ready.log:
+                    await self._wait_log(record.name, cid, re.compile(ready.log), since)
+                if ready.port:
+                    port = next(p for p in record.ports if p.name == ready.port)
+                    await self._wait_port(record.name, cid, port.host)
+                if not ready.log and not ready.port:
+                    await asyncio.sleep(NO_READY_CHECK_SETTLE)
+                    await self._fail_if_exited(record.name, cid)
+        except TimeoutError:
+            tail = await _quiet_logs(self.driver, cid)
+            raise StartFailed(record.name, f"not ready after {ready.timeout} s; it is still "
+                              "running, see its logs", tail) from None
+
+    async def _wait_log(self, name: str, cid: str, pattern: re.Pattern[str],
+                        since: datetime | None) -> None:
+        async for line in self.driver.follow_logs(cid, since=since):
+            if pattern.search(line):
+                return
+        # The log stream ends only when the container stops.
+        await self._fail_if_exited(name, cid)
+        raise StartFailed(name, "its log ended before the ready line",
+                          await _quiet_logs(self.driver, cid))
+
+    async def _wait_port(self, name: str, cid: str, port: int) -> None:
+        host = self.settings.docker.probe_address
+        while True:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+            except (OSError, TimeoutError):
+                await self._fail_if_exited(name, cid)
+                await asyncio.sleep(PORT_CHECK_INTERVAL)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+
+    async def _fail_if_exited(self, name: str, cid: str) -> None:
+        info = await self.driver.inspect(cid)
+        if info is None:
+            raise StartFailed(name, "its container disappeared")
+        if not info.running:
+            await self.store.update_server(name, state=ServerState.STOPPED)
+            raise StartFailed(name, f"it exited with code {info.exit_code}",
+                              await _quiet_logs(self.driver, cid))
+
+    async def stop(self, name: str, *, actor: str, progress: Progress | None = None) -> bool:
+        """Stop gracefully per the war plan; False when it was not running."""
+        async with self._operation(name, "stop", actor):
+            return await self._stop(name, progress)
+
+    async def _stop(self, name: str, progress: Progress | None) -> bool:
+        record = await self.store.get_server(name)
+        info = await self._current_container(record)
+        if info is None or not info.running:
+            if record.state == ServerState.RUNNING:
+                await self.store.update_server(name, state=ServerState.STOPPED)
+            return False
+        await _emit(progress, Phase(name, "stopping"))
+        await self._graceful_stop(record, info)
+        await self.store.update_server(name, state=ServerState.STOPPED)
+        return True
+
+    async def _graceful_stop(self, record: ServerRecord, info: ContainerInfo) -> None:
+        try:
+            plan: WarPlan | None = self._plan_for(record)
+        except ServerStateError:
+            plan = None  # the plan is gone; fall back to Docker's stop
+        if plan is None:
+            await self.driver.stop(info.id, grace=30)
+            return
+        stop = plan.stop
+        if stop.console is None and stop.exec is None:
+            await self.driver.stop(info.id, grace=stop.grace)
+            return
+        try:
+            if stop.console is not None:
+                await self.driver.send_console(info.id, stop.console)
+            elif stop.exec is not None:
+                await self.driver.exec(info.id, stop.exec, timeout=max(stop.grace, 5))
+        except (PeonError, TimeoutError) as e:
+            log.warning("stop command for %s failed (%s); using the stop signal", record.name, e)
+            await self.driver.stop(info.id, grace=stop.grace)
+            return
+        if await self.driver.wait(info.id, timeout=stop.grace) is None:
+            log.warning("%s ignored its stop command for %ss; stopping it", record.name,
+                        stop.grace)
+            await self.driver.stop(info.id, grace=5)
+
+    async def restart(self, name: str, *, actor: str, progress: Progress | None = None
+                      ) -> StartResult:
+        async with self._operation(name, "restart", actor):
+            await self._stop(name, progress)
+            return await self._start(name, progress)
+
+    # --- read-only --------------------------------------------------------------------------
+
+    async def list(self) -> list[ServerSummary]:
+        records = await self.store.list_servers()
+        containers = await self.driver.list_containers(labels.instance_filter(self.instance))
+        by_server = {c.labels.get(labels.SERVER): c for c in containers}
+        return [ServerSummary(r, by_server.get(r.name)) for r in records]
+
+    async def status(self, name: str) -> ServerStatus:
+        record = await self.store.get_server(name)
+        info = await self._current_container(record)
+        usage = await self.driver.stats(info.id) if info is not None and info.running else None
+        return ServerStatus(record, info, usage, self.address)
+
+    async def logs(self, name: str, tail: int = 100) -> list[str]:
+        record = await self.store.get_server(name)
+        info = await self._current_container(record)
+        if info is None:
+            raise ServerStateError(f"Server '{name}' has no container, so no logs; start it first.")
+        return await self.driver.logs(info.id, tail=max(1, min(tail, MAX_LOG_TAIL)))
+
+    async def console(self, name: str, command: str, *, actor: str) -> None:
+        """Write a console command to the server's stdin."""
+        async with self._operation(name, "console", actor):
+            record = await self.store.get_server(name)
+            plan = self._plan_for(record)
+            if not plan.console:
+                raise ServerStateError(f"War plan '{plan.name}' has no console on stdin.")
+            info = await self._current_container(record)
+            if info is None or not info.running:
+                raise ServerStateError(f"Server '{name}' is not running.")
+            await self.driver.send_console(info.id, command)
+
+    # --- update -----------------------------------------------------------------------------
+
+    async def update(self, name: str, *, actor: str, pull: bool = True,
+                     progress: Progress | None = None) -> UpdateResult:
+        """Pull a newer image (if the image came from a registry), recreate, keep the data."""
+        async with self._operation(name, "update", actor):
+            record = await self.store.get_server(name)
+            plan = self._plan_for(record)
+            local = await self.driver.image_info(plan.image)
+            pulled = False
+            if pull and (local is None or local.repo_digests):
+                # Pull before touching the server: a registry error leaves it as it was.
+                await _emit(progress, Phase(name, "pulling", plan.image))
+
+                async def on_pull(p: PullProgress) -> None:
+                    await _emit(progress, p)
+
+                local = await self.driver.pull(plan.image, on_pull)
+                pulled = True
+            elif local is None:
+                await self._ensure_image(plan.image, name, progress)
+                local = await self.driver.image_info(plan.image)
+            assert local is not None
+            info = await self._current_container(record)
+            old_image = info.image_id if info else None
+            was_running = bool(info and info.running)
+            if info is not None:
+                if info.running:
+                    await _emit(progress, Phase(name, "stopping"))
+                    await self._graceful_stop(record, info)
+                await self.driver.remove(info.id, force=True)
+            await self.store.update_server(name, image=plan.image, container_id=None,
+                                           state=ServerState.STOPPED)
+            record = await self.store.get_server(name)
+            await self._ensure_container(record, plan, progress)
+            if was_running:
+                await self._start(name, progress)
+            return UpdateResult(name, old_image, local.id, pulled, was_running)
+
+    # --- delete -----------------------------------------------------------------------------
+
+    async def delete(self, name: str, *, actor: str, purge: bool = False) -> DeleteResult:
+        """Remove the container (after a graceful stop); keep the data unless `purge`."""
+        operation = "purge" if purge else "delete"
+        async with self._operation(name, operation, actor):
+            record = await self.store.get_server(name)
+            await self.store.update_server(name, state=ServerState.DELETING)
+            info = await self._current_container(record)
+            if info is not None and info.running:
+                await self._graceful_stop(record, info)  # so the world is saved first
+            return await self._finish_delete(name, purge)
+
+    async def _finish_delete(self, name: str, purge: bool) -> DeleteResult:
+        for info in await self.driver.list_containers(labels.instance_filter(self.instance, name)):
+            await self.driver.remove(info.id, force=True)
+        volumes = await self.driver.list_volumes(labels.instance_filter(self.instance, name))
+        removed: list[str] = []
+        if purge:
+            for vol in volumes:
+                await self.driver.remove_volume(vol.name)
+                removed.append(vol.name)
+        await self.store.delete_server(name)
+        kept = tuple(v.name for v in volumes if v.name not in removed)
+        return DeleteResult(name, kept, tuple(removed))
+
+    # --- reconcile --------------------------------------------------------------------------
+
+    async def reconcile(self, actor: str = "peon") -> ReconcileReport:
+        """Make the records and the engine agree after a crash or outside changes.
+
+        Unfinished creates are rolled back, unfinished deletes finished, other interrupted
+        operations released; records whose container vanished are marked missing; labelled
+        containers without a record are adopted when their war plan is loaded, else reported.
+        Nothing with data is deleted silently.
+        """
+        report = ReconcileReport()
+        for name, op in await self.store.stale_leases():
+            if op == "create":
+                await self._rollback_create(name)
+                report.rolled_back.append(name)
+            elif op in ("delete", "purge"):
+                await self._finish_delete(name, purge=op == "purge")
+                report.finished_deletes.append(name)
+            else:
+                await self.store.break_lease(name)
+                report.interrupted.append(f"{name} ({op})")
+            await self.store.audit(actor, "reconcile", name, True, f"interrupted {op}")
+        containers = await self.driver.list_containers(labels.instance_filter(self.instance))
+        by_server = {c.labels.get(labels.SERVER, ""): c for c in containers}
+        for record in await self.store.list_servers():
+            if record.operation:
+                continue  # a live operation in another process owns this server now
+            info = by_server.pop(record.name, None)
+            if info is None:
+                if record.state not in (ServerState.MISSING, ServerState.CREATING):
+                    await self.store.update_server(record.name, state=ServerState.MISSING)
+                    report.missing.append(record.name)
+                continue
+            state = ServerState.RUNNING if info.running else ServerState.STOPPED
+            if state != record.state or info.id != record.container_id:
+                await self.store.update_server(record.name, state=state, container_id=info.id)
+                report.refreshed.append(record.name)
+        for server, info in by_server.items():
+            if await self._adopt(server, info, actor):
+                report.adopted.append(server)
+            else:
+                report.orphans.append(info.name)
+        return report
+
+    async def _adopt(self, server: str, info: ContainerInfo, actor: str) -> bool:
+        plan_name = info.labels.get(labels.WARPLAN, "")
+        if not NAME_RE.match(server) or plan_name not in self.warplans.names():
+            return False
+        plan = self.warplans.get(plan_name)
+        bindings = []
+        for p in plan.ports:
+            host = info.host_ports.get(f"{p.container}/{p.protocol}")
+            if host is None:
+                return False
+            bindings.append(PortBinding(p.name, p.container, p.protocol, host))
+        variables = {v.name: info.env[v.env] for v in plan.variables if v.env in info.env}
+        try:
+            await self.store.create_server(name=server, warplan=plan.name, image=info.image,
+                                           variables=variables, ports=bindings,
+                                           created_by="adopted")
+        except (PeonError, sqlite3.IntegrityError):
+            return False
+        state = ServerState.RUNNING if info.running else ServerState.STOPPED
+        await self.store.update_server(server, state=state, container_id=info.id)
+        await self.store.release(server)
+        await self.store.audit(actor, "adopt", server, True, f"container {info.name}")
+        return True
+
+    def public_variables(self, record: ServerRecord) -> dict[str, str]:
+        """The record's variables for display: secrets masked."""
+        try:
+            plan = self.warplans.get(record.warplan)
+            secret = {v.name for v in plan.variables if v.secret}
+        except WarplanNotFound:
+            secret = set(record.variables)  # unknown plan: show nothing that might be secret
+        return {k: ("••••••" if k in secret else v) for k, v in record.variables.items()}
+
+
+async def _emit(progress: Progress | None, event: ProgressEvent) -> None:
+    """Report progress; a failing display (e.g. a Discord edit) never fails the operation."""
+    if progress is None:
+        return
+    try:
+        await progress(event)
+    except Exception:
+        log.warning("progress callback failed", exc_info=True)
+
+
+async def _quiet(aw: Awaitable[object]) -> None:
+    """Best-effort cleanup step: log, never mask the original error."""
+    try:
+        await aw
+    except Exception:
+        log.exception("cleanup step failed")
+
+
+async def _quiet_logs(driver: DockerDriver, cid: str) -> list[str]:
+    try:
+        return await driver.logs(cid, tail=LOG_TAIL_ON_FAILURE)
+    except PeonError:
+        return []

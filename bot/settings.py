@@ -1,0 +1,114 @@
+"""Settings: config/peon.yaml (or --config / PEON_CONFIG) plus the environment.
+
+Secrets come only from the environment (DISCORD_TOKEN) and are held as SecretStr, so they
+never print. Validation errors name the file and the field.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from bot.errors import ConfigError
+from bot.ports import parse_pool
+
+DEFAULT_CONFIG = Path("config/peon.yaml")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DockerSettings(_Model):
+    base_url: str | None = Field(
+        default=None, description="Engine address; unset means DOCKER_HOST or the local socket."
+    )
+    timeout: int = Field(default=60, ge=5, le=600)
+    public_address: str | None = Field(
+        default=None, description="Address players connect to; unset means this host's name."
+    )
+    probe_address: str = Field(
+        default="127.0.0.1", description="Where PEON itself reaches published ports (ready checks)."
+    )
+
+
+class PortSettings(_Model):
+    pool: str = "30000-30999"
+    bind_address: str = "0.0.0.0"  # noqa: S104 - game servers are meant to be reachable
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, v: str) -> str:
+        parse_pool(v)
+        return v
+
+    @property
+    def pool_range(self) -> range:
+        return parse_pool(self.pool)
+
+
+class LogSettings(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(_Model):
+    instance_id: str = Field(default="peon", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
+    data_dir: Path = Path("data")
+    warplans_dir: Path = Path("warplans")
+    docker: DockerSettings = Field(default_factory=DockerSettings)
+    ports: PortSettings = Field(default_factory=PortSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    # The Discord part of the file; validated by bot.client when the bot runs.
+    discord: dict[str, Any] = Field(default_factory=dict)
+    source: str = Field(default="(defaults)", exclude=True)
+    discord_token: SecretStr | None = Field(default=None, exclude=True)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "peon.db"
+
+
+def config_path(cli_value: str | None, env: Mapping[str, str]) -> Path:
+    return Path(cli_value or env.get("PEON_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_settings(path: Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the YAML file and apply environment overrides; relative dirs are relative to CWD."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(str(path), where, str(getattr(e, "problem", "invalid YAML"))) from None
+        except OSError as e:
+            raise ConfigError(str(path), "", f"cannot be read ({e.strerror})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(str(path), "", "must be a mapping of settings")
+        data = loaded or {}
+    elif env.get("PEON_CONFIG") or path != DEFAULT_CONFIG:
+        raise ConfigError(str(path), "", "does not exist")
+    if env.get("PEON_DATA_DIR"):
+        data["data_dir"] = env["PEON_DATA_DIR"]
+    if env.get("PEON_WARPLANS_DIR"):
+        data["warplans_dir"] = env["PEON_WARPLANS_DIR"]
+    if env.get("PEON_INSTANCE_ID"):
+        data["instance_id"] = env["PEON_INSTANCE_ID"]
+    token = env.get("DISCORD_TOKEN")
+    try:
+        settings = Settings.model_validate({**data, "source": str(path)})
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(str(path), field, err["msg"].removeprefix("Value error, ")) from None
+    if token:
+        settings = settings.model_copy(update={"discord_token": SecretStr(token.strip())})
+    return settings

@@ -1,0 +1,329 @@
+"""SQLite state: the only module that imports aiosqlite.
+
+WAL mode, numbered migrations applied at open. Holds server records, their host port
+reservations (UNIQUE per port/protocol, so two servers can never share one), the audit log and
+per-server operation leases (so a second operation, from this process or the CLI, is refused).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.errors import ServerBusy, ServerExists, ServerNotFound
+from bot.models import AuditEntry, PortBinding, ServerRecord, ServerState
+
+MIGRATIONS: list[str] = [
+    # 1: servers, their ports, audit log
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE servers (
+        name TEXT PRIMARY KEY,
+        warplan TEXT NOT NULL,
+        image TEXT NOT NULL,
+        variables TEXT NOT NULL,
+        state TEXT NOT NULL,
+        container_id TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        op TEXT,
+        op_owner TEXT,
+        op_started TEXT,
+        pending_volumes TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE ports (
+        server TEXT NOT NULL REFERENCES servers(name) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        protocol TEXT NOT NULL CHECK (protocol IN ('tcp', 'udp')),
+        container_port INTEGER NOT NULL,
+        host_port INTEGER NOT NULL,
+        PRIMARY KEY (server, name),
+        UNIQUE (host_port, protocol)
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        server TEXT,
+        ok INTEGER NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_server ON audit(server, id);
+    """,
+]
+
+_SERVER_COLUMNS = (
+    "name, warplan, image, variables, state, container_id, created_at, updated_at, "
+    "created_by, op"
+)
+SQL_SERVER = f"SELECT {_SERVER_COLUMNS} FROM servers WHERE name = ?"
+SQL_SERVERS = f"SELECT {_SERVER_COLUMNS} FROM servers ORDER BY name"
+SQL_PORTS = (
+    "SELECT server, name, container_port, protocol, host_port FROM ports ORDER BY server, rowid"
+)
+SQL_INSERT_SERVER = (
+    "INSERT INTO servers (name, warplan, image, variables, state, created_at, updated_at, "
+    "created_by, op, op_owner, op_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+SQL_INSERT_PORT = (
+    "INSERT INTO ports (server, name, protocol, container_port, host_port) VALUES (?, ?, ?, ?, ?)"
+)
+SQL_ACQUIRE = (
+    "UPDATE servers SET op = ?, op_owner = ?, op_started = ? WHERE name = ? AND op IS NULL"
+)
+SQL_RELEASE = "UPDATE servers SET op = NULL, op_owner = NULL, op_started = NULL " \
+    "WHERE name = ? AND op_owner = ?"
+SQL_AUDIT = "INSERT INTO audit (at, actor, action, server, ok, detail) VALUES (?, ?, ?, ?, ?, ?)"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _dt(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+class Store:
+    """Owns one aiosqlite connection; every method is a small transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+        # Identifies this process's leases: host, pid and a nonce, so a restarted bot that
+        # got the same pid (pid 1 in a container) still sees its old leases as stale.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit: explicit BEGIN where a transaction spans statements, so no implicit
+        # transaction ever holds the write lock against the CLI or another process.
+        db = await aiosqlite.connect(self.path, timeout=10, isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=10000")
+            await self._migrate(db)
+        except BaseException:
+            await db.close()
+            raise
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("Store.open() was not called")
+        return self._db
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        version = (await (await db.execute("PRAGMA user_version")).fetchone() or (0,))[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            # One transaction per migration: a crash mid-way leaves the previous version.
+            await db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+
+    async def schema_version(self) -> int:
+        row = await (await self.db.execute("PRAGMA user_version")).fetchone()
+        return int(row[0]) if row else 0
+
+    # --- meta -------------------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        row = await (await self.db.execute("SELECT value FROM meta WHERE key = ?", (key,))).fetchone()
+        return str(row[0]) if row else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+        await self.db.commit()
+
+    # --- servers ----------------------------------------------------------------------------
+
+    async def create_server(
+        self,
+        *,
+        name: str,
+        warplan: str,
+        image: str,
+        variables: dict[str, str],
+        ports: Iterable[PortBinding],
+        created_by: str,
+    ) -> ServerRecord:
+        """Insert a record in state CREATING with its ports reserved, holding the 'create' lease.
+
+        Raises ServerExists for a taken name; sqlite3.IntegrityError from the ports table
+        means another process reserved one of the ports first.
+        """
+        now = _ts(utcnow())
+        db = self.db
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            exists = await (await db.execute("SELECT 1 FROM servers WHERE name = ?",
+                                              (name,))).fetchone()
+            if exists:
+                raise ServerExists(name)
+            await db.execute(SQL_INSERT_SERVER, (
+                name, warplan, image, json.dumps(variables), ServerState.CREATING.value, now,
+                now, created_by, "create", self.owner, now))
+            for p in ports:
+                await db.execute(SQL_INSERT_PORT, (name, p.name, p.protocol, p.container, p.host))
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+        return await self.get_server(name)
+
+    async def find_server(self, name: str) -> ServerRecord | None:
+        row = await (await self.db.execute(SQL_SERVER, (name,))).fetchone()
+        if row is None:
+            return None
+        ports = await self._ports(name)
+        return _record(row, ports.get(name, ()))
+
+    async def get_server(self, name: str) -> ServerRecord:
+        record = await self.find_server(name)
+        if record is None:
+            raise ServerNotFound(name)
+        return record
+
+    async def list_servers(self) -> list[ServerRecord]:
+        rows = await (await self.db.execute(SQL_SERVERS)).fetchall()
+        ports = await self._ports(None)
+        return [_record(r, ports.get(r[0], ())) for r in rows]
+
+    async def _ports(self, server: str | None) -> dict[str, tuple[PortBinding, ...]]:
+        out: dict[str, list[PortBinding]] = {}
+        sql, args = (SQL_PORTS, ()) if server is None else (
+            SQL_PORTS.replace("ORDER BY", "WHERE server = ? ORDER BY"), (server,))
+        for srv, pname, cport, proto, hport in await (await self.db.execute(sql, args)).fetchall():
+            out.setdefault(srv, []).append(PortBinding(pname, cport, proto, hport))
+        return {k: tuple(v) for k, v in out.items()}
+
+    async def taken_ports(self) -> set[tuple[int, str]]:
+        rows = await (await self.db.execute("SELECT host_port, protocol FROM ports")).fetchall()
+        return {(int(r[0]), str(r[1])) for r in rows}
+
+    async def update_server(self, name: str, **fields: Any) -> None:
+        allowed = {"state", "container_id", "image", "variables", "warplan", "pending_volumes"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"cannot update {unknown}")
+        for key in ("variables", "pending_volumes"):
+            if key in fields:
+                fields[key] = json.dumps(fields[key])
+        if "state" in fields:
+            fields["state"] = ServerState(fields["state"]).value
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        cur = await self.db.execute(
+            f"UPDATE servers SET {sets}, updated_at = ? WHERE name = ?",  # noqa: S608 - keys vetted
+            (*fields.values(), _ts(utcnow()), name))
+        await self.db.commit()
+        if cur.rowcount == 0:
+            raise ServerNotFound(name)
+
+    async def pending_volumes(self, name: str) -> list[str]:
+        """Volumes a create made (or was about to make): what a crashed create must remove."""
+        row = await (await self.db.execute(
+            "SELECT pending_volumes FROM servers WHERE name = ?", (name,))).fetchone()
+        return list(json.loads(row[0])) if row else []
+
+    async def delete_server(self, name: str) -> None:
+        await self.db.execute("DELETE FROM servers WHERE name = ?", (name,))
+        await self.db.commit()
+
+    # --- operation leases -------------------------------------------------------------------
+
+    async def acquire(self, name: str, operation: str) -> None:
+        """Take the server's operation lease or raise ServerBusy (never queue)."""
+        cur = await self.db.execute(SQL_ACQUIRE, (operation, self.owner, _ts(utcnow()), name))
+        await self.db.commit()
+        if cur.rowcount == 1:
+            return
+        record = await self.get_server(name)  # raises ServerNotFound
+        raise ServerBusy(name, record.operation or "another operation")
+
+    async def release(self, name: str) -> None:
+        await self.db.execute(SQL_RELEASE, (name, self.owner))
+        await self.db.commit()
+
+    async def stale_leases(self) -> list[tuple[str, str]]:
+        """Leases whose owner process is gone: (server, operation)."""
+        rows = await (await self.db.execute(
+            "SELECT name, op, op_owner FROM servers WHERE op IS NOT NULL")).fetchall()
+        return [(r[0], r[1]) for r in rows if r[2] != self.owner and not _owner_alive(r[2])]
+
+    async def break_lease(self, name: str) -> None:
+        await self.db.execute(
+            "UPDATE servers SET op = NULL, op_owner = NULL, op_started = NULL WHERE name = ?",
+            (name,))
+        await self.db.commit()
+
+    # --- audit ------------------------------------------------------------------------------
+
+    async def audit(self, actor: str, action: str, server: str | None, ok: bool,
+                    detail: str = "") -> None:
+        await self.db.execute(SQL_AUDIT, (_ts(utcnow()), actor, action, server, int(ok), detail))
+        await self.db.commit()
+
+    async def audit_log(self, server: str | None = None, limit: int = 50) -> list[AuditEntry]:
+        sql = "SELECT id, at, actor, action, server, ok, detail FROM audit"
+        args: tuple[Any, ...] = ()
+        if server is not None:
+            sql += " WHERE server = ?"
+            args = (server,)
+        rows = await (await self.db.execute(f"{sql} ORDER BY id DESC LIMIT ?",
+                                            (*args, limit))).fetchall()
+        return [AuditEntry(r[0], _dt(r[1]), r[2], r[3], r[4], bool(r[5]), r[6]) for r in rows]
+
+
+def _record(row: Any, ports: tuple[PortBinding, ...]) -> ServerRecord:
+    return ServerRecord(
+        name=row[0], warplan=row[1], image=row[2], variables=json.loads(row[3]),
+        state=ServerState(row[4]), container_id=row[5], created_at=_dt(row[6]),
+        updated_at=_dt(row[7]), created_by=row[8], operation=row[9], ports=ports)
+
+
+def _owner_alive(owner: str | None) -> bool:
+    """A lease owner is alive if it runs on this host under that pid.
+
+    Leases from another host cannot be checked and are presumed alive: only this host's dead
+    processes are cleaned up automatically.
+    """
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname():
+        return True
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False  # same pid, different nonce: a previous incarnation of this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,604 @@
+"""War plans: per-game recipes loaded from warplans/*.yaml into frozen, validated models.
+
+The schema is documented in docs/warplans.md; `warplan_json_schema()` exports it for editors.
+A bad file is reported with its path, the field and the reason, and never stops the other
+plans from loading.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bot.errors import VariableError, WarplanError, WarplanNotFound
+
+SLUG = r"^[a-z0-9][a-z0-9-]{0,31}$"
+VAR_NAME = r"^[a-z][a-z0-9_]{0,47}$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL")
+_TEMPLATE = re.compile(r"\{(server|port:[a-z0-9-]+)\}")
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_TRUE = {"1", "true", "yes", "on", "y"}
+_FALSE = {"0", "false", "no", "off", "n"}
+
+Slug = Annotated[str, Field(pattern=SLUG)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression ({e})") from e
+    return value
+
+
+def parse_size(text: str | int) -> int:
+    """Turn '4g', '512m', '1.5GiB' or a byte count into bytes."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise ValueError(f"'{text}' is not a size such as 512m or 4g")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+class PortSpec(_Model):
+    name: Slug
+    container: int = Field(ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = "tcp"
+    host: int | Literal["auto"] = Field(
+        default="auto", description="A fixed host port, or 'auto' for one from the port pool."
+    )
+    description: str = ""
+
+    @field_validator("host")
+    @classmethod
+    def _host_range(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 65535:
+            raise ValueError("must be between 1 and 65535 or 'auto'")
+        return v
+
+
+class VariableSpec(_Model):
+    name: Annotated[str, Field(pattern=VAR_NAME)]
+    env: Annotated[str, Field(pattern=ENV_NAME)]
+    description: str = ""
+    type: Literal["string", "int", "bool", "choice"] = "string"
+    default: str | int | bool | None = None
+    required: bool = False
+    secret: bool = False
+    pattern: str | None = None
+    min: int | None = None
+    max: int | None = None
+    choices: list[str] | None = None
+
+    _pattern_ok = field_validator("pattern")(_check_regex)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VariableSpec:
+        if self.type == "choice" and not self.choices:
+            raise ValueError("a 'choice' variable needs a non-empty 'choices' list")
+        if self.type != "choice" and self.choices:
+            raise ValueError("'choices' only applies to type 'choice'")
+        if (self.min is not None or self.max is not None) and self.type != "int":
+            raise ValueError("'min'/'max' only apply to type 'int'")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("'min' is larger than 'max'")
+        if self.pattern is not None and self.type != "string":
+            raise ValueError("'pattern' only applies to type 'string'")
+        if self.default is not None and "{server}" not in str(self.default):
+            # A default must itself be acceptable, or every create with defaults would fail.
+            try:
+                coerce_value(self, _default_text(self.default))
+            except VariableError as e:
+                raise ValueError(f"default does not fit: {e.reason}") from e
+        return self
+
+    def default_text(self, server: str) -> str | None:
+        """The default as the user would type it, with {server} filled in."""
+        if self.default is None:
+            return None
+        return _default_text(self.default).replace("{server}", server)
+
+
+def _default_text(value: str | int | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class VolumeSpec(_Model):
+    name: Slug
+    path: str = Field(description="Absolute path inside the container.")
+    backup: bool = True
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/") or ".." in v.split("/"):
+            raise ValueError("must be an absolute path without '..'")
+        return v
+
+
+class ResourcesSpec(_Model):
+    memory: str | None = Field(default=None, description="Memory limit, e.g. 4g or 512m.")
+    cpus: float | None = Field(default=None, gt=0, le=256)
+
+    @field_validator("memory")
+    @classmethod
+    def _size(cls, v: str | None) -> str | None:
+        if v is not None:
+            if parse_size(v) < 6 * 1024**2:
+                raise ValueError("must be at least 6m (Docker's minimum)")
+        return v
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return parse_size(self.memory) if self.memory else None
+
+
+class ReadySpec(_Model):
+    log: str | None = Field(default=None, description="Regex on the server's log that means ready.")
+    port: str | None = Field(default=None, description="Name of a tcp port that must accept.")
+    timeout: int = Field(default=300, ge=1, le=7200)
+
+    _log_ok = field_validator("log")(_check_regex)
+
+
+class StopSpec(_Model):
+    signal: Literal[SIGNALS] = "SIGTERM"  # type: ignore[valid-type]
+    console: str | None = Field(default=None, description="Command written to the server's stdin.")
+    exec: list[str] | None = Field(default=None, description="Command run inside the container.")
+    grace: int = Field(default=30, ge=0, le=3600, description="Seconds before the kill.")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> StopSpec:
+        if self.console is not None and self.exec is not None:
+            raise ValueError("give either 'console' or 'exec', not both")
+        return self
+
+
+class PlayersSpec(_Model):
+    protocol: Literal["a2s", "minecraft", "log"]
+    port: str | None = Field(default=None, description="Name of the port to query.")
+    join: str | None = None
+    leave: str | None = None
+
+    _join_ok = field_validator("join")(_check_regex)
+    _leave_ok = field_validator("leave")(_check_regex)
+
+    @model_validator(mode="after")
+    def _fits(self) -> PlayersSpec:
+        if self.protocol == "log" and not (self.join and self.leave):
+            raise ValueError("protocol 'log' needs both 'join' and 'leave' regexes")
+        if self.protocol != "log" and not self.port:
+            raise ValueError(f"protocol '{self.protocol}' needs 'port'")
+        return self
+
+
+class SaveSpec(_Model):
+    mode: Literal["console", "exec", "pause", "stop", "none"] = "console"
+    command: str | list[str] | None = None
+    done: str | None = Field(default=None, description="Regex on the log confirming the save.")
+    timeout: int = Field(default=60, ge=1, le=3600)
+
+    _done_ok = field_validator("done")(_check_regex)
+
+    @model_validator(mode="after")
+    def _fits(self) -> SaveSpec:
+        if self.mode in ("console", "exec") and not self.command:
+            raise ValueError(f"mode '{self.mode}' needs 'command'")
+        return self
+
+
+class WarPlan(_Model):
+    name: Slug
+    title: str = Field(min_length=1)
+    description: str = ""
+    image: str = Field(min_length=1, pattern=r"^[^\s]+$")
+    command: list[str] | None = None
+    entrypoint: list[str] | None = None
+    ports: list[PortSpec] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    variables: list[VariableSpec] = Field(default_factory=list)
+    volumes: list[VolumeSpec] = Field(default_factory=list)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    ready: ReadySpec = Field(default_factory=ReadySpec)
+    stop: StopSpec = Field(default_factory=StopSpec)
+    players: PlayersSpec | None = None
+    save: SaveSpec | None = None
+    links: list[str] = Field(default_factory=list, description="Documentation of the image.")
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_strings(cls, v: Any) -> Any:
+        # YAML turns `true`/`2456` into bool/int; the container wants text.
+        if isinstance(v, dict):
+            return {k: _default_text(x) if isinstance(x, bool | int | float) else x
+                    for k, x in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> WarPlan:
+        _unique("ports", [p.name for p in self.ports])
+        _unique("ports (container port/protocol)",
+                [f"{p.container}/{p.protocol}" for p in self.ports])
+        _unique("variables", [v.name for v in self.variables])
+        _unique("variables (env)", [v.env for v in self.variables])
+        _unique("volumes", [v.name for v in self.volumes])
+        _unique("volumes (path)", [v.path for v in self.volumes])
+        for key in self.env:
+            if not re.match(ENV_NAME, key):
+                raise ValueError(f"env: '{key}' is not a valid environment variable name")
+        clash = set(self.env) & {v.env for v in self.variables}
+        if clash:
+            raise ValueError(f"env and variables both set {sorted(clash)}")
+        port_names = {p.name for p in self.ports}
+        if self.ready.port is not None:
+            ready_port = next((p for p in self.ports if p.name == self.ready.port), None)
+            if ready_port is None:
+                raise ValueError(f"ready.port: no port named '{self.ready.port}'")
+            if ready_port.protocol != "tcp":
+                raise ValueError("ready.port: a port check needs a tcp port")
+        if self.players and self.players.port and self.players.port not in port_names:
+            raise ValueError(f"players.port: no port named '{self.players.port}'")
+        for text in [*self.env.values(), *(str(v.default) for v in self.variables)]:
+            for ref in _TEMPLATE.findall(text):
+                if ref.startswith("port:") and ref[5:] not in port_names:
+                    raise ValueError(f"template {{{ref}}} names no port")
+        return self
+
+    @property
+    def console(self) -> bool:
+        """Whether the container needs an open stdin for console commands."""
+        return self.stop.console is not None or (
+            self.save is not None and self.save.mode == "console"
+        )
+
+    def variable(self, name: str) -> VariableSpec | None:
+        return next((v for v in self.variables if v.name == name), None)
+
+
+def _unique(what: str, names: list[str]) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{what}: duplicate {', '.join(dupes)}")
+
+
+def coerce_value(spec: VariableSpec, raw: str) -> str:
+    """Check one user-typed value against its variable; return the text for the environment."""
+    text = raw.strip()
+    if spec.type == "int":
+        try:
+            number = int(text)
+        except ValueError:
+            raise VariableError(spec.name, "must be a whole number.") from None
+        if spec.min is not None and number < spec.min:
+            raise VariableError(spec.name, f"must be at least {spec.min}.")
+        if spec.max is not None and number > spec.max:
+            raise VariableError(spec.name, f"must be at most {spec.max}.")
+        return str(number)
+    if spec.type == "bool":
+        if text.lower() in _TRUE:
+            return "true"
+        if text.lower() in _FALSE:
+            return "false"
+        raise VariableError(spec.name, "must be true or false.")
+    if spec.type == "choice":
+        assert spec.choices is not None  # guaranteed by the model validator
+        if text not in spec.choices:
+            raise VariableError(spec.name, f"must be one of {', '.join(spec.choices)}.")
+        return text
+    if len(text) > 1024:
+        raise VariableError(spec.name, "is longer than 1024 characters.")
+    if any(ord(c) < 32 for c in text):
+        raise VariableError(spec.name, "must not contain control characters.")
+    if spec.pattern is not None and not re.fullmatch(spec.pattern, text):
+        # The pattern may reveal the shape of a secret, never its value: both are safe to show.
+        raise VariableError(spec.name, f"does not match the pattern {spec.pattern}.")
+    return text
+
+
+def resolve_variables(plan: WarPlan, given: Mapping[str, str], server: str) -> dict[str, str]:
+    """Validate what a user chose against the plan; return every variable's value by name.
+
+    Unknown names are refused; missing ones take the default ({server} filled in); a required
+    variable without a value and without a default is refused.
+    """
+    known = {v.name for v in plan.variables}
+    for name in given:
+        if name not in known:
+            hint = f" Known: {', '.join(sorted(known))}." if known else ""
+            raise VariableError(name, f"this war plan has no such variable.{hint}")
+    values: dict[str, str] = {}
+    for spec in plan.variables:
+        raw = given.get(spec.name)
+        if raw is None or (raw.strip() == "" and spec.type != "string"):
+            raw = spec.default_text(server)
+        if raw is None or (spec.required and raw.strip() == ""):
+            if spec.required:
+                raise VariableError(spec.name, "is required.")
+            continue
+        values[spec.name] = coerce_value(spec, raw)
+    return values
+
+
+def render_environment(
+    plan: WarPlan, values: Mapping[str, str], server: str, host_ports: Mapping[str, int]
+) -> dict[str, str]:
+    """Build the container environment: fixed env plus variables, with templates filled in."""
+
+    def fill(text: str) -> str:
+        def sub(m: re.Match[str]) -> str:
+            ref = m.group(1)
+            if ref == "server":
+                return server
+            return str(host_ports.get(ref[5:], ""))
+
+        return _TEMPLATE.sub(sub, text)
+
+    env = {k: fill(v) for k, v in plan.env.items()}
+    for spec in plan.variables:
+        if spec.name in values:
+            env[spec.env] = values[spec.name] if spec.secret else fill(values[spec.name])
+    return env
+
+
+def secret_names(plan: WarPlan) -> set[str]:
+    return {v.name for v in plan.variables if v.secret}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every plan that loaded, plus one error per file that did not."""
+
+    plans: dict[str, WarPlan] = field(default_factory=dict)
+    errors: list[WarplanError] = field(default_factory=list)
+    sources: dict[str, Path] = field(default_factory=dict)
+
+    def get(self, name: str) -> WarPlan:
+        try:
+            return self.plans[name]
+        except KeyError:
+            raise WarplanNotFound(name) from None
+
+    def names(self) -> list[str]:
+        return sorted(self.plans)
+
+
+def _field_of(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("int", "str", "bool", "literal['auto']", "function-after[_host_range()]"):
+            continue  # pydantic's union branch names say nothing to a plan author
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def parse_warplan(data: Any, path: str) -> WarPlan:
+    """Validate already-parsed YAML/JSON data as a plan; errors name file, field, reason."""
+    if not isinstance(data, dict):
+        raise WarplanError(path, "", "must be a mapping of fields (name, title, image, ...)")
+    try:
+        return WarPlan.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        reason = err["msg"].removeprefix("Value error, ")
+        raise WarplanError(path, _field_of(err["loc"]), reason) from None
+
+
+def load_warplan(path: Path) -> WarPlan:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise WarplanError(str(path), "", f"cannot be read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "YAML"
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise WarplanError(str(path), where, str(problem)) from None
+    plan = parse_warplan(data, str(path))
+    if plan.name != path.stem:
+        raise WarplanError(str(path), "name", f"must match the file name '{path.stem}'")
+    return plan
+
+
+def load_catalog(directory: Path) -> Catalog:
+    """Load every warplans/*.yaml; a bad file is recorded and skipped."""
+    catalog = Catalog()
+    if not directory.is_dir():
+        catalog.errors.append(WarplanError(str(directory), "", "is not a directory"))
+        return catalog
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        try:
+            plan = load_warplan(path)
+        except WarplanError as e:
+            catalog.errors.append(e)
+            continue
+        catalog.plans[plan.name] = plan
+        catalog.sources[plan.name] = path
+    return catalog
+
+
+def warplan_json_schema() -> dict[str, Any]:
+    schema = WarPlan.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "PEON war plan"
+    return schema
+
+
+def dump_warplan(plan: WarPlan) -> str:
+    data = plan.model_dump(mode="json", exclude_defaults=True)
+    data = {"name": plan.name, "title": plan.title, "image": plan.image, **data}
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# PEON plan.json import
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    plan: WarPlan
+    yaml_text: str
+    unmapped: list[str]
+
+
+def import_peon_plan(path: Path) -> ImportResult:
+    """Convert an original PEON war plan (plan.json) into this format.
+
+    PEON's plan.json has `metadata` (game_uid, image, description, ...), `ports` as a list of
+    {NAME: [port, proto]} (possibly nested one level in lists), `environment` as
+    {KEY: null|default} and `volumes` as {"~!/host-dir": "/container/path"}. Environment keys
+    with null become required variables, the others variables with that default. What has no
+    counterpart is listed in `unmapped` rather than dropped silently.
+    """
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise WarplanError(str(path), "", f"cannot be read ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise WarplanError(str(path), f"line {e.lineno}", e.msg) from None
+    if not isinstance(raw, dict):
+        raise WarplanError(str(path), "", "must be a JSON object")
+    meta = raw.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise WarplanError(str(path), "metadata", "must be an object")
+    if not meta.get("image"):
+        raise WarplanError(str(path), "metadata.image", "is required to import a plan")
+    unmapped: list[str] = []
+    name = _slug(str(meta.get("game_uid") or path.parent.name or path.stem), "imported")
+    out: dict[str, Any] = {
+        "name": name,
+        "title": str(meta.get("title") or name.replace("-", " ").title()),
+        "description": str(meta.get("description") or f"Imported from PEON {path.name}"),
+        "image": str(meta["image"]),
+    }
+    known_meta = {"game_uid", "image", "title", "description", "version"}
+    unmapped += [f"metadata.{k}" for k in sorted(set(meta) - known_meta)]
+    ports, port_unmapped = _peon_ports(raw.get("ports") or [])
+    unmapped += port_unmapped
+    if ports:
+        out["ports"] = ports
+    variables = []
+    for key, default in (raw.get("environment") or {}).items():
+        var = re.sub(r"[^a-z0-9_]+", "_", str(key).lower()).strip("_") or "var"
+        entry: dict[str, Any] = {"name": var if var[0].isalpha() else f"v_{var}", "env": key}
+        if default is None:
+            entry["required"] = True
+        else:
+            entry["default"] = str(default)
+        if any(word in str(key).upper() for word in ("PASSWORD", "TOKEN", "SECRET", "GSLT")):
+            entry["secret"] = True
+        variables.append(entry)
+    if variables:
+        out["variables"] = variables
+    volumes = []
+    raw_volumes = raw.get("volumes") or {}
+    if isinstance(raw_volumes, dict):
+        for host_side, target in raw_volumes.items():
+            if not isinstance(target, str) or not target.startswith("/"):
+                unmapped.append(f"volumes.{host_side}")
+                continue
+            volumes.append({"name": _slug(str(host_side).rsplit("/", 1)[-1], f"data{len(volumes)}"),
+                            "path": target})
+    elif raw_volumes:
+        unmapped.append("volumes (not an object)")
+    if volumes:
+        out["volumes"] = volumes
+    unmapped += sorted(set(raw) - {"metadata", "ports", "environment", "volumes"})
+    plan = parse_warplan(out, str(path))
+    return ImportResult(plan=plan, yaml_text=dump_warplan(plan), unmapped=unmapped)
+
+
+def _slug(text: str, fallback: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:32] or fallback
+
+
+def _peon_ports(raw: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """Flatten PEON's port lists; repeated names (PEON uses PORT for several) get a suffix."""
+    entries: list[tuple[str, Any]] = []
+    unmapped: list[str] = []
+    stack = list(raw) if isinstance(raw, list) else []
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, list):
+            stack[:0] = item
+        elif isinstance(item, dict):
+            entries += list(item.items())
+        else:
+            unmapped.append(f"ports: {item!r}")
+    ports: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for pname, spec in entries:
+        try:
+            number = int(spec[0])
+            proto = str(spec[1]).lower() if len(spec) > 1 else "tcp"
+        except (TypeError, ValueError, IndexError, KeyError):
+            unmapped.append(f"ports.{pname}")
+            continue
+        base = _slug(str(pname), "port")
+        slug, n = base, 2
+        while slug in used:
+            slug, n = f"{base}-{n}", n + 1
+        used.add(slug)
+        # PEON publishes ports 1:1; keep that so clients find the port they expect.
+        ports.append({"name": slug, "container": number,
+                      "protocol": proto if proto in ("tcp", "udp") else "tcp", "host": number})
+    return ports, unmapped
+
+
+class WarplanLibrary:
+    """The plans in force. `reload()` re-reads the folder; a file that no longer validates
+    is reported and its last good version stays in force."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.catalog = load_catalog(directory)
+
+    def reload(self) -> Catalog:
+        fresh = load_catalog(self.directory)
+        plans = dict(fresh.plans)
+        sources = dict(fresh.sources)
+        for err in fresh.errors:
+            stem = Path(err.path).stem
+            if stem in self.catalog.plans and stem not in plans:
+                plans[stem] = self.catalog.plans[stem]
+                sources[stem] = self.catalog.sources[stem]
+        self.catalog = Catalog(plans=plans, errors=list(fresh.errors), sources=sources)
+        return fresh
+
+    def get(self, name: str) -> WarPlan:
+        return self.catalog.get(name)
+
+    def names(self) -> list[str]:
+        return self.catalog.names()

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from bot.app import Services, open_services
+from bot.settings import DockerSettings, PortSettings, Settings
+from tests.engine import FAKEGAME_IMAGE, build_fakegame, ensure_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_WARPLANS = Path(__file__).parent / "warplans"
+
+
+@pytest.fixture(scope="session")
+def engine() -> None:
+    ensure_engine()
+
+
+@pytest.fixture(scope="session")
+def fakegame(engine: None) -> str:
+    return build_fakegame(FAKEGAME_IMAGE)
+
+
+def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    # A random pool per test: leftovers of an earlier run can never collide with this one.
+    base = random.randrange(20000, 60000, 100)
+    data = {
+        "instance_id": f"t{uuid.uuid4().hex[:10]}",
+        "data_dir": tmp_path / "data",
+        "warplans_dir": TEST_WARPLANS,
+        "docker": DockerSettings(public_address="127.0.0.1"),
+        # Tests publish on loopback only (network rule in shared/TESTING.md).
+        "ports": PortSettings(pool=f"{base}-{base + 99}", bind_address="127.0.0.1"),
+        "source": "(tests)",
+    }
+    data.update(overrides)
+    return Settings(**data)  # type: ignore[arg-type]
+
+
+def cleanup_instance(instance: str) -> None:
+    client = docker.from_env()
+    flt = {"label": [f"io.peon.instance={instance}"]}
+    for c in client.containers.list(all=True, filters=flt):
+        c.remove(force=True)
+    for v in client.volumes.list(filters=flt):
+        v.remove(force=True)
+    client.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+async def services(settings: Settings, fakegame: str) -> AsyncIterator[Services]:
+    try:
+        async with open_services(settings) as svc:
+            yield svc
+    finally:
+        cleanup_instance(settings.instance_id)
+
+
+@pytest.fixture
+def dclient(engine: None) -> docker.DockerClient:
+    client = docker.from_env()
+    yield client
+    client.close()
