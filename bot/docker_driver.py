@@ -122,23 +122,21 @@ class PullAggregator:
             raise ImageUnavailable(self.image, _short(str(event["error"])))
         status = str(event.get("status", ""))
         layer = event.get("id")
-        if layer and status not in ("Pulling from", "Pulling fs layer", "Waiting") and (
-            layer not in self.layers or not self.layers[layer][2]
-        ):
-            cur, tot, _ = self.layers.get(layer, (0, 0, False))
+        if status.startswith(("Digest:", "Status:")):
+            self.status = status
+        # "Pulling from <repo>" carries the tag as its id: a header, not a layer.
+        if not layer or status.startswith("Pulling from"):
+            return self.snapshot()
+        cur, tot, done = self.layers.get(layer, (0, 0, False))
+        if not done:
             detail = event.get("progressDetail") or {}
             if status == "Downloading" and detail.get("total"):
                 cur, tot = int(detail.get("current", 0)), int(detail["total"])
-            elif status in ("Download complete", "Verifying Checksum", "Extracting"):
+            elif status in ("Download complete", "Verifying Checksum", "Extracting",
+                            "Pull complete", "Already exists"):
                 cur = tot
             done = status in ("Pull complete", "Already exists")
-            if done:
-                cur = tot
-            self.layers[layer] = (cur, tot, done)
-        elif layer and layer not in self.layers and status in ("Pulling fs layer", "Waiting"):
-            self.layers[layer] = (0, 0, False)
-        if status.startswith(("Digest:", "Status:")):
-            self.status = status
+        self.layers[layer] = (cur, tot, done)
         return self.snapshot()
 
     def snapshot(self) -> PullProgress:

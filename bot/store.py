@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,9 +103,10 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
-        # Identifies this process's leases: host, pid and a nonce, so a restarted bot that
-        # got the same pid (pid 1 in a container) still sees its old leases as stale.
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # Identifies this process's leases: host, pid and the process's start time, so a
+        # restarted bot that got the same pid (pid 1 in a container) sees its old leases as
+        # stale while every Store of one live process agrees they are its own.
+        self.owner = _owner_id(os.getpid())
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,8 +302,22 @@ def _record(row: Any, ports: tuple[PortBinding, ...]) -> ServerRecord:
         updated_at=_dt(row[7]), created_by=row[8], operation=row[9], ports=ports)
 
 
+def _process_started(pid: int) -> str:
+    """The kernel's start time of a process (field 22 of /proc/PID/stat), '' if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # The command name (field 2) may hold spaces: count fields after its closing paren.
+    return stat.rpartition(")")[2].split()[19]
+
+
+def _owner_id(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}:{_process_started(pid)}"
+
+
 def _owner_alive(owner: str | None) -> bool:
-    """A lease owner is alive if it runs on this host under that pid.
+    """A lease owner is alive if this host runs a process with that pid and start time.
 
     Leases from another host cannot be checked and are presumed alive: only this host's dead
     processes are cleaned up automatically.
@@ -311,19 +325,11 @@ def _owner_alive(owner: str | None) -> bool:
     if not owner:
         return False
     host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
+    pid_text, _, started = rest.partition(":")
     if host != socket.gethostname():
         return True
     try:
         pid = int(pid_text)
     except ValueError:
         return False
-    if pid == os.getpid():
-        return False  # same pid, different nonce: a previous incarnation of this process
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _owner_id(pid) == f"{host}:{pid}:{started}" and _process_started(pid) != ""
