@@ -15,15 +15,15 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from bot import __version__
 from bot.app import Services, open_services
 from bot.errors import ConfigError, PeonError, StartFailed
 from bot.models import Phase, ProgressEvent, PullProgress
 from bot.settings import Settings, config_path, load_settings
+from bot.errors import WarplanError
 from bot.warplans import (
-    WarplanError,
     dump_warplan,
     import_peon_plan,
     load_catalog,
@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
 def _actor() -> str:
     try:
         return f"cli:{getpass.getuser()}"
-    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+    except Exception:
         return f"cli:uid{os.getuid()}"
 
 
@@ -130,7 +130,8 @@ class ProgressPrinter:
             self.stream.flush()
             self._bar_open = True
             return
-        assert isinstance(event, Phase)
+        if not isinstance(event, Phase):
+            return
         if self._bar_open:
             self.stream.write("\n")
             self._bar_open = False
@@ -266,10 +267,10 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
             out.write(line + "\n")
         return 0
     if args.action == "update":
-        result = await servers.update(args.name, actor=actor, pull=not args.no_pull,
-                                      progress=progress)
-        what = "new image" if result.changed else "same image"
-        again = ", restarted" if result.restarted else ""
+        updated = await servers.update(args.name, actor=actor, pull=not args.no_pull,
+                                       progress=progress)
+        what = "new image" if updated.changed else "same image"
+        again = ", restarted" if updated.restarted else ""
         out.write(f"{args.name} updated ({what}{again}); data kept\n")
         return 0
     if args.action == "delete":
@@ -282,11 +283,12 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
                             sys.stderr):
                 out.write("cancelled\n")
                 return 1
-        result = await servers.delete(args.name, actor=actor, purge=args.purge)
-        if result.removed_volumes:
-            out.write(f"deleted {args.name} and its volumes {', '.join(result.removed_volumes)}\n")
+        deleted = await servers.delete(args.name, actor=actor, purge=args.purge)
+        if deleted.removed_volumes:
+            out.write(f"deleted {args.name} and its volumes "
+                      f"{', '.join(deleted.removed_volumes)}\n")
         else:
-            kept = ", ".join(result.kept_volumes) or "none"
+            kept = ", ".join(deleted.kept_volumes) or "none"
             out.write(f"deleted {args.name}; data kept in volumes: {kept} "
                       f"(create '{args.name}' again to reuse it)\n")
         return 0
@@ -296,16 +298,16 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
         return 0
     if args.action == "list":
         rows = [["NAME", "WAR PLAN", "STATE", "PORTS"]]
-        for s in await servers.list():
+        for s in await servers.list_servers():
             ports = ",".join(f"{p.host}/{p.protocol}" for p in s.record.ports) or "-"
             rows.append([s.record.name, s.record.warplan, s.state, ports])
         _table(rows, out)
         return 0
     if args.action == "audit":
         rows = [["WHEN", "ACTOR", "ACTION", "SERVER", "RESULT"]]
-        for e in await svc.store.audit_log(args.name, args.limit):
-            rows.append([e.at.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action,
-                         e.server or "-", "ok" if e.ok else f"failed: {e.detail}"])
+        for entry in await svc.store.audit_log(args.name, args.limit):
+            rows.append([entry.at.strftime("%Y-%m-%d %H:%M:%S"), entry.actor, entry.action,
+                         entry.server or "-", "ok" if entry.ok else f"failed: {entry.detail}"])
         _table(rows, out)
         return 0
     raise UsageError(f"unknown server action {args.action}")
@@ -333,7 +335,7 @@ async def _check(settings: Settings, out: IO[str]) -> int:
             except PeonError as e:
                 failed = True
                 out.write(f"docker: {e}\n")
-    except Exception as e:  # noqa: BLE001 - reported as one line, like the others
+    except Exception as e:
         failed = True
         out.write(f"database: cannot open {settings.db_path} ({e})\n")
     token = "set" if settings.discord_token else "not set (needed by 'peon run')"
@@ -365,7 +367,7 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None,
         settings = load_settings(config_path(args.config, env or os.environ),
                                  env if env is not None else None)
         if args.group == "run":
-            from bot.__main__ import run_bot
+            from bot.__main__ import run_bot  # noqa: PLC0415 - discord.py loads only for the bot
 
             return run_bot(settings)
         return asyncio.run(_main(args, settings, out, stdin))

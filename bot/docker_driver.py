@@ -246,7 +246,7 @@ class DockerDriver:
                 for event in events:
                     loop.call_soon_threadsafe(queue.put_nowait, event)
                 loop.call_soon_threadsafe(queue.put_nowait, None)
-            except BaseException as e:  # noqa: BLE001 - handed to the event loop side
+            except BaseException as e:
                 loop.call_soon_threadsafe(queue.put_nowait, e)
 
         worker = loop.run_in_executor(self._pool, stream)
@@ -420,7 +420,7 @@ class DockerDriver:
 
     async def logs(self, ref: str, tail: int = 100) -> list[str]:
         def call() -> list[str]:
-            data = self._docker().api.logs(ref, stdout=True, stderr=True, tail=tail)
+            data: bytes = self._docker().api.logs(ref, stdout=True, stderr=True, tail=tail)
             return data.decode(errors="replace").splitlines()
 
         return await self._run(call)
@@ -450,7 +450,7 @@ class DockerDriver:
                 if buf:
                     loop.call_soon_threadsafe(queue.put_nowait, buf.decode(errors="replace"))
                 loop.call_soon_threadsafe(queue.put_nowait, None)
-            except BaseException as e:  # noqa: BLE001 - handed to the event loop side
+            except BaseException as e:
                 if holder.get("closed"):
                     loop.call_soon_threadsafe(queue.put_nowait, None)
                 else:

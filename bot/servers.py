@@ -46,8 +46,14 @@ from bot.models import (
 )
 from bot.ports import choose_ports, host_port_free
 from bot.settings import Settings
-from bot.store import Store, utcnow
-from bot.warplans import WarPlan, WarplanLibrary, render_environment, resolve_variables
+from bot.store import Store
+from bot.warplans import (
+    WarPlan,
+    WarplanLibrary,
+    fill_template,
+    render_environment,
+    resolve_variables,
+)
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +162,10 @@ class ServerService:
             image=plan.image,
             labels=labels.server_labels(self.instance, record.name, plan.name),
             env=render_environment(plan, record.variables, record.name, host_ports),
-            command=plan.command,
-            entrypoint=plan.entrypoint,
+            command=[fill_template(c, record.name, host_ports) for c in plan.command]
+            if plan.command else None,
+            entrypoint=[fill_template(c, record.name, host_ports) for c in plan.entrypoint]
+            if plan.entrypoint else None,
             ports={f"{p.container}/{p.protocol}": (bind, p.host) for p in record.ports},
             volumes={labels.volume_name(record.name, v.name): v.path for v in plan.volumes},
             memory=plan.resources.memory_bytes,
@@ -182,7 +190,8 @@ class ServerService:
             if info is not None:
                 return info
         # Found by label, never by name: the record may predate a recreate.
-        found = await self.driver.list_containers(labels.instance_filter(self.instance, record.name))
+        found = await self.driver.list_containers(
+            labels.instance_filter(self.instance, record.name))
         return found[0] if found else None
 
     async def _ensure_container(
@@ -405,7 +414,7 @@ class ServerService:
 
     # --- read-only --------------------------------------------------------------------------
 
-    async def list(self) -> list[ServerSummary]:
+    async def list_servers(self) -> list[ServerSummary]:
         records = await self.store.list_servers()
         containers = await self.driver.list_containers(labels.instance_filter(self.instance))
         by_server = {c.labels.get(labels.SERVER): c for c in containers}
@@ -458,7 +467,8 @@ class ServerService:
             elif local is None:
                 await self._ensure_image(plan.image, name, progress)
                 local = await self.driver.image_info(plan.image)
-            assert local is not None
+            if local is None:
+                raise ServerStateError(f"Image '{plan.image}' is not available for '{name}'.")
             info = await self._current_container(record)
             old_image = info.image_id if info else None
             was_running = bool(info and info.running)

@@ -88,7 +88,8 @@ def load_settings(path: Path, env: Mapping[str, str] | None = None) -> Settings:
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(str(path), where, str(getattr(e, "problem", "invalid YAML"))) from None
+            problem = str(getattr(e, "problem", "invalid YAML"))
+            raise ConfigError(str(path), where, problem) from None
         except OSError as e:
             raise ConfigError(str(path), "", f"cannot be read ({e.strerror})") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -65,8 +65,8 @@ _SERVER_COLUMNS = (
     "name, warplan, image, variables, state, container_id, created_at, updated_at, "
     "created_by, op"
 )
-SQL_SERVER = f"SELECT {_SERVER_COLUMNS} FROM servers WHERE name = ?"
-SQL_SERVERS = f"SELECT {_SERVER_COLUMNS} FROM servers ORDER BY name"
+SQL_SERVER = f"SELECT {_SERVER_COLUMNS} FROM servers WHERE name = ?"  # noqa: S608 - constant
+SQL_SERVERS = f"SELECT {_SERVER_COLUMNS} FROM servers ORDER BY name"  # noqa: S608 - constant
 SQL_PORTS = (
     "SELECT server, name, container_port, protocol, host_port FROM ports ORDER BY server, rowid"
 )
@@ -147,7 +147,8 @@ class Store:
     # --- meta -------------------------------------------------------------------------------
 
     async def get_meta(self, key: str) -> str | None:
-        row = await (await self.db.execute("SELECT value FROM meta WHERE key = ?", (key,))).fetchone()
+        cur = await self.db.execute("SELECT value FROM meta WHERE key = ?", (key,))
+        row = await cur.fetchone()
         return str(row[0]) if row else None
 
     async def set_meta(self, key: str, value: str) -> None:

@@ -147,9 +147,8 @@ class ResourcesSpec(_Model):
     @field_validator("memory")
     @classmethod
     def _size(cls, v: str | None) -> str | None:
-        if v is not None:
-            if parse_size(v) < 6 * 1024**2:
-                raise ValueError("must be at least 6m (Docker's minimum)")
+        if v is not None and parse_size(v) < 6 * 1024**2:
+            raise ValueError("must be at least 6m (Docker's minimum)")
         return v
 
     @property
@@ -234,8 +233,8 @@ class WarPlan(_Model):
     def _env_strings(cls, v: Any) -> Any:
         # YAML turns `true`/`2456` into bool/int; the container wants text.
         if isinstance(v, dict):
-            return {k: _default_text(x) if isinstance(x, bool | int | float) else x
-                    for k, x in v.items()}
+            return {k: _default_text(x) if isinstance(x, bool | int) else
+                    str(x) if isinstance(x, float) else x for k, x in v.items()}
         return v
 
     @model_validator(mode="after")
@@ -262,7 +261,9 @@ class WarPlan(_Model):
                 raise ValueError("ready.port: a port check needs a tcp port")
         if self.players and self.players.port and self.players.port not in port_names:
             raise ValueError(f"players.port: no port named '{self.players.port}'")
-        for text in [*self.env.values(), *(str(v.default) for v in self.variables)]:
+        texts = [*self.env.values(), *(str(v.default) for v in self.variables),
+                 *(self.command or []), *(self.entrypoint or [])]
+        for text in texts:
             for ref in _TEMPLATE.findall(text):
                 if ref.startswith("port:") and ref[5:] not in port_names:
                     raise ValueError(f"template {{{ref}}} names no port")
@@ -305,9 +306,9 @@ def coerce_value(spec: VariableSpec, raw: str) -> str:
             return "false"
         raise VariableError(spec.name, "must be true or false.")
     if spec.type == "choice":
-        assert spec.choices is not None  # guaranteed by the model validator
-        if text not in spec.choices:
-            raise VariableError(spec.name, f"must be one of {', '.join(spec.choices)}.")
+        choices = spec.choices or []  # non-empty: guaranteed by the model validator
+        if text not in choices:
+            raise VariableError(spec.name, f"must be one of {', '.join(choices)}.")
         return text
     if len(text) > 1024:
         raise VariableError(spec.name, "is longer than 1024 characters.")
@@ -343,24 +344,26 @@ def resolve_variables(plan: WarPlan, given: Mapping[str, str], server: str) -> d
     return values
 
 
+def fill_template(text: str, server: str, host_ports: Mapping[str, int]) -> str:
+    """Replace {server} and {port:NAME} (the host port given to port NAME)."""
+
+    def sub(m: re.Match[str]) -> str:
+        ref = m.group(1)
+        return server if ref == "server" else str(host_ports.get(ref[5:], ""))
+
+    return _TEMPLATE.sub(sub, text)
+
+
 def render_environment(
     plan: WarPlan, values: Mapping[str, str], server: str, host_ports: Mapping[str, int]
 ) -> dict[str, str]:
     """Build the container environment: fixed env plus variables, with templates filled in."""
-
-    def fill(text: str) -> str:
-        def sub(m: re.Match[str]) -> str:
-            ref = m.group(1)
-            if ref == "server":
-                return server
-            return str(host_ports.get(ref[5:], ""))
-
-        return _TEMPLATE.sub(sub, text)
-
-    env = {k: fill(v) for k, v in plan.env.items()}
+    env = {k: fill_template(v, server, host_ports) for k, v in plan.env.items()}
     for spec in plan.variables:
         if spec.name in values:
-            env[spec.env] = values[spec.name] if spec.secret else fill(values[spec.name])
+            value = values[spec.name]
+            # A user's secret is passed as typed: braces in a password are not templates.
+            env[spec.env] = value if spec.secret else fill_template(value, server, host_ports)
     return env
 
 
@@ -509,7 +512,7 @@ def import_peon_plan(path: Path) -> ImportResult:
     unmapped += port_unmapped
     if ports:
         out["ports"] = ports
-    variables = []
+    variables: list[dict[str, Any]] = []
     for key, default in (raw.get("environment") or {}).items():
         var = re.sub(r"[^a-z0-9_]+", "_", str(key).lower()).strip("_") or "var"
         entry: dict[str, Any] = {"name": var if var[0].isalpha() else f"v_{var}", "env": key}
@@ -522,7 +525,7 @@ def import_peon_plan(path: Path) -> ImportResult:
         variables.append(entry)
     if variables:
         out["variables"] = variables
-    volumes = []
+    volumes: list[dict[str, str]] = []
     raw_volumes = raw.get("volumes") or {}
     if isinstance(raw_volumes, dict):
         for host_side, target in raw_volumes.items():

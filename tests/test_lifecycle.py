@@ -45,6 +45,7 @@ async def test_create_start_status_logs_stop_update_delete_purge(
     env = dict(e.split("=", 1) for e in ctr.attrs["Config"]["Env"])
     assert env["WORLD_NAME"] == "Midgard" and env["MAX_PLAYERS"] == "8"
     assert env["SERVER_PASSWORD"] == "hunter2" and env["DIFFICULTY"] == "normal"
+    assert env["PUBLIC_PORT"] == str(record.ports[0].host)
     assert ctr.attrs["HostConfig"]["Memory"] == 64 * 2**20
     vol = dclient.volumes.get("peon-alpha-world")
     assert vol.attrs["Labels"]["io.peon.server"] == "alpha"

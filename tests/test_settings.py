@@ -38,7 +38,7 @@ def test_invalid_config_names_file_and_field(tmp_path: Path, text: str, message:
     cfg.write_text(text)
     with pytest.raises(ConfigError) as info:
         load_settings(cfg, env={})
-    assert str(info.value).startswith(str(tmp_path / message.split(":")[0]))
+    assert str(info.value).startswith(str(tmp_path / message.split(":", maxsplit=1)[0]))
     assert message.split(": ", 1)[1] in str(info.value)
 
 
