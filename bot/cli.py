@@ -19,10 +19,9 @@ from typing import IO
 
 from bot import __version__
 from bot.app import Services, open_services
-from bot.errors import ConfigError, PeonError, StartFailed
+from bot.errors import ConfigError, PeonError, StartFailed, WarplanError
 from bot.models import Phase, ProgressEvent, PullProgress
 from bot.settings import Settings, config_path, load_settings
-from bot.errors import WarplanError
 from bot.warplans import (
     dump_warplan,
     import_peon_plan,
@@ -64,8 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     s = ssub.add_parser("create", help="create a server from a war plan")
     s.add_argument("warplan")
     s.add_argument("name")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a war plan variable (repeatable)")
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a war plan variable (repeatable)",
+    )
     for action in ("start", "stop", "restart", "status"):
         s = ssub.add_parser(action, help=f"{action} a server")
         s.add_argument("name")
@@ -124,9 +128,11 @@ class ProgressPrinter:
             frac = event.fraction or 0.0
             filled = int(frac * BAR_WIDTH)
             mb = f"{event.current / 1e6:.0f}/{event.total / 1e6:.0f} MB" if event.total else ""
-            self.stream.write(f"\r  [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
-                              f"{frac * 100:3.0f}% {mb} ({event.layers_done}/{event.layers} "
-                              "layers)")
+            self.stream.write(
+                f"\r  [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
+                f"{frac * 100:3.0f}% {mb} ({event.layers_done}/{event.layers} "
+                "layers)"
+            )
             self.stream.flush()
             self._bar_open = True
             return
@@ -167,8 +173,11 @@ def _confirm(question: str, expected: str, stdin: IO[str], out: IO[str]) -> bool
 async def _warplan(args: argparse.Namespace, settings: Settings, out: IO[str]) -> int:
     if args.action == "list":
         catalog = load_catalog(settings.warplans_dir)
-        _table([["NAME", "TITLE", "IMAGE"]] + [[p.name, p.title, p.image]
-                                               for p in catalog.plans.values()], out)
+        _table(
+            [["NAME", "TITLE", "IMAGE"]]
+            + [[p.name, p.title, p.image] for p in catalog.plans.values()],
+            out,
+        )
         for err in catalog.errors:
             out.write(f"error: {err}\n")
         return 1 if catalog.errors else 0
@@ -198,8 +207,11 @@ async def _warplan(args: argparse.Namespace, settings: Settings, out: IO[str]) -
         if args.stdout:
             out.write(result.yaml_text)
             return 0
-        target = Path(args.output) if args.output else (
-            settings.warplans_dir / f"{result.plan.name}.yaml")
+        target = (
+            Path(args.output)
+            if args.output
+            else (settings.warplans_dir / f"{result.plan.name}.yaml")
+        )
         if target.exists():
             raise PeonError(f"{target} already exists; choose another --output.")
         tmp = target.with_suffix(target.suffix + ".tmp")
@@ -220,11 +232,14 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
             sys.stderr.write(f"reconciled: {line}\n")
     if args.action == "create":
         values = _parse_sets(args.set)
-        record = await servers.create(args.warplan, args.name, values, actor=actor,
-                                      progress=progress)
+        record = await servers.create(
+            args.warplan, args.name, values, actor=actor, progress=progress
+        )
         ports = ", ".join(f"{p.name} {p.host}/{p.protocol}" for p in record.ports) or "none"
-        out.write(f"created {record.name} from {record.warplan} (ports: {ports}); "
-                  f"start it with: peon server start {record.name}\n")
+        out.write(
+            f"created {record.name} from {record.warplan} (ports: {ports}); "
+            f"start it with: peon server start {record.name}\n"
+        )
         return 0
     if args.action in ("start", "restart"):
         call = servers.start if args.action == "start" else servers.restart
@@ -237,8 +252,7 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
         if result.already_running:
             out.write(f"{args.name} is already running at {result.connect()}\n")
         else:
-            out.write(f"{args.name} is ready at {result.connect()} "
-                      f"(in {result.seconds:.1f} s)\n")
+            out.write(f"{args.name} is ready at {result.connect()} (in {result.seconds:.1f} s)\n")
         return 0
     if args.action == "stop":
         stopped = await servers.stop(args.name, actor=actor, progress=progress)
@@ -247,10 +261,17 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
     if args.action == "status":
         st = await servers.status(args.name)
         now = datetime.now(UTC)
-        rows = [["name", st.record.name], ["war plan", st.record.warplan],
-                ["state", st.state], ["uptime", _duration(st.uptime(now))],
-                ["address", ", ".join(f"{st.address}:{p.host}/{p.protocol} ({p.name})"
-                                      for p in st.record.ports) or "-"]]
+        rows = [
+            ["name", st.record.name],
+            ["war plan", st.record.warplan],
+            ["state", st.state],
+            ["uptime", _duration(st.uptime(now))],
+            [
+                "address",
+                ", ".join(f"{st.address}:{p.host}/{p.protocol} ({p.name})" for p in st.record.ports)
+                or "-",
+            ],
+        ]
         if st.container and st.container.health:
             rows.append(["health", st.container.health])
         if st.usage:
@@ -267,8 +288,9 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
             out.write(line + "\n")
         return 0
     if args.action == "update":
-        updated = await servers.update(args.name, actor=actor, pull=not args.no_pull,
-                                       progress=progress)
+        updated = await servers.update(
+            args.name, actor=actor, pull=not args.no_pull, progress=progress
+        )
         what = "new image" if updated.changed else "same image"
         again = ", restarted" if updated.restarted else ""
         out.write(f"{args.name} updated ({what}{again}); data kept\n")
@@ -279,18 +301,20 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
             if not stdin.isatty():
                 raise PeonError("Refusing to delete without confirmation: pass --yes.")
             what = "and ALL ITS DATA " if args.purge else "(data volumes are kept) "
-            if not _confirm(f"Delete server '{record.name}' {what}?", record.name, stdin,
-                            sys.stderr):
+            if not _confirm(
+                f"Delete server '{record.name}' {what}?", record.name, stdin, sys.stderr
+            ):
                 out.write("cancelled\n")
                 return 1
         deleted = await servers.delete(args.name, actor=actor, purge=args.purge)
         if deleted.removed_volumes:
-            out.write(f"deleted {args.name} and its volumes "
-                      f"{', '.join(deleted.removed_volumes)}\n")
+            out.write(f"deleted {args.name} and its volumes {', '.join(deleted.removed_volumes)}\n")
         else:
             kept = ", ".join(deleted.kept_volumes) or "none"
-            out.write(f"deleted {args.name}; data kept in volumes: {kept} "
-                      f"(create '{args.name}' again to reuse it)\n")
+            out.write(
+                f"deleted {args.name}; data kept in volumes: {kept} "
+                f"(create '{args.name}' again to reuse it)\n"
+            )
         return 0
     if args.action == "console":
         await servers.console(args.name, args.command, actor=actor)
@@ -306,8 +330,15 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
     if args.action == "audit":
         rows = [["WHEN", "ACTOR", "ACTION", "SERVER", "RESULT"]]
         for entry in await svc.store.audit_log(args.name, args.limit):
-            rows.append([entry.at.strftime("%Y-%m-%d %H:%M:%S"), entry.actor, entry.action,
-                         entry.server or "-", "ok" if entry.ok else f"failed: {entry.detail}"])
+            rows.append(
+                [
+                    entry.at.strftime("%Y-%m-%d %H:%M:%S"),
+                    entry.actor,
+                    entry.action,
+                    entry.server or "-",
+                    "ok" if entry.ok else f"failed: {entry.detail}",
+                ]
+            )
         _table(rows, out)
         return 0
     raise UsageError(f"unknown server action {args.action}")
@@ -326,12 +357,14 @@ async def _check(settings: Settings, out: IO[str]) -> int:
         out.write(f"warplans: ok ({len(catalog.plans)} loaded from {settings.warplans_dir})\n")
     try:
         async with open_services(settings) as svc:
-            out.write(f"database: ok ({settings.db_path}, schema "
-                      f"v{await svc.store.schema_version()})\n")
+            out.write(
+                f"database: ok ({settings.db_path}, schema v{await svc.store.schema_version()})\n"
+            )
             try:
                 info = await svc.driver.ping()
-                out.write(f"docker: ok (Docker {info.version}, API {info.api_version}, "
-                          f"{info.os})\n")
+                out.write(
+                    f"docker: ok (Docker {info.version}, API {info.api_version}, {info.os})\n"
+                )
             except PeonError as e:
                 failed = True
                 out.write(f"docker: {e}\n")
@@ -343,8 +376,7 @@ async def _check(settings: Settings, out: IO[str]) -> int:
     return 1 if failed else 0
 
 
-async def _main(args: argparse.Namespace, settings: Settings, out: IO[str],
-                stdin: IO[str]) -> int:
+async def _main(args: argparse.Namespace, settings: Settings, out: IO[str], stdin: IO[str]) -> int:
     if args.group == "warplan":
         return await _warplan(args, settings, out)
     if args.group == "check":
@@ -355,17 +387,25 @@ async def _main(args: argparse.Namespace, settings: Settings, out: IO[str],
     raise UsageError(f"unknown command {args.group}")
 
 
-def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None,
-         stdin: IO[str] | None = None, env: dict[str, str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    out: IO[str] | None = None,
+    stdin: IO[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> int:
     out = out or sys.stdout
     stdin = stdin or sys.stdin
     parser = _parser()
     args = parser.parse_args(argv)  # exits 2 on usage errors
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
-        settings = load_settings(config_path(args.config, env or os.environ),
-                                 env if env is not None else None)
+        settings = load_settings(
+            config_path(args.config, env or os.environ), env if env is not None else None
+        )
         if args.group == "run":
             from bot.__main__ import run_bot  # noqa: PLC0415 - discord.py loads only for the bot
 
@@ -381,8 +421,6 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None,
     except KeyboardInterrupt:
         sys.stderr.write("peon: interrupted\n")
         return 130
-
-
 
 
 if __name__ == "__main__":

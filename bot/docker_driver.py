@@ -76,7 +76,7 @@ def _parse_time(text: str | None) -> datetime | None:
     head, _, rest = text.partition(".")
     if rest:
         frac = "".join(ch for ch in rest if ch.isdigit())[:6]
-        tz = rest[len("".join(ch for ch in rest if ch.isdigit())):] or "Z"
+        tz = rest[len("".join(ch for ch in rest if ch.isdigit())) :] or "Z"
         text = f"{head}.{frac}{tz}"
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -132,8 +132,13 @@ class PullAggregator:
             detail = event.get("progressDetail") or {}
             if status == "Downloading" and detail.get("total"):
                 cur, tot = int(detail.get("current", 0)), int(detail["total"])
-            elif status in ("Download complete", "Verifying Checksum", "Extracting",
-                            "Pull complete", "Already exists"):
+            elif status in (
+                "Download complete",
+                "Verifying Checksum",
+                "Extracting",
+                "Pull complete",
+                "Already exists",
+            ):
                 cur = tot
             done = status in ("Pull complete", "Already exists")
         self.layers[layer] = (cur, tot, done)
@@ -165,7 +170,8 @@ class DockerDriver:
             if self._client is None:
                 if self.base_url:
                     self._client = docker.DockerClient(
-                        base_url=self.base_url, timeout=self.timeout, version="auto")
+                        base_url=self.base_url, timeout=self.timeout, version="auto"
+                    )
                 else:
                     # Honours DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.
                     self._client = docker.from_env(timeout=self.timeout, version="auto")
@@ -191,9 +197,11 @@ class DockerDriver:
             v = c.version()
             info = c.info()
             return EngineInfo(
-                version=str(v.get("Version", "?")), api_version=str(v.get("ApiVersion", "?")),
+                version=str(v.get("Version", "?")),
+                api_version=str(v.get("ApiVersion", "?")),
                 os=f"{info.get('OperatingSystem', '?')} ({info.get('Architecture', '?')})",
-                containers_running=int(info.get("ContainersRunning", 0)))
+                containers_running=int(info.get("ContainersRunning", 0)),
+            )
 
         return await self._run(call)
 
@@ -220,8 +228,11 @@ class DockerDriver:
                 return None
             attrs = img.attrs
             return ImageInfo(
-                id=img.id, tags=tuple(img.tags), repo_digests=tuple(attrs.get("RepoDigests") or ()),
-                created=str(attrs.get("Created", "")))
+                id=img.id,
+                tags=tuple(img.tags),
+                repo_digests=tuple(attrs.get("RepoDigests") or ()),
+                created=str(attrs.get("Created", "")),
+            )
 
         return await self._run(call)
 
@@ -240,7 +251,8 @@ class DockerDriver:
             try:
                 if "@" in image:
                     events: Iterator[dict[str, Any]] = self._docker().api.pull(
-                        image, stream=True, decode=True)
+                        image, stream=True, decode=True
+                    )
                 else:
                     events = self._docker().api.pull(repo, tag=tag, stream=True, decode=True)
                 for event in events:
@@ -305,8 +317,12 @@ class DockerDriver:
     async def list_volumes(self, label_filters: list[str]) -> list[VolumeInfo]:
         def call() -> list[VolumeInfo]:
             vols = self._docker().volumes.list(filters={"label": label_filters})
-            return [VolumeInfo(v.name, dict(v.attrs.get("Labels") or {}),
-                               str(v.attrs.get("Mountpoint", ""))) for v in vols]
+            return [
+                VolumeInfo(
+                    v.name, dict(v.attrs.get("Labels") or {}), str(v.attrs.get("Mountpoint", ""))
+                )
+                for v in vols
+            ]
 
         return await self._run(call)
 
@@ -330,7 +346,8 @@ class DockerDriver:
                 tty=False,
                 detach=True,
                 log_config=LogConfig(
-                    type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILES}),
+                    type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILES}
+                ),
             )
             return str(c.id)
 
@@ -438,8 +455,13 @@ class DockerDriver:
         def pump() -> None:
             try:
                 stream = self._docker().api.logs(
-                    ref, stdout=True, stderr=True, stream=True, follow=True,
-                    since=since if since is not None else None)
+                    ref,
+                    stdout=True,
+                    stderr=True,
+                    stream=True,
+                    follow=True,
+                    since=since if since is not None else None,
+                )
                 holder["stream"] = stream
                 buf = b""
                 for chunk in stream:
@@ -500,8 +522,17 @@ def _pull_error(image: str, error: BaseException) -> PeonError:
         return ImageUnavailable(image, "no such image, or the registry denied access")
     if isinstance(error, docker.errors.APIError):
         text = _explain(error)
-        if any(s in text for s in ("no such host", "dial tcp", "timeout", "connection refused",
-                                    "i/o timeout", "TLS handshake")):
+        if any(
+            s in text
+            for s in (
+                "no such host",
+                "dial tcp",
+                "timeout",
+                "connection refused",
+                "i/o timeout",
+                "TLS handshake",
+            )
+        ):
             return ImageUnavailable(image, f"the registry could not be reached ({text})")
         if "denied" in text or "not found" in text or "manifest unknown" in text:
             return ImageUnavailable(image, "no such image, or the registry denied access")
@@ -529,20 +560,27 @@ def _container_info(attrs: dict[str, Any]) -> ContainerInfo:
     health = (state.get("Health") or {}).get("Status")
     running = bool(state.get("Running"))
     return ContainerInfo(
-        id=str(attrs["Id"]), name=str(attrs.get("Name", "")).lstrip("/"),
-        image=str(cfg.get("Image", "")), image_id=str(attrs.get("Image", "")),
-        status=str(state.get("Status", "unknown")), health=health,
+        id=str(attrs["Id"]),
+        name=str(attrs.get("Name", "")).lstrip("/"),
+        image=str(cfg.get("Image", "")),
+        image_id=str(attrs.get("Image", "")),
+        status=str(state.get("Status", "unknown")),
+        health=health,
         started_at=_parse_time(state.get("StartedAt")),
         finished_at=_parse_time(state.get("FinishedAt")),
         exit_code=None if running else state.get("ExitCode"),
-        labels=dict(cfg.get("Labels") or {}), env=env, host_ports=host_ports)
+        labels=dict(cfg.get("Labels") or {}),
+        env=env,
+        host_ports=host_ports,
+    )
 
 
 def usage_from_stats(s: dict[str, Any]) -> Usage:
     """CPU percent over the engine's sampling interval and memory without page cache."""
     cpu, pre = s.get("cpu_stats") or {}, s.get("precpu_stats") or {}
     cpu_delta = (cpu.get("cpu_usage") or {}).get("total_usage", 0) - (
-        pre.get("cpu_usage") or {}).get("total_usage", 0)
+        pre.get("cpu_usage") or {}
+    ).get("total_usage", 0)
     sys_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
     online = cpu.get("online_cpus") or len((cpu.get("cpu_usage") or {}).get("percpu_usage") or [1])
     percent = (cpu_delta / sys_delta) * online * 100.0 if sys_delta > 0 and cpu_delta > 0 else 0.0

@@ -181,9 +181,10 @@ class ReconcileReport:
     def lines(self) -> list[str]:
         out = []
         for label, names in (
-            ("adopted", self.adopted), ("orphaned containers (no war plan)", self.orphans),
-            ("missing containers", self.missing), ("rolled back unfinished creates",
-                                                   self.rolled_back),
+            ("adopted", self.adopted),
+            ("orphaned containers (no war plan)", self.orphans),
+            ("missing containers", self.missing),
+            ("rolled back unfinished creates", self.rolled_back),
             ("finished interrupted deletes", self.finished_deletes),
             ("interrupted operations", self.interrupted),
         ):

@@ -131,8 +131,9 @@ class ServerService:
         try:
             await self.store.acquire(name, operation)
         except PeonError as e:
-            await self.store.audit(actor, operation, name if NAME_RE.match(name) else None,
-                                   False, str(e))
+            await self.store.audit(
+                actor, operation, name if NAME_RE.match(name) else None, False, str(e)
+            )
             raise
         try:
             yield
@@ -163,9 +164,11 @@ class ServerService:
             labels=labels.server_labels(self.instance, record.name, plan.name),
             env=render_environment(plan, record.variables, record.name, host_ports),
             command=[fill_template(c, record.name, host_ports) for c in plan.command]
-            if plan.command else None,
+            if plan.command
+            else None,
             entrypoint=[fill_template(c, record.name, host_ports) for c in plan.entrypoint]
-            if plan.entrypoint else None,
+            if plan.entrypoint
+            else None,
             ports={f"{p.container}/{p.protocol}": (bind, p.host) for p in record.ports},
             volumes={labels.volume_name(record.name, v.name): v.path for v in plan.volumes},
             memory=plan.resources.memory_bytes,
@@ -191,7 +194,8 @@ class ServerService:
                 return info
         # Found by label, never by name: the record may predate a recreate.
         found = await self.driver.list_containers(
-            labels.instance_filter(self.instance, record.name))
+            labels.instance_filter(self.instance, record.name)
+        )
         return found[0] if found else None
 
     async def _ensure_container(
@@ -204,7 +208,8 @@ class ServerService:
             for vol in plan.volumes:
                 await self.driver.ensure_volume(
                     labels.volume_name(record.name, vol.name),
-                    labels.volume_labels(self.instance, record.name, plan.name, vol.name))
+                    labels.volume_labels(self.instance, record.name, plan.name, vol.name),
+                )
             cid = await self.driver.create_container(self._container_spec(record, plan))
             info = await self.driver.inspect(cid)
             if info is None:
@@ -234,20 +239,27 @@ class ServerService:
             await self._ensure_image(plan.image, name, progress)
             record = await self._reserve(plan, name, variables, actor)
         except PeonError as e:
-            await self.store.audit(actor, "create", name if NAME_RE.match(name or "") else None,
-                                   False, str(e))
+            await self.store.audit(
+                actor, "create", name if NAME_RE.match(name or "") else None, False, str(e)
+            )
             raise
         try:
             await _emit(progress, Phase(name, "creating"))
-            existing = {v.name for v in await self.driver.list_volumes(
-                labels.instance_filter(self.instance, name))}
-            new = [labels.volume_name(name, v.name) for v in plan.volumes
-                   if labels.volume_name(name, v.name) not in existing]
+            existing = {
+                v.name
+                for v in await self.driver.list_volumes(labels.instance_filter(self.instance, name))
+            }
+            new = [
+                labels.volume_name(name, v.name)
+                for v in plan.volumes
+                if labels.volume_name(name, v.name) not in existing
+            ]
             # Written before the volumes exist, so a crash mid-create knows what to remove.
             await self.store.update_server(name, pending_volumes=new)
             info = await self._ensure_container(record, plan, None)
-            await self.store.update_server(name, state=ServerState.STOPPED, pending_volumes=[],
-                                           container_id=info.id)
+            await self.store.update_server(
+                name, state=ServerState.STOPPED, pending_volumes=[], container_id=info.id
+            )
         except BaseException as e:
             await _quiet(self._rollback_create(name))
             detail = str(e) if isinstance(e, PeonError) else type(e).__name__
@@ -260,19 +272,27 @@ class ServerService:
     async def _reserve(
         self, plan: WarPlan, name: str, variables: dict[str, str], actor: str
     ) -> ServerRecord:
-        wanted = [(p.name, p.protocol, None if p.host == "auto" else int(p.host))
-                  for p in plan.ports]
+        wanted = [
+            (p.name, p.protocol, None if p.host == "auto" else int(p.host)) for p in plan.ports
+        ]
         async with self._allocation:
             for attempt in range(3):
                 taken = await self.store.taken_ports() | await self.driver.published_ports()
                 chosen = await asyncio.to_thread(
-                    choose_ports, wanted, self.settings.ports.pool_range, taken, self._port_free)
-                bindings = [PortBinding(p.name, p.container, p.protocol, chosen[p.name])
-                            for p in plan.ports]
+                    choose_ports, wanted, self.settings.ports.pool_range, taken, self._port_free
+                )
+                bindings = [
+                    PortBinding(p.name, p.container, p.protocol, chosen[p.name]) for p in plan.ports
+                ]
                 try:
                     return await self.store.create_server(
-                        name=name, warplan=plan.name, image=plan.image, variables=variables,
-                        ports=bindings, created_by=actor)
+                        name=name,
+                        warplan=plan.name,
+                        image=plan.image,
+                        variables=variables,
+                        ports=bindings,
+                        created_by=actor,
+                    )
                 except sqlite3.IntegrityError:
                     # Another process reserved one of these ports between our read and write.
                     if attempt == 2:
@@ -288,8 +308,9 @@ class ServerService:
 
     # --- start / stop / restart ------------------------------------------------------------
 
-    async def start(self, name: str, *, actor: str, progress: Progress | None = None
-                    ) -> StartResult:
+    async def start(
+        self, name: str, *, actor: str, progress: Progress | None = None
+    ) -> StartResult:
         async with self._operation(name, "start", actor):
             return await self._start(name, progress)
 
@@ -306,14 +327,14 @@ class ServerService:
         started = await self.driver.inspect(info.id)
         await self.store.update_server(name, state=ServerState.RUNNING)
         await _emit(progress, Phase(name, "waiting for ready"))
-        await self._wait_ready(record, plan, info.id,
-                               started.started_at if started else None)
+        await self._wait_ready(record, plan, info.id, started.started_at if started else None)
         result = StartResult(name, self.address, record.ports, time.monotonic() - began)
         await _emit(progress, Phase(name, "ready", result.connect()))
         return result
 
-    async def _wait_ready(self, record: ServerRecord, plan: WarPlan, cid: str,
-                          since: datetime | None) -> None:
+    async def _wait_ready(
+        self, record: ServerRecord, plan: WarPlan, cid: str, since: datetime | None
+    ) -> None:
         ready = plan.ready
         try:
             async with asyncio.timeout(ready.timeout):
@@ -327,18 +348,23 @@ class ServerService:
                     await self._fail_if_exited(record.name, cid)
         except TimeoutError:
             tail = await _quiet_logs(self.driver, cid)
-            raise StartFailed(record.name, f"not ready after {ready.timeout} s; it is still "
-                              "running, see its logs", tail) from None
+            raise StartFailed(
+                record.name,
+                f"not ready after {ready.timeout} s; it is still running, see its logs",
+                tail,
+            ) from None
 
-    async def _wait_log(self, name: str, cid: str, pattern: re.Pattern[str],
-                        since: datetime | None) -> None:
+    async def _wait_log(
+        self, name: str, cid: str, pattern: re.Pattern[str], since: datetime | None
+    ) -> None:
         async for line in self.driver.follow_logs(cid, since=since):
             if pattern.search(line):
                 return
         # The log stream ends only when the container stops.
         await self._fail_if_exited(name, cid)
-        raise StartFailed(name, "its log ended before the ready line",
-                          await _quiet_logs(self.driver, cid))
+        raise StartFailed(
+            name, "its log ended before the ready line", await _quiet_logs(self.driver, cid)
+        )
 
     async def _wait_port(self, name: str, cid: str, port: int) -> None:
         host = self.settings.docker.probe_address
@@ -360,8 +386,9 @@ class ServerService:
             raise StartFailed(name, "its container disappeared")
         if not info.running:
             await self.store.update_server(name, state=ServerState.STOPPED)
-            raise StartFailed(name, f"it exited with code {info.exit_code}",
-                              await _quiet_logs(self.driver, cid))
+            raise StartFailed(
+                name, f"it exited with code {info.exit_code}", await _quiet_logs(self.driver, cid)
+            )
 
     async def stop(self, name: str, *, actor: str, progress: Progress | None = None) -> bool:
         """Stop gracefully per the war plan; False when it was not running."""
@@ -402,12 +429,12 @@ class ServerService:
             await self.driver.stop(info.id, grace=stop.grace)
             return
         if await self.driver.wait(info.id, timeout=stop.grace) is None:
-            log.warning("%s ignored its stop command for %ss; stopping it", record.name,
-                        stop.grace)
+            log.warning("%s ignored its stop command for %ss; stopping it", record.name, stop.grace)
             await self.driver.stop(info.id, grace=5)
 
-    async def restart(self, name: str, *, actor: str, progress: Progress | None = None
-                      ) -> StartResult:
+    async def restart(
+        self, name: str, *, actor: str, progress: Progress | None = None
+    ) -> StartResult:
         async with self._operation(name, "restart", actor):
             await self._stop(name, progress)
             return await self._start(name, progress)
@@ -447,8 +474,9 @@ class ServerService:
 
     # --- update -----------------------------------------------------------------------------
 
-    async def update(self, name: str, *, actor: str, pull: bool = True,
-                     progress: Progress | None = None) -> UpdateResult:
+    async def update(
+        self, name: str, *, actor: str, pull: bool = True, progress: Progress | None = None
+    ) -> UpdateResult:
         """Pull a newer image (if the image came from a registry), recreate, keep the data."""
         async with self._operation(name, "update", actor):
             record = await self.store.get_server(name)
@@ -477,8 +505,9 @@ class ServerService:
                     await _emit(progress, Phase(name, "stopping"))
                     await self._graceful_stop(record, info)
                 await self.driver.remove(info.id, force=True)
-            await self.store.update_server(name, image=plan.image, container_id=None,
-                                           state=ServerState.STOPPED)
+            await self.store.update_server(
+                name, image=plan.image, container_id=None, state=ServerState.STOPPED
+            )
             record = await self.store.get_server(name)
             await self._ensure_container(record, plan, progress)
             if was_running:
@@ -568,9 +597,14 @@ class ServerService:
             bindings.append(PortBinding(p.name, p.container, p.protocol, host))
         variables = {v.name: info.env[v.env] for v in plan.variables if v.env in info.env}
         try:
-            await self.store.create_server(name=server, warplan=plan.name, image=info.image,
-                                           variables=variables, ports=bindings,
-                                           created_by="adopted")
+            await self.store.create_server(
+                name=server,
+                warplan=plan.name,
+                image=info.image,
+                variables=variables,
+                ports=bindings,
+                created_by="adopted",
+            )
         except (PeonError, sqlite3.IntegrityError):
             return False
         state = ServerState.RUNNING if info.running else ServerState.STOPPED

@@ -62,8 +62,7 @@ MIGRATIONS: list[str] = [
 ]
 
 _SERVER_COLUMNS = (
-    "name, warplan, image, variables, state, container_id, created_at, updated_at, "
-    "created_by, op"
+    "name, warplan, image, variables, state, container_id, created_at, updated_at, created_by, op"
 )
 SQL_SERVER = f"SELECT {_SERVER_COLUMNS} FROM servers WHERE name = ?"  # noqa: S608 - constant
 SQL_SERVERS = f"SELECT {_SERVER_COLUMNS} FROM servers ORDER BY name"  # noqa: S608 - constant
@@ -80,8 +79,10 @@ SQL_INSERT_PORT = (
 SQL_ACQUIRE = (
     "UPDATE servers SET op = ?, op_owner = ?, op_started = ? WHERE name = ? AND op IS NULL"
 )
-SQL_RELEASE = "UPDATE servers SET op = NULL, op_owner = NULL, op_started = NULL " \
+SQL_RELEASE = (
+    "UPDATE servers SET op = NULL, op_owner = NULL, op_started = NULL "
     "WHERE name = ? AND op_owner = ?"
+)
 SQL_AUDIT = "INSERT INTO audit (at, actor, action, server, ok, detail) VALUES (?, ?, ?, ?, ?, ?)"
 
 
@@ -154,7 +155,9 @@ class Store:
     async def set_meta(self, key: str, value: str) -> None:
         await self.db.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
         await self.db.commit()
 
     # --- servers ----------------------------------------------------------------------------
@@ -178,13 +181,27 @@ class Store:
         db = self.db
         try:
             await db.execute("BEGIN IMMEDIATE")
-            exists = await (await db.execute("SELECT 1 FROM servers WHERE name = ?",
-                                              (name,))).fetchone()
+            exists = await (
+                await db.execute("SELECT 1 FROM servers WHERE name = ?", (name,))
+            ).fetchone()
             if exists:
                 raise ServerExists(name)
-            await db.execute(SQL_INSERT_SERVER, (
-                name, warplan, image, json.dumps(variables), ServerState.CREATING.value, now,
-                now, created_by, "create", self.owner, now))
+            await db.execute(
+                SQL_INSERT_SERVER,
+                (
+                    name,
+                    warplan,
+                    image,
+                    json.dumps(variables),
+                    ServerState.CREATING.value,
+                    now,
+                    now,
+                    created_by,
+                    "create",
+                    self.owner,
+                    now,
+                ),
+            )
             for p in ports:
                 await db.execute(SQL_INSERT_PORT, (name, p.name, p.protocol, p.container, p.host))
             await db.commit()
@@ -213,8 +230,11 @@ class Store:
 
     async def _ports(self, server: str | None) -> dict[str, tuple[PortBinding, ...]]:
         out: dict[str, list[PortBinding]] = {}
-        sql, args = (SQL_PORTS, ()) if server is None else (
-            SQL_PORTS.replace("ORDER BY", "WHERE server = ? ORDER BY"), (server,))
+        sql, args = (
+            (SQL_PORTS, ())
+            if server is None
+            else (SQL_PORTS.replace("ORDER BY", "WHERE server = ? ORDER BY"), (server,))
+        )
         for srv, pname, cport, proto, hport in await (await self.db.execute(sql, args)).fetchall():
             out.setdefault(srv, []).append(PortBinding(pname, cport, proto, hport))
         return {k: tuple(v) for k, v in out.items()}
@@ -236,15 +256,17 @@ class Store:
         sets = ", ".join(f"{k} = ?" for k in fields)
         cur = await self.db.execute(
             f"UPDATE servers SET {sets}, updated_at = ? WHERE name = ?",  # noqa: S608 - keys vetted
-            (*fields.values(), _ts(utcnow()), name))
+            (*fields.values(), _ts(utcnow()), name),
+        )
         await self.db.commit()
         if cur.rowcount == 0:
             raise ServerNotFound(name)
 
     async def pending_volumes(self, name: str) -> list[str]:
         """Volumes a create made (or was about to make): what a crashed create must remove."""
-        row = await (await self.db.execute(
-            "SELECT pending_volumes FROM servers WHERE name = ?", (name,))).fetchone()
+        row = await (
+            await self.db.execute("SELECT pending_volumes FROM servers WHERE name = ?", (name,))
+        ).fetchone()
         return list(json.loads(row[0])) if row else []
 
     async def delete_server(self, name: str) -> None:
@@ -268,20 +290,23 @@ class Store:
 
     async def stale_leases(self) -> list[tuple[str, str]]:
         """Leases whose owner process is gone: (server, operation)."""
-        rows = await (await self.db.execute(
-            "SELECT name, op, op_owner FROM servers WHERE op IS NOT NULL")).fetchall()
+        rows = await (
+            await self.db.execute("SELECT name, op, op_owner FROM servers WHERE op IS NOT NULL")
+        ).fetchall()
         return [(r[0], r[1]) for r in rows if r[2] != self.owner and not _owner_alive(r[2])]
 
     async def break_lease(self, name: str) -> None:
         await self.db.execute(
             "UPDATE servers SET op = NULL, op_owner = NULL, op_started = NULL WHERE name = ?",
-            (name,))
+            (name,),
+        )
         await self.db.commit()
 
     # --- audit ------------------------------------------------------------------------------
 
-    async def audit(self, actor: str, action: str, server: str | None, ok: bool,
-                    detail: str = "") -> None:
+    async def audit(
+        self, actor: str, action: str, server: str | None, ok: bool, detail: str = ""
+    ) -> None:
         await self.db.execute(SQL_AUDIT, (_ts(utcnow()), actor, action, server, int(ok), detail))
         await self.db.commit()
 
@@ -291,16 +316,26 @@ class Store:
         if server is not None:
             sql += " WHERE server = ?"
             args = (server,)
-        rows = await (await self.db.execute(f"{sql} ORDER BY id DESC LIMIT ?",
-                                            (*args, limit))).fetchall()
+        rows = await (
+            await self.db.execute(f"{sql} ORDER BY id DESC LIMIT ?", (*args, limit))
+        ).fetchall()
         return [AuditEntry(r[0], _dt(r[1]), r[2], r[3], r[4], bool(r[5]), r[6]) for r in rows]
 
 
 def _record(row: Any, ports: tuple[PortBinding, ...]) -> ServerRecord:
     return ServerRecord(
-        name=row[0], warplan=row[1], image=row[2], variables=json.loads(row[3]),
-        state=ServerState(row[4]), container_id=row[5], created_at=_dt(row[6]),
-        updated_at=_dt(row[7]), created_by=row[8], operation=row[9], ports=ports)
+        name=row[0],
+        warplan=row[1],
+        image=row[2],
+        variables=json.loads(row[3]),
+        state=ServerState(row[4]),
+        container_id=row[5],
+        created_at=_dt(row[6]),
+        updated_at=_dt(row[7]),
+        created_by=row[8],
+        operation=row[9],
+        ports=ports,
+    )
 
 
 def _process_started(pid: int) -> str:

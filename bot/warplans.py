@@ -233,15 +233,22 @@ class WarPlan(_Model):
     def _env_strings(cls, v: Any) -> Any:
         # YAML turns `true`/`2456` into bool/int; the container wants text.
         if isinstance(v, dict):
-            return {k: _default_text(x) if isinstance(x, bool | int) else
-                    str(x) if isinstance(x, float) else x for k, x in v.items()}
+            return {
+                k: _default_text(x)
+                if isinstance(x, bool | int)
+                else str(x)
+                if isinstance(x, float)
+                else x
+                for k, x in v.items()
+            }
         return v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> WarPlan:
         _unique("ports", [p.name for p in self.ports])
-        _unique("ports (container port/protocol)",
-                [f"{p.container}/{p.protocol}" for p in self.ports])
+        _unique(
+            "ports (container port/protocol)", [f"{p.container}/{p.protocol}" for p in self.ports]
+        )
         _unique("variables", [v.name for v in self.variables])
         _unique("variables (env)", [v.env for v in self.variables])
         _unique("volumes", [v.name for v in self.volumes])
@@ -261,8 +268,12 @@ class WarPlan(_Model):
                 raise ValueError("ready.port: a port check needs a tcp port")
         if self.players and self.players.port and self.players.port not in port_names:
             raise ValueError(f"players.port: no port named '{self.players.port}'")
-        texts = [*self.env.values(), *(str(v.default) for v in self.variables),
-                 *(self.command or []), *(self.entrypoint or [])]
+        texts = [
+            *self.env.values(),
+            *(str(v.default) for v in self.variables),
+            *(self.command or []),
+            *(self.entrypoint or []),
+        ]
         for text in texts:
             for ref in _TEMPLATE.findall(text):
                 if ref.startswith("port:") and ref[5:] not in port_names:
@@ -532,8 +543,12 @@ def import_peon_plan(path: Path) -> ImportResult:
             if not isinstance(target, str) or not target.startswith("/"):
                 unmapped.append(f"volumes.{host_side}")
                 continue
-            volumes.append({"name": _slug(str(host_side).rsplit("/", 1)[-1], f"data{len(volumes)}"),
-                            "path": target})
+            volumes.append(
+                {
+                    "name": _slug(str(host_side).rsplit("/", 1)[-1], f"data{len(volumes)}"),
+                    "path": target,
+                }
+            )
     elif raw_volumes:
         unmapped.append("volumes (not an object)")
     if volumes:
@@ -575,8 +590,14 @@ def _peon_ports(raw: Any) -> tuple[list[dict[str, Any]], list[str]]:
             slug, n = f"{base}-{n}", n + 1
         used.add(slug)
         # PEON publishes ports 1:1; keep that so clients find the port they expect.
-        ports.append({"name": slug, "container": number,
-                      "protocol": proto if proto in ("tcp", "udp") else "tcp", "host": number})
+        ports.append(
+            {
+                "name": slug,
+                "container": number,
+                "protocol": proto if proto in ("tcp", "udp") else "tcp",
+                "host": number,
+            }
+        )
     return ports, unmapped
 
 

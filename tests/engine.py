@@ -52,12 +52,18 @@ def busybox_binary() -> Path:
     for candidate in ("/bin/busybox", "/usr/bin/busybox"):
         path = Path(candidate)
         if path.exists():
-            out = subprocess.run(["file", "-L", str(path)], capture_output=True, text=True,
-                                 check=False).stdout if shutil.which("file") else "static"
+            out = (
+                subprocess.run(
+                    ["file", "-L", str(path)], capture_output=True, text=True, check=False
+                ).stdout
+                if shutil.which("file")
+                else "static"
+            )
             if "dynamically" not in out:
                 return path
-    raise RuntimeError("A static busybox is needed to build test images: "
-                       "apt-get install busybox-static")
+    raise RuntimeError(
+        "A static busybox is needed to build test images: apt-get install busybox-static"
+    )
 
 
 def build_fakegame(tag: str = FAKEGAME_IMAGE, version: str = "1") -> str:
@@ -67,7 +73,8 @@ def build_fakegame(tag: str = FAKEGAME_IMAGE, version: str = "1") -> str:
         for name in ("Dockerfile", "game.sh"):
             shutil.copy(FAKEGAME_DIR / name, Path(ctx) / name)
         shutil.copy(busybox_binary(), Path(ctx) / "busybox")
-        image, _ = client.images.build(path=ctx, tag=tag, buildargs={"GAME_VERSION": version},
-                                       rm=True, forcerm=True)
+        image, _ = client.images.build(
+            path=ctx, tag=tag, buildargs={"GAME_VERSION": version}, rm=True, forcerm=True
+        )
     client.close()
     return str(image.id)

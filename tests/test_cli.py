@@ -20,20 +20,33 @@ from tests.test_warplans import PEON_VALHEIM
 def peon(tmp_path: Path):
     settings = make_settings(tmp_path)
     config = tmp_path / "peon.yaml"
-    config.write_text(yaml.safe_dump({
-        "instance_id": settings.instance_id, "data_dir": str(tmp_path / "data"),
-        "warplans_dir": str(TEST_WARPLANS),
-        "docker": {"public_address": "127.0.0.1"},
-        "ports": {"pool": settings.ports.pool, "bind_address": "127.0.0.1"},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "instance_id": settings.instance_id,
+                "data_dir": str(tmp_path / "data"),
+                "warplans_dir": str(TEST_WARPLANS),
+                "docker": {"public_address": "127.0.0.1"},
+                "ports": {"pool": settings.ports.pool, "bind_address": "127.0.0.1"},
+            }
+        )
+    )
 
-    def run(*args: str, stdin: str = "", env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, stdin: str = "", env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, "PEON_CONFIG": str(config), **(env or {})}
         full_env.pop("DISCORD_TOKEN", None)
-        return subprocess.run([sys.executable, "-m", "bot.cli", *args], input=stdin,
-                              capture_output=True, text=True, env=full_env, cwd=ROOT,
-                              timeout=120, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "bot.cli", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=full_env,
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
 
     yield run
     cleanup_instance(settings.instance_id)
@@ -41,8 +54,16 @@ def peon(tmp_path: Path):
 
 @pytest.mark.docker
 def test_cli_lifecycle(peon, fakegame: str) -> None:
-    r = peon("server", "create", "fakegame", "cli-one", "--set", "world=Cli", "--set",
-             "password=pw-never-printed")
+    r = peon(
+        "server",
+        "create",
+        "fakegame",
+        "cli-one",
+        "--set",
+        "world=Cli",
+        "--set",
+        "password=pw-never-printed",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("created cli-one from fakegame (ports: game ")
     r = peon("server", "start", "cli-one")
@@ -50,8 +71,9 @@ def test_cli_lifecycle(peon, fakegame: str) -> None:
     assert "cli-one is ready at 127.0.0.1:" in r.stdout
     assert "cli-one: waiting for ready" in r.stderr
     r = peon("server", "list")
-    assert r.returncode == 0 and re.search(r"^cli-one +fakegame +running +\d+/tcp,\d+/udp$",
-                                           r.stdout, re.M)
+    assert r.returncode == 0 and re.search(
+        r"^cli-one +fakegame +running +\d+/tcp,\d+/udp$", r.stdout, re.M
+    )
     r = peon("server", "status", "cli-one")
     assert r.returncode == 0
     assert re.search(r"^state +running$", r.stdout, re.M)
@@ -78,18 +100,28 @@ def test_cli_lifecycle(peon, fakegame: str) -> None:
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize(("args", "code", "stderr"), [
-    (("server", "create", "fakegame", "Bad_Name"), 1,
-     "peon: 'Bad_Name' is not a valid server name: use 1-32 characters from a-z, 0-9 and '-', "
-     "starting with a letter or digit.\n"),
-    (("server", "create", "fakegame", "x", "--set", "max_players=99"), 1,
-     "peon: Variable 'max_players': must be at most 64.\n"),
-    (("server", "create", "fakegame", "x", "--set", "novalue"), 2, None),
-    (("server", "start", "ghost"), 1, "peon: There is no server named 'ghost'.\n"),
-    (("server", "frobnicate", "x"), 2, None),
-])
-def test_cli_errors_are_one_line_with_exit_codes(peon, fakegame: str, args: tuple[str, ...],
-                                                 code: int, stderr: str | None) -> None:
+@pytest.mark.parametrize(
+    ("args", "code", "stderr"),
+    [
+        (
+            ("server", "create", "fakegame", "Bad_Name"),
+            1,
+            "peon: 'Bad_Name' is not a valid server name: use 1-32 characters from a-z, 0-9 "
+            "and '-', starting with a letter or digit.\n",
+        ),
+        (
+            ("server", "create", "fakegame", "x", "--set", "max_players=99"),
+            1,
+            "peon: Variable 'max_players': must be at most 64.\n",
+        ),
+        (("server", "create", "fakegame", "x", "--set", "novalue"), 2, None),
+        (("server", "start", "ghost"), 1, "peon: There is no server named 'ghost'.\n"),
+        (("server", "frobnicate", "x"), 2, None),
+    ],
+)
+def test_cli_errors_are_one_line_with_exit_codes(
+    peon, fakegame: str, args: tuple[str, ...], code: int, stderr: str | None
+) -> None:
     r = peon(*args)
     assert r.returncode == code, r.stderr
     if stderr is not None:
@@ -110,8 +142,9 @@ def test_cli_warplans(peon, tmp_path: Path) -> None:
     bad.write_text("name: bad\ntitle: Bad\nimage: x\nports:\n  - name: g\n    container: 0\n")
     r = peon("warplan", "validate", str(bad))
     assert r.returncode == 1
-    assert r.stderr == (f"peon: {bad}: ports[0].container: Input should be greater than or "
-                        "equal to 1\n")
+    assert r.stderr == (
+        f"peon: {bad}: ports[0].container: Input should be greater than or equal to 1\n"
+    )
     r = peon("warplan", "schema")
     assert json.loads(r.stdout)["title"] == "PEON war plan"
 

@@ -14,11 +14,13 @@ def test_pull_progress_folds_layers() -> None:
     agg.feed({"status": "Pulling fs layer", "id": "a"})
     agg.feed({"status": "Pulling fs layer", "id": "b"})
     agg.feed({"status": "Already exists", "id": "c"})
-    p = agg.feed({"status": "Downloading", "id": "a",
-                  "progressDetail": {"current": 50, "total": 100}})
+    p = agg.feed(
+        {"status": "Downloading", "id": "a", "progressDetail": {"current": 50, "total": 100}}
+    )
     assert (p.current, p.total, p.layers_done, p.layers) == (50, 100, 1, 3)
-    p = agg.feed({"status": "Downloading", "id": "b",
-                  "progressDetail": {"current": 100, "total": 300}})
+    p = agg.feed(
+        {"status": "Downloading", "id": "b", "progressDetail": {"current": 100, "total": 300}}
+    )
     assert p.fraction == pytest.approx(150 / 400)
     agg.feed({"status": "Pull complete", "id": "a"})
     p = agg.feed({"status": "Pull complete", "id": "b"})
@@ -35,11 +37,17 @@ def test_pull_error_event_names_image() -> None:
 
 def test_usage_from_stats_cgroup_v2() -> None:
     stats = {
-        "cpu_stats": {"cpu_usage": {"total_usage": 2_000_000}, "system_cpu_usage": 20_000_000,
-                      "online_cpus": 2},
+        "cpu_stats": {
+            "cpu_usage": {"total_usage": 2_000_000},
+            "system_cpu_usage": 20_000_000,
+            "online_cpus": 2,
+        },
         "precpu_stats": {"cpu_usage": {"total_usage": 1_000_000}, "system_cpu_usage": 10_000_000},
-        "memory_stats": {"usage": 100 * 2**20, "limit": 512 * 2**20,
-                         "stats": {"inactive_file": 20 * 2**20}},
+        "memory_stats": {
+            "usage": 100 * 2**20,
+            "limit": 512 * 2**20,
+            "stats": {"inactive_file": 20 * 2**20},
+        },
     }
     u = usage_from_stats(stats)
     assert u.cpu_percent == 20.0 and u.memory_bytes == 80 * 2**20 and u.memory_limit == 512 * 2**20

@@ -30,8 +30,10 @@ pytestmark = pytest.mark.docker
 
 def leftovers(client: docker.DockerClient, instance: str) -> tuple[list[str], list[str]]:
     flt = {"label": [f"io.peon.instance={instance}"]}
-    return ([c.name for c in client.containers.list(all=True, filters=flt)],
-            [v.name for v in client.volumes.list(filters=flt)])
+    return (
+        [c.name for c in client.containers.list(all=True, filters=flt)],
+        [v.name for v in client.volumes.list(filters=flt)],
+    )
 
 
 def write_plan(directory: Path, name: str, **replace: str) -> None:
@@ -43,19 +45,26 @@ def write_plan(directory: Path, name: str, **replace: str) -> None:
     (directory / f"{name}.yaml").write_text(text)
 
 
-@pytest.mark.parametrize(("name", "values", "error", "message"), [
-    ("Bad_Name", {}, InvalidServerName, "not a valid server name"),
-    ("a" * 33, {}, InvalidServerName, "not a valid server name"),
-    ("", {}, InvalidServerName, "not a valid server name"),
-    ("ok", {"max_players": "65"}, VariableError, "must be at most 64"),
-    ("ok", {"max_players": "lots"}, VariableError, "must be a whole number"),
-    ("ok", {"difficulty": "insane"}, VariableError, "must be one of easy, normal, hard"),
-    ("ok", {"world": "a b"}, VariableError, "does not match the pattern"),
-    ("ok", {"seed": "42"}, VariableError, "no such variable"),
-])
+@pytest.mark.parametrize(
+    ("name", "values", "error", "message"),
+    [
+        ("Bad_Name", {}, InvalidServerName, "not a valid server name"),
+        ("a" * 33, {}, InvalidServerName, "not a valid server name"),
+        ("", {}, InvalidServerName, "not a valid server name"),
+        ("ok", {"max_players": "65"}, VariableError, "must be at most 64"),
+        ("ok", {"max_players": "lots"}, VariableError, "must be a whole number"),
+        ("ok", {"difficulty": "insane"}, VariableError, "must be one of easy, normal, hard"),
+        ("ok", {"world": "a b"}, VariableError, "does not match the pattern"),
+        ("ok", {"seed": "42"}, VariableError, "no such variable"),
+    ],
+)
 async def test_bad_input_is_refused_and_leaves_nothing(
-    services: Services, dclient: docker.DockerClient, name: str, values: dict[str, str],
-    error: type[Exception], message: str,
+    services: Services,
+    dclient: docker.DockerClient,
+    name: str,
+    values: dict[str, str],
+    error: type[Exception],
+    message: str,
 ) -> None:
     with pytest.raises(error, match=message):
         await services.servers.create("fakegame", name, values, actor="test")
@@ -85,8 +94,11 @@ async def test_duplicate_name_refused(services: Services) -> None:
 async def test_missing_image_names_it_and_rolls_back(
     services: Services, dclient: docker.DockerClient, tmp_path: Path
 ) -> None:
-    write_plan(tmp_path, "ghostgame", **{"image: peon-test/fakegame:latest":
-                                         "image: peon-test/does-not-exist:1.0"})
+    write_plan(
+        tmp_path,
+        "ghostgame",
+        **{"image: peon-test/fakegame:latest": "image: peon-test/does-not-exist:1.0"},
+    )
     services.servers.warplans = WarplanLibrary(tmp_path)
     with pytest.raises(ImageUnavailable, match="peon-test/does-not-exist:1.0"):
         await services.servers.create("ghostgame", "ghost", actor="test")
@@ -118,9 +130,15 @@ async def test_fixed_port_held_by_another_process_is_refused(
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        write_plan(tmp_path, "fixedgame", **{
-            "    container: 7777\n    protocol: tcp\n    host: auto":
-            f"    container: 7777\n    protocol: tcp\n    host: {port}"})
+        write_plan(
+            tmp_path,
+            "fixedgame",
+            **{
+                "    container: 7777\n    protocol: tcp\n    host: auto": (
+                    f"    container: 7777\n    protocol: tcp\n    host: {port}"
+                )
+            },
+        )
         services.servers.warplans = WarplanLibrary(tmp_path)
         with pytest.raises(PortUnavailable, match=f"Port {port}/tcp"):
             await services.servers.create("fixedgame", "fixed", actor="test")
@@ -132,13 +150,15 @@ async def test_two_servers_never_share_ports_and_pool_exhaustion(
 ) -> None:
     settings = make_settings(tmp_path)
     base = settings.ports.pool_range.start
-    settings = settings.model_copy(update={"ports": settings.ports.model_copy(
-        update={"pool": f"{base}-{base + 3}"})})
+    settings = settings.model_copy(
+        update={"ports": settings.ports.model_copy(update={"pool": f"{base}-{base + 3}"})}
+    )
     try:
         async with open_services(settings) as svc:
             a, b = await asyncio.gather(
                 svc.servers.create("fakegame", "one", actor="test"),
-                svc.servers.create("fakegame", "two", actor="test"))
+                svc.servers.create("fakegame", "two", actor="test"),
+            )
             used = [(p.host, p.protocol) for p in (*a.ports, *b.ports)]
             assert len(set(used)) == 4
             # tcp and udp are separate spaces: 2 tcp + 2 udp fill a pool of 4 ports per protocol
@@ -165,8 +185,11 @@ async def test_second_operation_is_refused_as_busy(services: Services) -> None:
 
 
 async def test_crash_on_start_reports_logs(services: Services, tmp_path: Path) -> None:
-    write_plan(tmp_path, "crashgame", **{"  DATA_DIR: /data\n":
-                                         "  DATA_DIR: /data\n  CRASH_ON_START: no license\n"})
+    write_plan(
+        tmp_path,
+        "crashgame",
+        **{"  DATA_DIR: /data\n": "  DATA_DIR: /data\n  CRASH_ON_START: no license\n"},
+    )
     services.servers.warplans = WarplanLibrary(tmp_path)
     await services.servers.create("crashgame", "crashy", actor="test")
     with pytest.raises(StartFailed, match="exited with code 3") as info:
@@ -176,9 +199,14 @@ async def test_crash_on_start_reports_logs(services: Services, tmp_path: Path) -
 
 
 async def test_ready_timeout_is_reported(services: Services, tmp_path: Path) -> None:
-    write_plan(tmp_path, "slowgame", **{"  DATA_DIR: /data\n":
-                                        "  DATA_DIR: /data\n  READY_DELAY: '30'\n",
-                                        "  timeout: 30\n": "  timeout: 2\n"})
+    write_plan(
+        tmp_path,
+        "slowgame",
+        **{
+            "  DATA_DIR: /data\n": "  DATA_DIR: /data\n  READY_DELAY: '30'\n",
+            "  timeout: 30\n": "  timeout: 2\n",
+        },
+    )
     services.servers.warplans = WarplanLibrary(tmp_path)
     await services.servers.create("slowgame", "slow", actor="test")
     with pytest.raises(StartFailed, match="not ready after 2 s"):
@@ -228,13 +256,20 @@ async def test_reconcile_rolls_back_a_create_interrupted_by_a_crash(
     await crashed.open()
     crashed.owner = "ghost-host-that-is-this-host:999999:dead"
     crashed.owner = f"{socket.gethostname()}:999999:dead"  # a pid that cannot be alive
-    await crashed.create_server(name="halfway", warplan="fakegame", image="x", variables={},
-                                ports=[PortBinding("game", 7777, "tcp", 45001)],
-                                created_by="test")
+    await crashed.create_server(
+        name="halfway",
+        warplan="fakegame",
+        image="x",
+        variables={},
+        ports=[PortBinding("game", 7777, "tcp", 45001)],
+        created_by="test",
+    )
     await crashed.update_server("halfway", pending_volumes=["peon-halfway-world"])
     await crashed.close()
-    dclient.volumes.create("peon-halfway-world", labels=labels.volume_labels(
-        services.settings.instance_id, "halfway", "fakegame", "world"))
+    dclient.volumes.create(
+        "peon-halfway-world",
+        labels=labels.volume_labels(services.settings.instance_id, "halfway", "fakegame", "world"),
+    )
     report = await services.servers.reconcile()
     assert report.rolled_back == ["halfway"]
     assert await services.store.find_server("halfway") is None

@@ -17,8 +17,12 @@ pytestmark = pytest.mark.docker
 
 def read_volume_file(client: docker.DockerClient, volume: str, path: str) -> str:
     """Read a file from a volume with a throwaway container of the fake game image."""
-    out = client.containers.run(FAKEGAME_IMAGE, entrypoint=["cat", f"/v/{path}"], remove=True,
-                                volumes={volume: {"bind": "/v", "mode": "ro"}})
+    out = client.containers.run(
+        FAKEGAME_IMAGE,
+        entrypoint=["cat", f"/v/{path}"],
+        remove=True,
+        volumes={volume: {"bind": "/v", "mode": "ro"}},
+    )
     return out.decode()
 
 
@@ -32,8 +36,13 @@ async def test_create_start_status_logs_stop_update_delete_purge(
         events.append(e)
 
     # create
-    record = await servers.create("fakegame", "alpha", {"world": "Midgard", "password": "hunter2"},
-                                  actor="test", progress=progress)
+    record = await servers.create(
+        "fakegame",
+        "alpha",
+        {"world": "Midgard", "password": "hunter2"},
+        actor="test",
+        progress=progress,
+    )
     assert record.state == ServerState.STOPPED
     assert [p.name for p in record.ports] == ["game", "query"]
     pool = services.settings.ports.pool_range
@@ -78,7 +87,8 @@ async def test_create_start_status_logs_stop_update_delete_purge(
     assert await servers.stop("alpha", actor="test") is True
     assert "Shutting down: SIGTERM" in "\n".join(await servers.logs("alpha"))
     assert read_volume_file(dclient, "peon-alpha-world", "world.sav").startswith(
-        "world=Midgard version=1 saves=1")
+        "world=Midgard version=1 saves=1"
+    )
     assert (await services.store.get_server("alpha")).state == ServerState.STOPPED
     assert await servers.stop("alpha", actor="test") is False
 
@@ -116,21 +126,31 @@ async def test_create_start_status_logs_stop_update_delete_purge(
     audit = await services.store.audit_log("alpha", limit=50)
     actions = [(a.action, a.ok) for a in reversed(audit)]
     assert actions == [
-        ("create", True), ("start", True), ("start", True), ("stop", True), ("stop", True),
-        ("update", True), ("start", True), ("restart", True), ("stop", True), ("delete", True),
-        ("create", True), ("purge", True),
+        ("create", True),
+        ("start", True),
+        ("start", True),
+        ("stop", True),
+        ("stop", True),
+        ("update", True),
+        ("start", True),
+        ("restart", True),
+        ("stop", True),
+        ("delete", True),
+        ("create", True),
+        ("purge", True),
     ]
 
 
-async def test_console_stop_and_console_command(services: Services,
-                                                dclient: docker.DockerClient,
-                                                tmp_path) -> None:
+async def test_console_stop_and_console_command(
+    services: Services, dclient: docker.DockerClient, tmp_path
+) -> None:
     """A plan whose stop is a console command on stdin: the game saves and exits by itself."""
     plan_dir = tmp_path / "plans"
     plan_dir.mkdir()
     text = (services.settings.warplans_dir / "fakegame.yaml").read_text()
     text = text.replace("name: fakegame", "name: consolegame").replace(
-        "  signal: SIGTERM\n", "  console: stop\n")
+        "  signal: SIGTERM\n", "  console: stop\n"
+    )
     (plan_dir / "consolegame.yaml").write_text(text)
     from bot.warplans import WarplanLibrary
 

@@ -22,8 +22,12 @@ def test_parse_pool() -> None:
 
 
 def test_auto_ports_take_lowest_free_per_protocol() -> None:
-    chosen = choose_ports([("game", "udp", None), ("query", "udp", None), ("rcon", "tcp", None)],
-                          range(100, 110), {(100, "udp")}, always)
+    chosen = choose_ports(
+        [("game", "udp", None), ("query", "udp", None), ("rcon", "tcp", None)],
+        range(100, 110),
+        {(100, "udp")},
+        always,
+    )
     assert chosen == {"game": 101, "query": 102, "rcon": 100}
 
 
@@ -34,8 +38,7 @@ def test_fixed_ports_first_and_never_reused_by_auto() -> None:
 
 def test_host_held_ports_are_skipped_and_fixed_conflicts_refused() -> None:
     busy = {105}
-    chosen = choose_ports([("a", "tcp", None)], range(105, 107), set(),
-                          lambda p, _: p not in busy)
+    chosen = choose_ports([("a", "tcp", None)], range(105, 107), set(), lambda p, _: p not in busy)
     assert chosen == {"a": 106}
     with pytest.raises(PortUnavailable, match="Port 105/tcp \\(for 'b'\\) is already in use"):
         choose_ports([("b", "tcp", 105)], range(1, 2), set(), lambda p, _: p not in busy)
@@ -59,9 +62,13 @@ def test_host_port_probe_sees_real_listeners() -> None:
 
 def test_labels_are_namespaced_and_filterable() -> None:
     got = labels.server_labels("prod", "alpha", "valheim")
-    assert got == {"io.peon.managed": "true", "io.peon.instance": "prod",
-                   "io.peon.server": "alpha", "io.peon.warplan": "valheim",
-                   "io.peon.role": "game"}
+    assert got == {
+        "io.peon.managed": "true",
+        "io.peon.instance": "prod",
+        "io.peon.server": "alpha",
+        "io.peon.warplan": "valheim",
+        "io.peon.role": "game",
+    }
     vol = labels.volume_labels("prod", "alpha", "valheim", "world")
     assert vol["io.peon.volume"] == "world" and vol["io.peon.role"] == "data"
     assert labels.instance_filter("prod") == ["io.peon.managed=true", "io.peon.instance=prod"]

@@ -26,13 +26,16 @@ def test_environment_overrides_and_token_is_secret(tmp_path: Path) -> None:
     assert "abc.def" not in repr(s) and "abc.def" not in str(s.model_dump())
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("ports:\n  pool: 9-1\n", "c.yaml: ports.pool: '9-1' is not within"),
-    ("docker:\n  timeout: 1\n", "c.yaml: docker.timeout: Input should be greater"),
-    ("nonsense: 1\n", "c.yaml: nonsense: Extra inputs are not permitted"),
-    ("- a list\n", "c.yaml: must be a mapping"),
-    ("ports: [unclosed\n", "c.yaml: line "),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ports:\n  pool: 9-1\n", "c.yaml: ports.pool: '9-1' is not within"),
+        ("docker:\n  timeout: 1\n", "c.yaml: docker.timeout: Input should be greater"),
+        ("nonsense: 1\n", "c.yaml: nonsense: Extra inputs are not permitted"),
+        ("- a list\n", "c.yaml: must be a mapping"),
+        ("ports: [unclosed\n", "c.yaml: line "),
+    ],
+)
 def test_invalid_config_names_file_and_field(tmp_path: Path, text: str, message: str) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(text)

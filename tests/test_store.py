@@ -21,8 +21,9 @@ async def store(tmp_path: Path):
 
 
 async def make(store: Store, name: str, *ports: PortBinding) -> None:
-    await store.create_server(name=name, warplan="w", image="i", variables={"a": "1"},
-                              ports=ports, created_by="t")
+    await store.create_server(
+        name=name, warplan="w", image="i", variables={"a": "1"}, ports=ports, created_by="t"
+    )
     await store.release(name)
 
 
@@ -43,9 +44,14 @@ async def test_migrations_wal_and_reopen(tmp_path: Path) -> None:
 
 
 async def test_create_holds_create_lease_and_ports(store: Store) -> None:
-    rec = await store.create_server(name="a", warplan="w", image="i", variables={"x": "y"},
-                                    ports=[PortBinding("game", 7777, "udp", 30000)],
-                                    created_by="t")
+    rec = await store.create_server(
+        name="a",
+        warplan="w",
+        image="i",
+        variables={"x": "y"},
+        ports=[PortBinding("game", 7777, "udp", 30000)],
+        created_by="t",
+    )
     assert rec.state == ServerState.CREATING and rec.operation == "create"
     assert rec.ports == (PortBinding("game", 7777, "udp", 30000),)
     assert await store.taken_ports() == {(30000, "udp")}
@@ -97,8 +103,10 @@ async def test_dead_owner_lease_is_stale(store: Store) -> None:
     import socket
 
     await make(store, "a")
-    await store.db.execute("UPDATE servers SET op='start', op_owner=? WHERE name='a'",
-                           (f"{socket.gethostname()}:999999:x",))
+    await store.db.execute(
+        "UPDATE servers SET op='start', op_owner=? WHERE name='a'",
+        (f"{socket.gethostname()}:999999:x",),
+    )
     assert await store.stale_leases() == [("a", "start")]
     await store.break_lease("a")
     assert await store.stale_leases() == []
@@ -117,4 +125,6 @@ async def test_update_and_audit(store: Store) -> None:
     await store.audit("discord:42", "stop", "a", False, "busy")
     log = await store.audit_log("a")
     assert [(e.actor, e.action, e.ok, e.detail) for e in log] == [
-        ("discord:42", "stop", False, "busy"), ("cli:root", "start", True, "")]
+        ("discord:42", "stop", False, "busy"),
+        ("cli:root", "start", True, ""),
+    ]

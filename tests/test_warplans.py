@@ -44,29 +44,53 @@ def test_test_warplan_loads() -> None:
     assert plan.console and plan.players is not None and plan.save is not None
 
 
-@pytest.mark.parametrize(("data", "field", "reason"), [
-    ({**MINIMAL, "name": "Bad Name"}, "name", "String should match pattern"),
-    ({**MINIMAL, "ports": [{"name": "g", "container": 70000}]}, "ports[0].container",
-     "less than or equal to 65535"),
-    ({**MINIMAL, "ports": [{"name": "g", "container": 1, "protocol": "sctp"}]},
-     "ports[0].protocol", "'tcp' or 'udp'"),
-    ({**MINIMAL, "ports": [{"name": "g", "container": 1, "host": "any"}]}, "ports[0].host", ""),
-    ({**MINIMAL, "variables": [{"name": "x", "env": "X", "type": "choice"}]}, "variables[0]",
-     "needs a non-empty 'choices'"),
-    ({**MINIMAL, "variables": [{"name": "x", "env": "X", "type": "int", "default": 5,
-                                "min": 10}]}, "variables[0]", "default does not fit"),
-    ({**MINIMAL, "variables": [{"name": "x", "env": "X", "pattern": "("}]},
-     "variables[0].pattern", "not a valid regular expression"),
-    ({**MINIMAL, "volumes": [{"name": "d", "path": "data"}]}, "volumes[0].path", "absolute"),
-    ({**MINIMAL, "ready": {"port": "nope"}}, "(top level)", "ready.port: no port named 'nope'"),
-    ({**MINIMAL, "stop": {"signal": "SIGFOO"}}, "stop.signal", "Input should be"),
-    ({**MINIMAL, "players": {"protocol": "a2s"}}, "players", "needs 'port'"),
-    ({**MINIMAL, "save": {"mode": "exec"}}, "save", "needs 'command'"),
-    ({**MINIMAL, "resources": {"memory": "lots"}}, "resources.memory", "not a size"),
-    ({**MINIMAL, "surprise": 1}, "surprise", "Extra inputs are not permitted"),
-    ({**MINIMAL, "env": {"A": "x"}, "variables": [{"name": "a", "env": "A"}]}, "(top level)",
-     "env and variables both set"),
-])
+@pytest.mark.parametrize(
+    ("data", "field", "reason"),
+    [
+        ({**MINIMAL, "name": "Bad Name"}, "name", "String should match pattern"),
+        (
+            {**MINIMAL, "ports": [{"name": "g", "container": 70000}]},
+            "ports[0].container",
+            "less than or equal to 65535",
+        ),
+        (
+            {**MINIMAL, "ports": [{"name": "g", "container": 1, "protocol": "sctp"}]},
+            "ports[0].protocol",
+            "'tcp' or 'udp'",
+        ),
+        ({**MINIMAL, "ports": [{"name": "g", "container": 1, "host": "any"}]}, "ports[0].host", ""),
+        (
+            {**MINIMAL, "variables": [{"name": "x", "env": "X", "type": "choice"}]},
+            "variables[0]",
+            "needs a non-empty 'choices'",
+        ),
+        (
+            {
+                **MINIMAL,
+                "variables": [{"name": "x", "env": "X", "type": "int", "default": 5, "min": 10}],
+            },
+            "variables[0]",
+            "default does not fit",
+        ),
+        (
+            {**MINIMAL, "variables": [{"name": "x", "env": "X", "pattern": "("}]},
+            "variables[0].pattern",
+            "not a valid regular expression",
+        ),
+        ({**MINIMAL, "volumes": [{"name": "d", "path": "data"}]}, "volumes[0].path", "absolute"),
+        ({**MINIMAL, "ready": {"port": "nope"}}, "(top level)", "ready.port: no port named 'nope'"),
+        ({**MINIMAL, "stop": {"signal": "SIGFOO"}}, "stop.signal", "Input should be"),
+        ({**MINIMAL, "players": {"protocol": "a2s"}}, "players", "needs 'port'"),
+        ({**MINIMAL, "save": {"mode": "exec"}}, "save", "needs 'command'"),
+        ({**MINIMAL, "resources": {"memory": "lots"}}, "resources.memory", "not a size"),
+        ({**MINIMAL, "surprise": 1}, "surprise", "Extra inputs are not permitted"),
+        (
+            {**MINIMAL, "env": {"A": "x"}, "variables": [{"name": "a", "env": "A"}]},
+            "(top level)",
+            "env and variables both set",
+        ),
+    ],
+)
 def test_invalid_plan_names_file_field_and_reason(data: dict, field: str, reason: str) -> None:
     with pytest.raises(WarplanError) as info:
         parse_warplan(data, "warplans/g.yaml")
@@ -106,50 +130,81 @@ def plan_with(*variables: dict) -> object:
 
 
 def test_resolve_variables_defaults_templates_and_unknowns() -> None:
-    plan = parse_warplan({**MINIMAL, "ports": [{"name": "game", "container": 2456}], "env": {
-        "PORT": "{port:game}", "FIXED": True}, "variables": [
-        {"name": "world", "env": "WORLD", "default": "{server}-world"},
-        {"name": "players", "env": "MAX", "type": "int", "default": 10, "min": 1, "max": 64},
-        {"name": "pvp", "env": "PVP", "type": "bool", "default": False},
-        {"name": "pw", "env": "PW", "secret": True, "required": True},
-    ]}, "t.yaml")
+    plan = parse_warplan(
+        {
+            **MINIMAL,
+            "ports": [{"name": "game", "container": 2456}],
+            "env": {"PORT": "{port:game}", "FIXED": True},
+            "variables": [
+                {"name": "world", "env": "WORLD", "default": "{server}-world"},
+                {
+                    "name": "players",
+                    "env": "MAX",
+                    "type": "int",
+                    "default": 10,
+                    "min": 1,
+                    "max": 64,
+                },
+                {"name": "pvp", "env": "PVP", "type": "bool", "default": False},
+                {"name": "pw", "env": "PW", "secret": True, "required": True},
+            ],
+        },
+        "t.yaml",
+    )
     values = resolve_variables(plan, {"pw": "s3cret{server}", "pvp": "yes"}, "alpha")
-    assert values == {"world": "alpha-world", "players": "10", "pvp": "true",
-                      "pw": "s3cret{server}"}
+    assert values == {
+        "world": "alpha-world",
+        "players": "10",
+        "pvp": "true",
+        "pw": "s3cret{server}",
+    }
     env = render_environment(plan, values, "alpha", {"game": 30001})
     # Templates are filled in plan text, never inside a user's secret.
-    assert env == {"PORT": "30001", "FIXED": "true", "WORLD": "alpha-world", "MAX": "10",
-                   "PVP": "true", "PW": "s3cret{server}"}
+    assert env == {
+        "PORT": "30001",
+        "FIXED": "true",
+        "WORLD": "alpha-world",
+        "MAX": "10",
+        "PVP": "true",
+        "PW": "s3cret{server}",
+    }
     with pytest.raises(VariableError, match="'pw': is required"):
         resolve_variables(plan, {}, "alpha")
     with pytest.raises(VariableError, match="no such variable. Known: players, pvp, pw, world"):
         resolve_variables(plan, {"pw": "x", "seed": "1"}, "alpha")
 
 
-@pytest.mark.parametrize(("spec", "raw", "result"), [
-    ({"type": "int", "min": 1, "max": 5}, " 3 ", "3"),
-    ({"type": "bool"}, "ON", "true"),
-    ({"type": "bool"}, "0", "false"),
-    ({"type": "choice", "choices": ["a", "b"]}, "b", "b"),
-    ({"pattern": "^[a-z]+$"}, "abc", "abc"),
-])
+@pytest.mark.parametrize(
+    ("spec", "raw", "result"),
+    [
+        ({"type": "int", "min": 1, "max": 5}, " 3 ", "3"),
+        ({"type": "bool"}, "ON", "true"),
+        ({"type": "bool"}, "0", "false"),
+        ({"type": "choice", "choices": ["a", "b"]}, "b", "b"),
+        ({"pattern": "^[a-z]+$"}, "abc", "abc"),
+    ],
+)
 def test_coerce_accepts(spec: dict, raw: str, result: str) -> None:
     var = plan_with({"name": "v", "env": "V", **spec}).variables[0]  # type: ignore[attr-defined]
     assert coerce_value(var, raw) == result
 
 
-@pytest.mark.parametrize(("spec", "raw", "message"), [
-    ({"type": "int", "min": 1}, "0", "at least 1"),
-    ({"type": "int", "max": 5}, "6", "at most 5"),
-    ({"type": "int"}, "1.5", "whole number"),
-    ({"type": "bool"}, "maybe", "true or false"),
-    ({"type": "choice", "choices": ["a"]}, "A", "one of a"),
-    ({"pattern": "^[a-z]+$"}, "ABC", "does not match"),
-    ({}, "line\nbreak", "control characters"),
-    ({"secret": True, "pattern": "^[a-z]+$"}, "TopSecret", "does not match"),
-])
-def test_coerce_refuses_with_reason_and_never_echoes_value(spec: dict, raw: str,
-                                                           message: str) -> None:
+@pytest.mark.parametrize(
+    ("spec", "raw", "message"),
+    [
+        ({"type": "int", "min": 1}, "0", "at least 1"),
+        ({"type": "int", "max": 5}, "6", "at most 5"),
+        ({"type": "int"}, "1.5", "whole number"),
+        ({"type": "bool"}, "maybe", "true or false"),
+        ({"type": "choice", "choices": ["a"]}, "A", "one of a"),
+        ({"pattern": "^[a-z]+$"}, "ABC", "does not match"),
+        ({}, "line\nbreak", "control characters"),
+        ({"secret": True, "pattern": "^[a-z]+$"}, "TopSecret", "does not match"),
+    ],
+)
+def test_coerce_refuses_with_reason_and_never_echoes_value(
+    spec: dict, raw: str, message: str
+) -> None:
     var = plan_with({"name": "v", "env": "V", **spec}).variables[0]  # type: ignore[attr-defined]
     with pytest.raises(VariableError, match=message) as info:
         coerce_value(var, raw)
@@ -157,15 +212,31 @@ def test_coerce_refuses_with_reason_and_never_echoes_value(spec: dict, raw: str,
 
 
 PEON_VALHEIM = {
-    "metadata": {"game_uid": "valheim", "warcamp": "default", "version": "1.0.0",
-                 "description": "A PEON valheim game server.", "mode": "steamcmd",
-                 "hostname": "peon.warcamp.valheim", "image": "umlatt/steamcmd"},
-    "ports": [[{"PORT": ["2456", "udp"]}], [{"PORT": ["2457", "udp"]}],
-              [{"PORT": ["2458", "udp"]}]],
-    "environment": {"STEAM_ID": "896660", "SERVER_NAME": None, "WORLD_NAME": None,
-                    "PASSWORD": None},
-    "volumes": {"~!/actions": "/actions", "~!/data": "/home/steam/steamcmd/data",
-                "~!/user": "/home/steam/.config/unity3d/IronGate/Valheim"},
+    "metadata": {
+        "game_uid": "valheim",
+        "warcamp": "default",
+        "version": "1.0.0",
+        "description": "A PEON valheim game server.",
+        "mode": "steamcmd",
+        "hostname": "peon.warcamp.valheim",
+        "image": "umlatt/steamcmd",
+    },
+    "ports": [
+        [{"PORT": ["2456", "udp"]}],
+        [{"PORT": ["2457", "udp"]}],
+        [{"PORT": ["2458", "udp"]}],
+    ],
+    "environment": {
+        "STEAM_ID": "896660",
+        "SERVER_NAME": None,
+        "WORLD_NAME": None,
+        "PASSWORD": None,
+    },
+    "volumes": {
+        "~!/actions": "/actions",
+        "~!/data": "/home/steam/steamcmd/data",
+        "~!/user": "/home/steam/.config/unity3d/IronGate/Valheim",
+    },
 }
 
 
@@ -176,14 +247,19 @@ def test_import_peon_plan_json(tmp_path: Path) -> None:
     plan = result.plan
     assert plan.name == "valheim" and plan.image == "umlatt/steamcmd"
     assert [(p.name, p.container, p.protocol, p.host) for p in plan.ports] == [
-        ("port", 2456, "udp", 2456), ("port-2", 2457, "udp", 2457), ("port-3", 2458, "udp", 2458)]
+        ("port", 2456, "udp", 2456),
+        ("port-2", 2457, "udp", 2457),
+        ("port-3", 2458, "udp", 2458),
+    ]
     variables = {v.env: v for v in plan.variables}
     assert variables["STEAM_ID"].default == "896660" and not variables["STEAM_ID"].required
     assert variables["SERVER_NAME"].required
     assert variables["PASSWORD"].secret
     assert [(v.name, v.path) for v in plan.volumes] == [
-        ("actions", "/actions"), ("data", "/home/steam/steamcmd/data"),
-        ("user", "/home/steam/.config/unity3d/IronGate/Valheim")]
+        ("actions", "/actions"),
+        ("data", "/home/steam/steamcmd/data"),
+        ("user", "/home/steam/.config/unity3d/IronGate/Valheim"),
+    ]
     assert result.unmapped == ["metadata.hostname", "metadata.mode", "metadata.warcamp"]
     # The YAML written back loads as a plan.
     out = tmp_path / "valheim.yaml"
