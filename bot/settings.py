@@ -57,6 +57,44 @@ class LogSettings(_Model):
     format: Literal["text", "json"] = "text"
 
 
+RoleRef = int | str  # a Discord role id, or its name ("@everyone" for every member)
+
+
+class RoleGrants(_Model):
+    """Roles granting each capability. Higher capabilities include the lower ones."""
+
+    admin: list[RoleRef] = Field(default_factory=list)
+    operator: list[RoleRef] = Field(default_factory=list)
+    player: list[RoleRef] = Field(default_factory=list)
+
+
+class GuildSettings(_Model):
+    notification_channel: int | None = Field(
+        default=None, description="Channel id for ready/stop notices and warnings."
+    )
+    roles: RoleGrants = Field(default_factory=RoleGrants)
+    players_can_start: bool = Field(default=False, description="Let players start servers.")
+    discord_admins_are_admins: bool = Field(
+        default=True, description="Members with Discord's Administrator permission are admins."
+    )
+    servers: dict[str, RoleGrants] = Field(
+        default_factory=dict, description="Extra grants for single servers."
+    )
+
+
+class DiscordSettings(_Model):
+    guilds: dict[int, GuildSettings] = Field(
+        default_factory=dict, description="Guild id -> settings; commands sync to these."
+    )
+    sync_global: bool = Field(default=False, description="Also sync commands globally (slow).")
+    api_base: str | None = Field(default=None, description="Discord REST base URL override.")
+    gateway_url: str | None = Field(default=None, description="Gateway URL override.")
+    progress_interval: float = Field(
+        default=1.5, ge=0.2, le=30, description="Seconds between progress edits (rate limits)."
+    )
+    confirm_timeout: int = Field(default=60, ge=5, le=900)
+
+
 class Settings(_Model):
     instance_id: str = Field(default="peon", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
     data_dir: Path = Path("data")
@@ -64,8 +102,7 @@ class Settings(_Model):
     docker: DockerSettings = Field(default_factory=DockerSettings)
     ports: PortSettings = Field(default_factory=PortSettings)
     log: LogSettings = Field(default_factory=LogSettings)
-    # The Discord part of the file; validated by bot.client when the bot runs.
-    discord: dict[str, Any] = Field(default_factory=dict)
+    discord: DiscordSettings = Field(default_factory=DiscordSettings)
     source: str = Field(default="(defaults)", exclude=True)
     discord_token: SecretStr | None = Field(default=None, exclude=True)
 
@@ -103,6 +140,13 @@ def load_settings(path: Path, env: Mapping[str, str] | None = None) -> Settings:
         data["warplans_dir"] = env["PEON_WARPLANS_DIR"]
     if env.get("PEON_INSTANCE_ID"):
         data["instance_id"] = env["PEON_INSTANCE_ID"]
+    for key, var in (
+        ("api_base", "PEON_DISCORD_API_BASE"),
+        ("gateway_url", "PEON_DISCORD_GATEWAY_URL"),
+    ):
+        if env.get(var):
+            discord = data.get("discord")
+            data["discord"] = {**(discord if isinstance(discord, dict) else {}), key: env[var]}
     token = env.get("DISCORD_TOKEN")
     try:
         settings = Settings.model_validate({**data, "source": str(path)})

@@ -1,0 +1,65 @@
+"""Composition root for the bot: settings -> services -> bot -> start.
+
+`python -m bot` and `peon run` both land in `run_bot`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+import discord
+
+from bot.app import open_services
+from bot.client import PeonBot, StartupError, point_at
+from bot.logs import configure_logging
+from bot.settings import Settings, config_path, load_settings
+
+log = logging.getLogger("peon")
+
+MISSING_TOKEN = (
+    "DISCORD_TOKEN is not set: create an application at https://discord.com/developers/"  # noqa: S105
+    "applications, add a bot, copy its token and run `export DISCORD_TOKEN=...` (see README)."
+)
+
+
+async def serve(settings: Settings, *, guild_ready_timeout: float = 2.0) -> None:
+    """Run the bot until it is closed; raises StartupError or discord.LoginFailure."""
+    if settings.discord_token is None:
+        raise StartupError(MISSING_TOKEN)
+    point_at(settings.discord)
+    async with open_services(settings) as services:
+        bot = PeonBot(services=services, guild_ready_timeout=guild_ready_timeout)
+        async with bot:
+            await bot.start(settings.discord_token.get_secret_value())
+
+
+def run_bot(settings: Settings) -> int:
+    configure_logging(settings.log)
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as e:
+        sys.stderr.write(f"peon: {e}\n")
+        return 1
+    except discord.LoginFailure:
+        sys.stderr.write(
+            "peon: Discord rejected DISCORD_TOKEN: copy the bot's token again from "
+            "https://discord.com/developers/applications (Bot > Reset Token).\n"
+        )
+        return 1
+    except discord.PrivilegedIntentsRequired:
+        sys.stderr.write("peon: Discord refused the bot's intents; PEON needs none privileged.\n")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def main() -> int:
+    return run_bot(load_settings(config_path(None, os.environ)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,238 @@
+"""The Discord client: the only Discord code in bot/ (the cogs hold the commands).
+
+`PeonTree.on_error` is the one place errors become messages; `PeonBot.setup_hook` checks the
+engine and the database, reconciles, loads the cogs and syncs commands before the gateway
+connects.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from typing import Any
+
+import discord
+import yarl
+from discord import app_commands
+from discord.ext import commands
+
+from bot import __version__
+from bot.app import Services
+from bot.errors import DockerUnavailable, PeonError
+from bot.permissions import Level, Member, check, level_of
+from bot.settings import DiscordSettings, GuildSettings, Settings
+
+log = logging.getLogger(__name__)
+
+APOLOGY = (
+    "Sorry, something went wrong inside PEON. Nothing more is shown here; an admin can find "
+    "the details in PEON's log."
+)
+ERROR_COLOUR = discord.Colour.red()
+
+
+class StartupError(Exception):
+    """The bot cannot start; str() is one sentence for the admin's terminal."""
+
+
+def point_at(settings: DiscordSettings) -> None:
+    """Send REST and gateway traffic to a Discord-compatible server (tests, self-hosted)."""
+    if settings.api_base:
+        discord.http.Route.BASE = settings.api_base.rstrip("/")
+    if settings.gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.gateway_url)
+
+
+def error_text(error: BaseException) -> str | None:
+    """What the user is told; None for an unexpected error (logged, answered with APOLOGY).
+
+    Order: a domain error (its own sentence), then a failed check, then anything else.
+    """
+    original = getattr(error, "original", error)
+    if isinstance(original, PeonError):
+        return str(original)
+    if isinstance(original, app_commands.CheckFailure):
+        return "You don't have permission to do that here."
+    return None
+
+
+async def render_error(interaction: discord.Interaction[Any], error: BaseException) -> None:
+    """Answer the interaction with the error: ephemeral when nothing was sent yet, else the
+    deferred response is edited so the progress message ends with the reason."""
+    text = error_text(error)
+    if text is None:
+        log.error("unexpected error in %s", _describe(interaction), exc_info=error)
+        text = APOLOGY
+    embed = discord.Embed(description=text, colour=ERROR_COLOUR)
+    try:
+        if not interaction.response.is_done():
+            await interaction.response.send_message(embed=embed, ephemeral=True)
+        else:
+            await interaction.edit_original_response(content=None, embed=embed, view=None)
+    except discord.HTTPException:
+        log.warning("could not deliver an error to %s", _describe(interaction), exc_info=True)
+
+
+def _describe(interaction: discord.Interaction[Any]) -> str:
+    command = interaction.command.qualified_name if interaction.command else "component"
+    return f"{command} by user {interaction.user.id}"
+
+
+class NotConfigured(PeonError):
+    def __init__(self) -> None:
+        super().__init__(
+            "PEON is not set up for this Discord server; an admin must add its id under "
+            "discord.guilds in config/peon.yaml."
+        )
+
+
+class Access:
+    """Permission checks against the guild settings in force (replaced on /peon reload)."""
+
+    def __init__(self, settings: DiscordSettings) -> None:
+        self.settings = settings
+
+    def guild(self, interaction: discord.Interaction[Any]) -> GuildSettings:
+        guild = self.settings.guilds.get(interaction.guild_id or 0)
+        if guild is None:
+            raise NotConfigured()
+        return guild
+
+    @staticmethod
+    def member(interaction: discord.Interaction[Any]) -> Member:
+        user = interaction.user
+        roles = getattr(user, "roles", [])
+        perms = getattr(user, "guild_permissions", None)
+        return Member(
+            role_ids=frozenset(r.id for r in roles),
+            role_names=frozenset({"@everyone", *(r.name for r in roles)}),
+            discord_admin=bool(perms and perms.administrator),
+        )
+
+    def check(
+        self, interaction: discord.Interaction[Any], action: str, server: str | None = None
+    ) -> None:
+        check(self.guild(interaction), self.member(interaction), action, server)
+
+    def level(self, interaction: discord.Interaction[Any], server: str | None = None) -> Level:
+        return level_of(
+            self.settings.guilds.get(interaction.guild_id or 0), self.member(interaction), server
+        )
+
+
+class PeonTree(app_commands.CommandTree["PeonBot"]):
+    async def on_error(
+        self, interaction: discord.Interaction[PeonBot], error: app_commands.AppCommandError
+    ) -> None:
+        await render_error(interaction, error)
+
+
+class DiscordNotifier:
+    """Posts notices in each configured guild's notification channel."""
+
+    def __init__(self, bot: PeonBot) -> None:
+        self.bot = bot
+
+    async def announce(
+        self, text: str, *, embed: discord.Embed | None = None, view: discord.ui.View | None = None
+    ) -> list[discord.Message]:
+        sent = []
+        for gid, guild in self.bot.discord_settings.guilds.items():
+            if guild.notification_channel is None:
+                continue
+            try:
+                channel = self.bot.get_channel(guild.notification_channel) or (
+                    await self.bot.fetch_channel(guild.notification_channel)
+                )
+                if isinstance(channel, discord.abc.Messageable):
+                    kwargs: dict[str, Any] = {"content": text}
+                    if embed is not None:
+                        kwargs["embed"] = embed
+                    if view is not None:
+                        kwargs["view"] = view
+                    sent.append(await channel.send(**kwargs))
+            except discord.HTTPException:
+                log.warning(
+                    "cannot post in channel %s of guild %s",
+                    guild.notification_channel,
+                    gid,
+                    exc_info=True,
+                )
+        return sent
+
+    async def server_ready(self, server: str, connect: str) -> None:
+        await self.announce(f"**{server}** is ready to join: `{connect}`")
+
+
+class PeonBot(commands.Bot):
+    services: Services
+    settings: Settings
+    notifier: DiscordNotifier
+
+    def __init__(self, *, services: Services, guild_ready_timeout: float = 2.0) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents.default(),  # no privileged intents needed
+            tree_cls=PeonTree,
+            help_command=None,
+            guild_ready_timeout=guild_ready_timeout,
+            allowed_mentions=discord.AllowedMentions(everyone=False, users=True, roles=True),
+        )
+        self.services = services
+        self.settings = services.settings
+        self.discord_settings = services.settings.discord
+        self.notifier = DiscordNotifier(self)
+        self.engine_version = "?"
+        self.access = Access(self.discord_settings)
+
+    def guild_settings(self, guild_id: int | None) -> GuildSettings | None:
+        return self.discord_settings.guilds.get(guild_id) if guild_id is not None else None
+
+    async def setup_hook(self) -> None:
+        # Cogs imported here: bot/ must not depend on cogs/ at import time.
+        from cogs.peon import PeonCog  # noqa: PLC0415
+        from cogs.servers import PanelButton, ServersCog  # noqa: PLC0415
+        from cogs.warplans import WarplansCog  # noqa: PLC0415
+
+        try:
+            info = await self.services.driver.ping()
+        except DockerUnavailable as e:
+            raise StartupError(f"{e} PEON needs it to run; check DOCKER_HOST or the socket.") from e
+        self.engine_version = info.version
+        try:
+            await self.services.store.schema_version()
+        except Exception as e:
+            raise StartupError(f"The database {self.settings.db_path} does not answer: {e}") from e
+        report = await self.services.servers.reconcile("peon:startup")
+        for line in report.lines():
+            log.warning("reconcile: %s", line)
+        await self.add_cog(ServersCog(self))
+        await self.add_cog(WarplansCog(self))
+        await self.add_cog(PeonCog(self))
+        self.add_dynamic_items(PanelButton)
+        await self.sync_commands()
+
+    async def sync_commands(self) -> None:
+        for gid in self.discord_settings.guilds:
+            guild = discord.Object(gid)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d commands to guild %s", len(synced), gid)
+        if self.discord_settings.sync_global:
+            await self.tree.sync()
+
+    async def on_ready(self) -> None:
+        log.info(
+            "logged in as %s (%s) in %d guilds",
+            self.user,
+            getattr(self.user, "id", "?"),
+            len(self.guilds),
+        )
+
+    def versions(self) -> dict[str, str]:
+        return {
+            "PEON": __version__,
+            "discord.py": discord.__version__,
+            "Python": platform.python_version(),
+            "Docker engine": self.engine_version,
+        }

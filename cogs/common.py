@@ -1,0 +1,162 @@
+"""What the cogs share: access checks, progress messages and embeds."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import discord
+
+from bot.models import Phase, ProgressEvent, PullProgress, ServerStatus, StartResult
+from bot.servers import ServerSummary
+
+BAR_WIDTH = 20
+OK = discord.Colour.green()
+INFO = discord.Colour.blurple()
+WARN = discord.Colour.orange()
+STATE_COLOURS = {
+    "running": OK,
+    "exited": discord.Colour.dark_grey(),
+    "created": discord.Colour.dark_grey(),
+    "missing": discord.Colour.red(),
+}
+LOG_CHARS = 1900  # a message holds 2000 characters; leave room for the code fence
+
+
+def actor(interaction: discord.Interaction[Any]) -> str:
+    return f"discord:{interaction.user.id}"
+
+
+def pull_bar(p: PullProgress) -> str:
+    frac = p.fraction or 0.0
+    filled = round(frac * BAR_WIDTH)
+    size = f" · {p.current / 1e6:.0f}/{p.total / 1e6:.0f} MB" if p.total else ""
+    return (
+        f"`{'█' * filled}{'░' * (BAR_WIDTH - filled)}` {frac * 100:.0f}%{size}"
+        f" · {p.layers_done}/{p.layers} layers"
+    )
+
+
+class ProgressMessage:
+    """Edits a deferred response as an operation advances, at most every `interval` seconds
+    (Discord rate-limits edits); the last state is always shown by `finish`."""
+
+    def __init__(
+        self,
+        interaction: discord.Interaction[Any],
+        title: str,
+        interval: float,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.interaction = interaction
+        self.title = title
+        self.interval = interval
+        self.clock = clock
+        self.steps: list[str] = []
+        self.bar: str | None = None
+        self._last = 0.0
+
+    def embed(self) -> discord.Embed:
+        lines = [f"✅ {s}" for s in self.steps[:-1]] + [f"⏳ {s}" for s in self.steps[-1:]]
+        if self.bar:
+            lines.append(self.bar)
+        return discord.Embed(title=self.title, description="\n".join(lines) or "…", colour=INFO)
+
+    async def __call__(self, event: ProgressEvent) -> None:
+        if isinstance(event, PullProgress):
+            self.bar = pull_bar(event)
+        elif isinstance(event, Phase):
+            if event.step == "ready":
+                return
+            self.bar = None if event.step != "pulling" else self.bar
+            step = event.step + (f": {event.detail}" if event.detail else "")
+            self.steps.append(step)
+            await self._edit(force=True)
+            return
+        await self._edit(force=False)
+
+    async def _edit(self, force: bool) -> None:
+        now = self.clock()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        await self.interaction.edit_original_response(embed=self.embed())
+
+    async def finish(self, embed: discord.Embed, view: discord.ui.View | None = None) -> None:
+        kwargs: dict[str, Any] = {"content": None, "embed": embed}
+        if view is not None:
+            kwargs["view"] = view
+        await self.interaction.edit_original_response(**kwargs)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return f"{d}d {h}h" if d else f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s"
+
+
+def status_embed(st: ServerStatus, *, players: str | None = None) -> discord.Embed:
+    now = datetime.now(UTC)
+    state = st.state
+    embed = discord.Embed(
+        title=f"{st.record.name} · {st.record.warplan}", colour=STATE_COLOURS.get(state, WARN)
+    )
+    embed.add_field(name="State", value=state)
+    embed.add_field(name="Uptime", value=duration(st.uptime(now)))
+    embed.add_field(
+        name="Address",
+        value="\n".join(f"`{st.address}:{p.host}` {p.protocol} ({p.name})" for p in st.record.ports)
+        or "—",
+        inline=False,
+    )
+    if st.usage is not None:
+        mem = f"{st.usage.memory_bytes / 2**20:.0f} MiB"
+        if st.usage.memory_limit:
+            mem += f" / {st.usage.memory_limit / 2**20:.0f} MiB"
+        embed.add_field(name="CPU", value=f"{st.usage.cpu_percent:.1f}%")
+        embed.add_field(name="Memory", value=mem)
+    if st.container is not None and st.container.health:
+        embed.add_field(name="Health", value=st.container.health)
+    if players is not None:
+        embed.add_field(name="Players", value=players)
+    return embed
+
+
+def list_embed(summaries: list[ServerSummary]) -> discord.Embed:
+    embed = discord.Embed(title="Game servers", colour=INFO)
+    if not summaries:
+        embed.description = "No servers yet. An admin can create one with `/server create`."
+        return embed
+    lines = []
+    for s in summaries:
+        ports = ", ".join(f"{p.host}/{p.protocol}" for p in s.record.ports) or "—"
+        icon = "🟢" if s.state == "running" else "⚪" if s.state in ("exited", "created") else "🟠"
+        lines.append(f"{icon} **{s.record.name}** · {s.record.warplan} · {s.state} · {ports}")
+    embed.description = "\n".join(lines)[:4000]
+    return embed
+
+
+def started_embed(result: StartResult) -> discord.Embed:
+    if result.already_running:
+        return discord.Embed(
+            title=f"{result.name} is already running",
+            description=f"Connect to `{result.connect()}`",
+            colour=OK,
+        )
+    return discord.Embed(
+        title=f"{result.name} is ready to join",
+        description=f"Connect to `{result.connect()}` (ready in {result.seconds:.0f} s)",
+        colour=OK,
+    )
+
+
+def logs_block(lines: list[str]) -> str:
+    text = "\n".join(lines).replace("```", "`\u200b``")
+    if len(text) > LOG_CHARS:
+        text = "…" + text[-LOG_CHARS:]
+    return f"```\n{text or '(no output yet)'}\n```"

@@ -1,0 +1,110 @@
+"""/peon ...: the bot itself: status, help, reload."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.client import Access
+from bot.errors import PeonError
+from bot.permissions import ACTIONS, Level, needed_for
+from bot.settings import load_settings
+from cogs.common import INFO, OK, WARN
+
+if TYPE_CHECKING:
+    from bot.client import PeonBot
+
+HELP = [
+    ("/server list", "list"),
+    ("/server status name", "status"),
+    ("/server start name", "start"),
+    ("/server stop name", "stop"),
+    ("/server restart name", "restart"),
+    ("/server update name", "update"),
+    ("/server logs name", "logs"),
+    ("/server create warplan name", "create"),
+    ("/server delete name", "delete"),
+    ("/server panel name", "panel"),
+    ("/warplan list · /warplan show", "warplan"),
+    ("/peon reload", "reload"),
+]
+
+
+class PeonCog(commands.Cog, name="PeonCog"):
+    peon = app_commands.Group(name="peon", description="About PEON", guild_only=True)
+
+    def __init__(self, bot: PeonBot) -> None:
+        self.bot = bot  # status reports the client itself: latency, versions
+        self.access: Access = bot.access
+
+    @peon.command(name="status", description="Bot, Docker engine and versions")
+    async def status(self, interaction: discord.Interaction[Any]) -> None:
+        self.access.check(interaction, "list")
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        services = self.bot.services
+        embed = discord.Embed(title="PEON status", colour=OK)
+        try:
+            info = await services.driver.ping()
+            engine = f"🟢 Docker {info.version} · {info.containers_running} containers running"
+        except PeonError as e:
+            engine, embed.colour = f"🔴 {e}", WARN
+        servers = await services.store.list_servers()
+        embed.add_field(name="Docker engine", value=engine, inline=False)
+        embed.add_field(name="Servers", value=str(len(servers)))
+        embed.add_field(name="War plans", value=str(len(services.warplans.names())))
+        embed.add_field(name="Gateway latency", value=f"{self.bot.latency * 1000:.0f} ms")
+        embed.add_field(
+            name="Versions",
+            inline=False,
+            value=" · ".join(f"{k} {v}" for k, v in self.bot.versions().items()),
+        )
+        await interaction.edit_original_response(embed=embed)
+
+    @peon.command(name="help", description="What you can do here")
+    async def help(self, interaction: discord.Interaction[Any]) -> None:
+        level = self.access.level(interaction)
+        guild = self.access.settings.guilds.get(interaction.guild_id or 0)
+        lines = []
+        for usage, action in HELP:
+            mark = "✅" if level >= needed_for(guild, action) else "🔒"
+            lines.append(f"{mark} `{usage}` ({ACTIONS[action].name.lower()})")
+        embed = discord.Embed(
+            title="PEON: game servers from Discord",
+            colour=INFO,
+            description=f"Your PEON role here: **{level.name.lower()}**.\n\n" + "\n".join(lines),
+        )
+        if level == Level.NONE:
+            embed.set_footer(text="Ask an admin for a role PEON knows (config/peon.yaml).")
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @peon.command(name="reload", description="Re-read config and war plans (admin)")
+    async def reload(self, interaction: discord.Interaction[Any]) -> None:
+        self.access.check(interaction, "reload")
+        services = self.bot.services
+        source = Path(self.bot.settings.source)
+        fresh = await asyncio.to_thread(load_settings, source)  # raises ConfigError: shown
+        self.bot.discord_settings = fresh.discord
+        self.access.settings = fresh.discord
+        result = await asyncio.to_thread(services.warplans.reload)
+        embed = discord.Embed(title="Reloaded", colour=OK)
+        embed.add_field(name="War plans", value=f"{len(result.plans)} valid")
+        if result.errors:
+            embed.colour = WARN
+            embed.add_field(
+                name="Not reloaded (the last good version stays in force)",
+                inline=False,
+                value="\n".join(f"`{e}`" for e in result.errors)[:1024],
+            )
+        restart = [
+            k
+            for k in ("data_dir", "instance_id", "docker", "ports")
+            if getattr(fresh, k) != getattr(self.bot.settings, k)
+        ]
+        if restart:
+            embed.add_field(name="Needs a restart", value=", ".join(restart), inline=False)
+        await interaction.response.send_message(embed=embed, ephemeral=True)

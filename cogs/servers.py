@@ -1,0 +1,467 @@
+"""/server ...: thin adapters from interactions to ServerService."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.client import Access, render_error
+from bot.errors import ServerBusy, ServerExists
+from bot.servers import ServerService, validate_name
+from bot.warplans import VariableSpec, WarPlan, WarplanLibrary, coerce_value
+from cogs.common import (
+    INFO,
+    OK,
+    ProgressMessage,
+    actor,
+    list_embed,
+    logs_block,
+    started_embed,
+    status_embed,
+)
+
+if TYPE_CHECKING:
+    from bot.client import DiscordNotifier, PeonBot
+
+log = logging.getLogger(__name__)
+
+MODAL_FIELDS = 5  # Discord allows five text inputs per modal
+MAX_CHOICES = 25
+
+
+async def _server_names(servers: ServerService, current: str) -> list[app_commands.Choice[str]]:
+    current = current.lower()
+    names = [r.name for r in await servers.store.list_servers()]
+    hits = [n for n in names if n.startswith(current)] + [
+        n for n in names if current in n and not n.startswith(current)
+    ]
+    return [app_commands.Choice(name=n, value=n) for n in hits[:MAX_CHOICES]]
+
+
+@dataclass
+class CreateSession:
+    """A create waiting for its variables form(s); lives only as long as the forms do."""
+
+    user_id: int
+    plan: WarPlan
+    name: str
+    values: dict[str, str] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    @property
+    def pages(self) -> list[list[VariableSpec]]:
+        v = self.plan.variables
+        return [v[i : i + MODAL_FIELDS] for i in range(0, len(v), MODAL_FIELDS)]
+
+
+class VariablesModal(discord.ui.Modal):
+    def __init__(self, cog: ServersCog, session: CreateSession, page: int) -> None:
+        pages = session.pages
+        step = f" ({page + 1}/{len(pages)})" if len(pages) > 1 else ""
+        super().__init__(
+            title=f"Create {session.name}{step}"[:45],
+            timeout=900,
+            custom_id=f"peon:create:{session.id}:{page}",
+        )
+        self.cog, self.session, self.page = cog, session, page
+        self.inputs: dict[str, discord.ui.TextInput[VariablesModal]] = {}
+        for var in pages[page]:
+            default = var.default_text(session.name)
+            hint = var.description
+            if var.choices:
+                hint = f"One of: {', '.join(var.choices)}"
+            elif var.type == "int" and (var.min is not None or var.max is not None):
+                hint = (
+                    f"{hint} ({var.min if var.min is not None else '…'}-"
+                    f"{var.max if var.max is not None else '…'})".strip()
+                )
+            text_input: discord.ui.TextInput[VariablesModal] = discord.ui.TextInput(
+                label=(var.name + (" (secret)" if var.secret else ""))[:45],
+                custom_id=var.name,
+                placeholder=hint[:100] or None,
+                default=None if var.secret else default,
+                required=var.required and default is None,
+                max_length=1024,
+            )
+            self.inputs[var.name] = text_input
+            self.add_item(text_input)
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        for name, text_input in self.inputs.items():
+            value = text_input.value.strip()
+            if value:
+                spec = self.session.plan.variable(name)
+                assert spec is not None  # the form was built from the plan  # noqa: S101
+                self.session.values[name] = coerce_value(spec, value)  # refuses early
+        if self.page + 1 < len(self.session.pages):
+            view = ContinueView(self.cog, self.session, self.page + 1)
+            await interaction.response.send_message(
+                f"Step {self.page + 1} of {len(self.session.pages)} saved.",
+                view=view,
+                ephemeral=True,
+            )
+            return
+        self.cog.sessions.pop(self.session.id, None)
+        await self.cog.run_create(interaction, self.session)
+
+    async def on_error(  # type: ignore[override]  # discord.py's Modal narrows it too
+        self, interaction: discord.Interaction[Any], error: Exception
+    ) -> None:
+        await render_error(interaction, error)
+
+
+class ContinueView(discord.ui.View):
+    def __init__(self, cog: ServersCog, session: CreateSession, page: int) -> None:
+        super().__init__(timeout=900)
+        self.cog, self.session, self.page = cog, session, page
+
+    @discord.ui.button(label="Continue", style=discord.ButtonStyle.primary)
+    async def go(self, interaction: discord.Interaction[Any], _: discord.ui.Button[Any]) -> None:
+        if interaction.user.id != self.session.user_id:
+            await interaction.response.send_message("This form is someone else's.", ephemeral=True)
+            return
+        await interaction.response.send_modal(VariablesModal(self.cog, self.session, self.page))
+
+    async def on_error(
+        self, interaction: discord.Interaction[Any], error: Exception, item: discord.ui.Item[Any]
+    ) -> None:
+        await render_error(interaction, error)
+
+
+class ConfirmView(discord.ui.View):
+    """Confirm/Cancel for a destructive action: only the requester, expires."""
+
+    def __init__(
+        self, cog: ServersCog, requester: int, server: str, purge: bool, timeout: float
+    ) -> None:
+        super().__init__(timeout=timeout)
+        self.cog, self.requester, self.server, self.purge = cog, requester, server, purge
+        self.message: discord.InteractionMessage | None = None
+        self.done = False
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        if interaction.user.id != self.requester:
+            await interaction.response.send_message(
+                f"Only <@{self.requester}> can confirm or cancel this.", ephemeral=True
+            )
+            return False
+        return True
+
+    @discord.ui.button(label="Delete", style=discord.ButtonStyle.danger, custom_id="confirm")
+    async def confirm(
+        self, interaction: discord.Interaction[Any], _: discord.ui.Button[Any]
+    ) -> None:
+        self.done = True
+        self.stop()
+        await interaction.response.edit_message(
+            embed=discord.Embed(title=f"Deleting {self.server}…", colour=INFO), view=None
+        )
+        result = await self.cog.servers.delete(
+            self.server, actor=actor(interaction), purge=self.purge
+        )
+        if result.removed_volumes:
+            text = f"Deleted **{self.server}** and its data."
+        else:
+            text = (
+                f"Deleted **{self.server}**. Its data is kept; creating a server named "
+                f"`{self.server}` again reuses it."
+            )
+        await interaction.edit_original_response(
+            embed=discord.Embed(description=text, colour=OK), view=None
+        )
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, custom_id="cancel")
+    async def cancel(
+        self, interaction: discord.Interaction[Any], _: discord.ui.Button[Any]
+    ) -> None:
+        self.done = True
+        self.stop()
+        await interaction.response.edit_message(
+            embed=discord.Embed(
+                description=f"Cancelled; **{self.server}** was not deleted.", colour=INFO
+            ),
+            view=None,
+        )
+
+    async def on_timeout(self) -> None:
+        if self.done or self.message is None:
+            return
+        try:
+            await self.message.edit(
+                embed=discord.Embed(
+                    description=f"Confirmation expired; **{self.server}** was not deleted.",
+                    colour=INFO,
+                ),
+                view=None,
+            )
+        except discord.HTTPException:
+            log.warning("could not expire the confirmation for %s", self.server)
+
+    async def on_error(
+        self, interaction: discord.Interaction[Any], error: Exception, item: discord.ui.Item[Any]
+    ) -> None:
+        await render_error(interaction, error)
+
+
+PANEL_ACTIONS = {
+    "start": ("Start", discord.ButtonStyle.success),
+    "stop": ("Stop", discord.ButtonStyle.danger),
+    "restart": ("Restart", discord.ButtonStyle.primary),
+    "status": ("Status", discord.ButtonStyle.secondary),
+}
+
+
+class PanelButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"peon:panel:(?P<action>start|stop|restart|status):"
+    r"(?P<server>[a-z0-9][a-z0-9-]{0,31})",
+):
+    """A control-panel button; its custom_id carries action and server, so it keeps working
+    after the bot restarts (registered with add_dynamic_items)."""
+
+    def __init__(self, action: str, server: str) -> None:
+        label, style = PANEL_ACTIONS[action]
+        super().__init__(
+            discord.ui.Button(label=label, style=style, custom_id=f"peon:panel:{action}:{server}")
+        )
+        self.action, self.server = action, server
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> PanelButton:
+        return cls(match["action"], match["server"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        cog = interaction.client.get_cog("ServersCog")
+        try:
+            if not isinstance(cog, ServersCog):
+                raise RuntimeError("ServersCog is not loaded")
+            await cog.panel_action(interaction, self.action, self.server)
+        except Exception as e:
+            await render_error(interaction, e)
+
+
+def panel_view(server: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for action in PANEL_ACTIONS:
+        view.add_item(PanelButton(action, server))
+    return view
+
+
+class ServersCog(commands.Cog, name="ServersCog"):
+    server = app_commands.Group(name="server", description="Game servers", guild_only=True)
+
+    def __init__(self, bot: PeonBot) -> None:
+        self.servers: ServerService = bot.services.servers
+        self.warplans: WarplanLibrary = bot.services.warplans
+        self.access: Access = bot.access
+        self.notifier: DiscordNotifier = bot.notifier
+        self.interval = bot.discord_settings.progress_interval
+        self.confirm_timeout = bot.discord_settings.confirm_timeout
+        self.sessions: dict[str, CreateSession] = {}
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    async def _precheck(self, name: str) -> None:
+        """Refuse before deferring, so refusals stay ephemeral and instant."""
+        record = await self.servers.store.get_server(name)
+        if record.operation:
+            raise ServerBusy(name, record.operation)
+
+    async def _long(
+        self, interaction: discord.Interaction[Any], action: str, name: str, title: str
+    ) -> ProgressMessage:
+        self.access.check(interaction, action, name)
+        await self._precheck(name)
+        await interaction.response.defer(thinking=True)
+        return ProgressMessage(interaction, title, self.interval)
+
+    async def server_autocomplete(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await _server_names(self.servers, current)
+
+    async def warplan_autocomplete(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        current = current.lower()
+        plans = self.warplans.catalog.plans.values()
+        hits = [p for p in plans if current in p.name or current in p.title.lower()]
+        return [
+            app_commands.Choice(name=f"{p.title} ({p.name})"[:100], value=p.name)
+            for p in hits[:MAX_CHOICES]
+        ]
+
+    # --- create -----------------------------------------------------------------------------
+
+    @server.command(name="create", description="Create a game server from a war plan")
+    @app_commands.describe(warplan="The game's war plan", name="Server name: a-z, 0-9, -")
+    @app_commands.autocomplete(warplan=warplan_autocomplete)
+    async def create(self, interaction: discord.Interaction[Any], warplan: str, name: str) -> None:
+        self.access.check(interaction, "create")
+        validate_name(name)
+        plan = self.warplans.get(warplan)
+        if await self.servers.store.find_server(name) is not None:
+            raise ServerExists(name)
+        session = CreateSession(interaction.user.id, plan, name)
+        if not plan.variables:
+            await self.run_create(interaction, session)
+            return
+        self.sessions[session.id] = session
+        await interaction.response.send_modal(VariablesModal(self, session, 0))
+
+    async def run_create(
+        self, interaction: discord.Interaction[Any], session: CreateSession
+    ) -> None:
+        await interaction.response.defer(thinking=True)
+        progress = ProgressMessage(interaction, f"Creating {session.name}", self.interval)
+        record = await self.servers.create(
+            session.plan.name,
+            session.name,
+            session.values,
+            actor=actor(interaction),
+            progress=progress,
+        )
+        ports = "\n".join(f"`{p.host}/{p.protocol}` ({p.name})" for p in record.ports) or "—"
+        embed = discord.Embed(
+            title=f"Created {record.name}",
+            description=f"{session.plan.title}. Start it with `/server start name:{record.name}`.",
+            colour=OK,
+        )
+        embed.add_field(name="Ports", value=ports)
+        await progress.finish(embed)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    @server.command(name="start", description="Start a server and wait until it is joinable")
+    @app_commands.autocomplete(name=server_autocomplete)
+    async def start(self, interaction: discord.Interaction[Any], name: str) -> None:
+        progress = await self._long(interaction, "start", name, f"Starting {name}")
+        result = await self.servers.start(name, actor=actor(interaction), progress=progress)
+        await progress.finish(started_embed(result))
+        if not result.already_running:
+            await self.notifier.server_ready(name, result.connect())
+
+    @server.command(name="stop", description="Stop a server gracefully (it saves first)")
+    @app_commands.autocomplete(name=server_autocomplete)
+    async def stop(self, interaction: discord.Interaction[Any], name: str) -> None:
+        progress = await self._long(interaction, "stop", name, f"Stopping {name}")
+        stopped = await self.servers.stop(name, actor=actor(interaction), progress=progress)
+        text = f"**{name}** stopped." if stopped else f"**{name}** was not running."
+        await progress.finish(discord.Embed(description=text, colour=OK))
+
+    @server.command(name="restart", description="Stop and start a server")
+    @app_commands.autocomplete(name=server_autocomplete)
+    async def restart(self, interaction: discord.Interaction[Any], name: str) -> None:
+        progress = await self._long(interaction, "restart", name, f"Restarting {name}")
+        result = await self.servers.restart(name, actor=actor(interaction), progress=progress)
+        await progress.finish(started_embed(result))
+        await self.notifier.server_ready(name, result.connect())
+
+    @server.command(name="update", description="Pull the newest image and recreate (data kept)")
+    @app_commands.autocomplete(name=server_autocomplete)
+    async def update(self, interaction: discord.Interaction[Any], name: str) -> None:
+        progress = await self._long(interaction, "update", name, f"Updating {name}")
+        result = await self.servers.update(name, actor=actor(interaction), progress=progress)
+        what = "a new image" if result.changed else "the same image (already up to date)"
+        again = " It was running and is ready again." if result.restarted else ""
+        await progress.finish(
+            discord.Embed(
+                description=f"**{name}** now runs {what}; its data is kept.{again}", colour=OK
+            )
+        )
+
+    @server.command(name="status", description="State, address, uptime, CPU and memory")
+    @app_commands.autocomplete(name=server_autocomplete)
+    async def status(self, interaction: discord.Interaction[Any], name: str) -> None:
+        self.access.check(interaction, "status", name)
+        await self.servers.store.get_server(name)
+        await interaction.response.defer(thinking=True)  # CPU sampling takes about a second
+        st = await self.servers.status(name)
+        await interaction.edit_original_response(embed=status_embed(st))
+
+    @server.command(name="logs", description="The server's last log lines (only you see them)")
+    @app_commands.autocomplete(name=server_autocomplete)
+    async def logs(
+        self,
+        interaction: discord.Interaction[Any],
+        name: str,
+        lines: app_commands.Range[int, 1, 200] = 30,
+    ) -> None:
+        self.access.check(interaction, "logs", name)
+        await self.servers.store.get_server(name)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        text = logs_block(await self.servers.logs(name, lines))
+        await interaction.edit_original_response(content=text)
+
+    @server.command(name="list", description="All game servers")
+    async def list_servers(self, interaction: discord.Interaction[Any]) -> None:
+        self.access.check(interaction, "list")
+        await interaction.response.defer(thinking=True)
+        await interaction.edit_original_response(
+            embed=list_embed(await self.servers.list_servers())
+        )
+
+    @server.command(name="delete", description="Delete a server (asks to confirm)")
+    @app_commands.describe(purge="Also delete its data (worlds, saves); cannot be undone")
+    @app_commands.autocomplete(name=server_autocomplete)
+    async def delete(
+        self, interaction: discord.Interaction[Any], name: str, purge: bool = False
+    ) -> None:
+        self.access.check(interaction, "delete", name)
+        await self._precheck(name)
+        view = ConfirmView(self, interaction.user.id, name, purge, self.confirm_timeout)
+        what = "and **all its data**" if purge else "(its data volumes are kept)"
+        embed = discord.Embed(
+            title=f"Delete {name}?",
+            description=f"<@{interaction.user.id}>, confirm deleting **{name}** {what}. "
+            f"This expires in {self.confirm_timeout} s.",
+            colour=discord.Colour.red() if purge else discord.Colour.orange(),
+        )
+        await interaction.response.send_message(embed=embed, view=view)
+        view.message = await interaction.original_response()
+
+    @server.command(name="panel", description="Post Start/Stop/Restart/Status buttons")
+    @app_commands.autocomplete(name=server_autocomplete)
+    async def panel(self, interaction: discord.Interaction[Any], name: str) -> None:
+        self.access.check(interaction, "panel", name)
+        record = await self.servers.store.get_server(name)
+        embed = discord.Embed(
+            title=f"{record.name} control panel",
+            description=f"War plan: {record.warplan}",
+            colour=INFO,
+        )
+        await interaction.response.send_message(embed=embed, view=panel_view(name))
+
+    async def panel_action(
+        self, interaction: discord.Interaction[Any], action: str, name: str
+    ) -> None:
+        self.access.check(interaction, action, name)
+        if action == "status":
+            await self.servers.store.get_server(name)
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            st = await self.servers.status(name)
+            await interaction.edit_original_response(embed=status_embed(st))
+            return
+        await self._precheck(name)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        title = {"start": "Starting", "stop": "Stopping", "restart": "Restarting"}[action]
+        progress = ProgressMessage(interaction, f"{title} {name}", self.interval)
+        if action == "stop":
+            stopped = await self.servers.stop(name, actor=actor(interaction), progress=progress)
+            text = f"**{name}** stopped." if stopped else f"**{name}** was not running."
+            await progress.finish(discord.Embed(description=text, colour=OK))
+            return
+        call = self.servers.start if action == "start" else self.servers.restart
+        result = await call(name, actor=actor(interaction), progress=progress)
+        await progress.finish(started_embed(result))
+        if not result.already_running:
+            await self.notifier.server_ready(name, result.connect())
