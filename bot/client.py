@@ -216,7 +216,17 @@ class PeonBot(commands.Bot):
         for gid in self.discord_settings.guilds:
             guild = discord.Object(gid)
             self.tree.copy_global_to(guild=guild)
-            synced = await self.tree.sync(guild=guild)
+            try:
+                synced = await self.tree.sync(guild=guild)
+            except (discord.NotFound, discord.Forbidden) as e:
+                # A wrong id or a guild the bot was not invited to must not stop the others.
+                log.warning(
+                    "cannot sync commands to guild %s (%s): is the bot invited there "
+                    "with the applications.commands scope?",
+                    gid,
+                    e.text or e.status,
+                )
+                continue
             log.info("synced %d commands to guild %s", len(synced), gid)
         if self.discord_settings.sync_global:
             await self.tree.sync()

@@ -92,7 +92,7 @@ class DiscordSettings(_Model):
     progress_interval: float = Field(
         default=1.5, ge=0.2, le=30, description="Seconds between progress edits (rate limits)."
     )
-    confirm_timeout: int = Field(default=60, ge=5, le=900)
+    confirm_timeout: int = Field(default=60, ge=1, le=900)
 
 
 class Settings(_Model):
