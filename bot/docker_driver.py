@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -109,6 +109,28 @@ def _translate(fn: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+class SingleFlight:
+    """Concurrent identical read-only calls share one in-flight call.
+
+    Thirty members pressing /server list at once cost the engine one request, and the bot
+    parses one answer instead of thirty (parsing in worker threads holds the GIL and would
+    delay the event loop). Only for reads: a result is a fresh answer, never a cached one.
+    """
+
+    def __init__(self) -> None:
+        self._inflight: dict[Hashable, asyncio.Future[Any]] = {}
+
+    async def run(self, key: Hashable, call: Callable[[], Awaitable[T]]) -> T:
+        future = self._inflight.get(key)
+        if future is None:
+            future = asyncio.ensure_future(call())
+            self._inflight[key] = future
+            future.add_done_callback(lambda _: self._inflight.pop(key, None))
+        # Shielded: one caller giving up (a cancelled interaction) does not cancel the others.
+        result: T = await asyncio.shield(future)
+        return result
+
+
 class PullAggregator:
     """Folds the engine's per-layer pull events into one PullProgress."""
 
@@ -160,6 +182,7 @@ class DockerDriver:
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="docker")
+        self._flights = SingleFlight()
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -361,20 +384,30 @@ class DockerDriver:
                 return None
             return _container_info(attrs)
 
-        return await self._run(call)
+        return await self._flights.run(("inspect", ref), lambda: self._run(call))
 
-    async def list_containers(self, label_filters: list[str]) -> list[ContainerInfo]:
+    async def list_containers(
+        self, label_filters: list[str], *, detailed: bool = False
+    ) -> list[ContainerInfo]:
+        """Containers matching the labels. The list endpoint's summary has state, labels,
+        image and published ports; `detailed` adds an inspect per container (environment,
+        start time), which only adoption needs."""
+
         def call() -> list[ContainerInfo]:
             api = self._docker().api
             out = []
             for summary in api.containers(all=True, filters={"label": label_filters}):
+                if not detailed:
+                    out.append(_summary_info(summary))
+                    continue
                 try:
                     out.append(_container_info(api.inspect_container(summary["Id"])))
                 except docker.errors.NotFound:
                     continue  # removed between list and inspect
             return out
 
-        return await self._run(call)
+        key = ("list", tuple(label_filters), detailed)
+        return list(await self._flights.run(key, lambda: self._run(call)))
 
     async def start(self, ref: str) -> None:
         await self._run(self._container_call, ref, "start")
@@ -505,7 +538,8 @@ class DockerDriver:
                 return None
             return usage_from_stats(s)
 
-        return await self._run(call)
+        # The engine samples for about a second: everyone asking meanwhile shares the answer.
+        return await self._flights.run(("stats", ref), lambda: self._run(call))
 
     def _container_call(self, ref: str, method: str, **kwargs: Any) -> None:
         api = self._docker().api
@@ -542,6 +576,28 @@ def _pull_error(image: str, error: BaseException) -> PeonError:
     if isinstance(error, PeonError):
         return error
     return ImageUnavailable(image, _short(str(error)))
+
+
+def _summary_info(summary: dict[str, Any]) -> ContainerInfo:
+    names = summary.get("Names") or [""]
+    host_ports = {
+        f"{p['PrivatePort']}/{p.get('Type', 'tcp')}": int(p["PublicPort"])
+        for p in summary.get("Ports") or []
+        if p.get("PublicPort")
+    }
+    return ContainerInfo(
+        id=str(summary["Id"]),
+        name=str(names[0]).lstrip("/"),
+        image=str(summary.get("Image", "")),
+        image_id=str(summary.get("ImageID", "")),
+        status=str(summary.get("State", "unknown")),
+        health=None,
+        started_at=None,
+        finished_at=None,
+        exit_code=None,
+        labels=dict(summary.get("Labels") or {}),
+        host_ports=host_ports,
+    )
 
 
 def _container_info(attrs: dict[str, Any]) -> ContainerInfo:

@@ -196,7 +196,8 @@ class ServerService:
         found = await self.driver.list_containers(
             labels.instance_filter(self.instance, record.name)
         )
-        return found[0] if found else None
+        # The list gives a summary; the caller needs start time and exit code too.
+        return await self.driver.inspect(found[0].id) if found else None
 
     async def _ensure_container(
         self, record: ServerRecord, plan: WarPlan, progress: Progress | None
@@ -562,7 +563,10 @@ class ServerService:
                 await self.store.break_lease(name)
                 report.interrupted.append(f"{name} ({op})")
             await self.store.audit(actor, "reconcile", name, True, f"interrupted {op}")
-        containers = await self.driver.list_containers(labels.instance_filter(self.instance))
+        # Detailed: adoption reads each container's environment and port bindings.
+        containers = await self.driver.list_containers(
+            labels.instance_filter(self.instance), detailed=True
+        )
         by_server = {c.labels.get(labels.SERVER, ""): c for c in containers}
         for record in await self.store.list_servers():
             if record.operation:
