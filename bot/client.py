@@ -7,6 +7,7 @@ connects.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import platform
 from typing import Any
@@ -29,6 +30,8 @@ APOLOGY = (
     "the details in PEON's log."
 )
 ERROR_COLOUR = discord.Colour.red()
+LOOP_PROBE_INTERVAL = 0.05  # seconds between event-loop lateness probes
+LOOP_STALL_WARNING = 0.1  # a stall this long delays interactions noticeably: log it
 
 
 class StartupError(Exception):
@@ -183,6 +186,8 @@ class PeonBot(commands.Bot):
         self.discord_settings = services.settings.discord
         self.notifier = DiscordNotifier(self)
         self.engine_version = "?"
+        self.max_loop_stall = 0.0  # seconds; the worst event-loop stall since start
+        self._watchdog: asyncio.Task[None] | None = None
         self.access = Access(self.discord_settings)
 
     def guild_settings(self, guild_id: int | None) -> GuildSettings | None:
@@ -211,6 +216,23 @@ class PeonBot(commands.Bot):
         await self.add_cog(PeonCog(self))
         self.add_dynamic_items(PanelButton)
         await self.sync_commands()
+        self._watchdog = asyncio.create_task(self._watch_loop(), name="loop-watchdog")
+
+    async def _watch_loop(self) -> None:
+        """Measure how late the event loop wakes us: a blocking call anywhere shows up here."""
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LOOP_PROBE_INTERVAL)
+            stall = loop.time() - before - LOOP_PROBE_INTERVAL
+            self.max_loop_stall = max(self.max_loop_stall, stall)
+            if stall > LOOP_STALL_WARNING:
+                log.warning("event loop stalled for %.0f ms", stall * 1000)
+
+    async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        await super().close()
 
     async def sync_commands(self) -> None:
         for gid in self.discord_settings.guilds:

@@ -59,6 +59,9 @@ class PeonCog(commands.Cog, name="PeonCog"):
         embed.add_field(name="War plans", value=str(len(services.warplans.names())))
         embed.add_field(name="Gateway latency", value=f"{self.bot.latency * 1000:.0f} ms")
         embed.add_field(
+            name="Event loop max stall", value=f"{self.bot.max_loop_stall * 1000:.1f} ms"
+        )
+        embed.add_field(
             name="Versions",
             inline=False,
             value=" · ".join(f"{k} {v}" for k, v in self.bot.versions().items()),
