@@ -173,6 +173,9 @@ class PeonBot(commands.Bot):
     notifier: DiscordNotifier
 
     def __init__(self, *, services: Services, guild_ready_timeout: float = 2.0) -> None:
+        # PEON never joins voice channels: the missing voice libraries are not worth a warning.
+        discord.VoiceClient.warn_nacl = False
+        discord.VoiceClient.warn_dave = False
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=discord.Intents.default(),  # no privileged intents needed

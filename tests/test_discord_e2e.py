@@ -4,7 +4,9 @@ loopback, with the real Docker engine and a real SQLite file behind it."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -472,3 +474,82 @@ async def test_unconfigured_guild_is_told_how_to_fix_it(
         )
     finally:
         await runner.stop()
+
+
+async def test_create_form_in_several_steps_for_many_variables(
+    tmp_path: Path, emu: DiscordEmulator, fakegame: str
+) -> None:
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    text = (Path(__file__).parent / "warplans" / "fakegame.yaml").read_text()
+    extra = "".join(
+        f"  - name: extra{n}\n    env: EXTRA_{n}\n    default: x{n}\n" for n in range(3)
+    )
+    text = text.replace("name: fakegame", "name: biggame").replace(
+        "volumes:\n", extra + "volumes:\n", 1
+    )
+    (plans / "biggame.yaml").write_text(text)
+    settings = bot_settings(tmp_path, emu).model_copy(update={"warplans_dir": plans})
+    runner = Runner(settings, emu)
+    await runner.start()
+    try:
+        i = await slash(emu, ADMIN, "create", warplan="biggame", name="big")
+        first = i.modal
+        assert first is not None and first["title"] == "Create big (1/2)"
+        assert len([c for row in first["components"] for c in row["components"]]) == 5
+        step = await emu.submit_modal(ADMIN, first["custom_id"], {"world": "Huge"})
+        await step.wait_done()
+        assert step.original is not None and step.original.ephemeral
+        assert step.original.text() == "Step 1 of 2 saved."
+        button = step.original.buttons()[0]
+        assert button["label"] == "Continue"
+        go = await emu.click(ADMIN, step.original, button["custom_id"])
+        await go.wait_done()
+        second = go.modal
+        assert second is not None and second["title"] == "Create big (2/2)"
+        names = [c["custom_id"] for row in second["components"] for c in row["components"]]
+        assert names == ["extra1", "extra2"]
+        done = await emu.submit_modal(ADMIN, second["custom_id"], {"extra2": "custom"})
+        await done.wait_done()
+        await finished(emu, done, "Created big")
+        record = await runner.services.store.get_server("big")
+        assert record.variables["world"] == "Huge"
+        assert record.variables["extra0"] == "x0" and record.variables["extra2"] == "custom"
+    finally:
+        await runner.stop()
+        cleanup_instance(settings.instance_id)
+
+
+async def test_wrong_token_is_one_line_and_exit_1(
+    tmp_path: Path, emu: DiscordEmulator, engine: None
+) -> None:
+    config = tmp_path / "peon.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "warplans_dir": str(Path(__file__).parent / "warplans"),
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        "PEON_CONFIG": str(config),
+        "DISCORD_TOKEN": "not-the-token",
+        "PEON_DISCORD_API_BASE": emu.api_base,
+        "PEON_DISCORD_GATEWAY_URL": emu.gateway_url,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    lines = err.decode().strip().splitlines()
+    assert lines[-1].startswith("peon: Discord rejected DISCORD_TOKEN: copy the bot's token")
+    assert "not-the-token" not in err.decode()
