@@ -36,6 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.conftest import cleanup_instance  # noqa: E402
 from tests.discord_emulator import DiscordEmulator  # noqa: E402
 from tests.engine import FAKEGAME_IMAGE, build_fakegame, ensure_engine  # noqa: E402
 
@@ -121,12 +122,8 @@ def stop_load(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def cleanup(instance: str) -> None:
+    cleanup_instance(instance)
     client = docker.from_env()
-    flt = {"label": [f"io.peon.instance={instance}"]}
-    for c in client.containers.list(all=True, filters=flt):
-        c.remove(force=True)
-    for v in client.volumes.list(filters=flt):
-        v.remove(force=True)
     with contextlib.suppress(docker.errors.ImageNotFound):
         client.images.remove(f"peon-bench/{instance}:load", force=True)
     client.close()

@@ -20,7 +20,7 @@ from typing import IO
 from bot import __version__
 from bot.app import Services, open_services
 from bot.errors import ConfigError, PeonError, StartFailed, WarplanError
-from bot.models import Phase, ProgressEvent, PullProgress
+from bot.models import Phase, ProgressEvent, PullProgress, human_duration
 from bot.settings import Settings, config_path, load_settings
 from bot.warplans import (
     dump_warplan,
@@ -154,16 +154,6 @@ def _table(rows: list[list[str]], out: IO[str]) -> None:
         out.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    return f"{d}d{h}h" if d else f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
 def _confirm(question: str, expected: str, stdin: IO[str], out: IO[str]) -> bool:
     out.write(f"{question} Type '{expected}' to confirm: ")
     out.flush()
@@ -265,7 +255,7 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
             ["name", st.record.name],
             ["war plan", st.record.warplan],
             ["state", st.state],
-            ["uptime", _duration(st.uptime(now))],
+            ["uptime", human_duration(st.uptime(now))],
             [
                 "address",
                 ", ".join(f"{st.address}:{p.host}/{p.protocol} ({p.name})" for p in st.record.ports)

@@ -17,6 +17,17 @@ class ServerState(StrEnum):
     DELETING = "deleting"
 
 
+def human_duration(seconds: float | None) -> str:
+    """'3m 05s', '2h 07m', '4d 3h'; '-' when unknown."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return f"{d}d {h}h" if d else f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s"
+
+
 @dataclass(frozen=True)
 class PortBinding:
     name: str

@@ -8,7 +8,14 @@ from typing import Any
 
 import discord
 
-from bot.models import Phase, ProgressEvent, PullProgress, ServerStatus, StartResult
+from bot.models import (
+    Phase,
+    ProgressEvent,
+    PullProgress,
+    ServerStatus,
+    StartResult,
+    human_duration,
+)
 from bot.servers import ServerSummary
 
 BAR_WIDTH = 20
@@ -90,16 +97,6 @@ class ProgressMessage:
         await self.interaction.edit_original_response(**kwargs)
 
 
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    s = int(seconds)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    return f"{d}d {h}h" if d else f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s"
-
-
 def status_embed(st: ServerStatus, *, players: str | None = None) -> discord.Embed:
     now = datetime.now(UTC)
     state = st.state
@@ -107,7 +104,7 @@ def status_embed(st: ServerStatus, *, players: str | None = None) -> discord.Emb
         title=f"{st.record.name} · {st.record.warplan}", colour=STATE_COLOURS.get(state, WARN)
     )
     embed.add_field(name="State", value=state)
-    embed.add_field(name="Uptime", value=duration(st.uptime(now)))
+    embed.add_field(name="Uptime", value=human_duration(st.uptime(now)))
     embed.add_field(
         name="Address",
         value="\n".join(f"`{st.address}:{p.host}` {p.protocol} ({p.name})" for p in st.record.ports)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import docker
@@ -11,6 +11,7 @@ import pytest
 from bot.app import Services, open_services
 from bot.settings import DockerSettings, PortSettings, Settings
 from tests.engine import FAKEGAME_IMAGE, build_fakegame, ensure_engine
+from tests.images import Images
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_WARPLANS = Path(__file__).parent / "warplans"
@@ -64,6 +65,16 @@ async def services(settings: Settings, fakegame: str) -> AsyncIterator[Services]
             yield svc
     finally:
         cleanup_instance(settings.instance_id)
+
+
+@pytest.fixture
+def images(engine: None) -> Iterator[Images]:
+    """Builds and pulls test images; removes exactly the references it made."""
+    client = docker.from_env()
+    made = Images(client)
+    yield made
+    made.cleanup()
+    client.close()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import docker
@@ -16,9 +16,9 @@ from bot.errors import ImageUnavailable
 from bot.models import Phase, ProgressEvent, PullProgress
 from bot.warplans import WarplanLibrary
 from tests.engine import FAKEGAME_IMAGE
+from tests.images import Images
 from tests.registry import LocalRegistry
 from tests.test_discord_e2e import ADMIN, Runner, bot_settings, finished
-from tests.test_registry import Images
 
 pytestmark = pytest.mark.docker
 
@@ -57,13 +57,6 @@ def forget_pulled(images: Images, ref: str) -> None:
     images.refs += [
         d for d in image.attrs.get("RepoDigests") or [] if d.startswith(ref.rsplit(":", 1)[0] + "@")
     ]
-
-
-@pytest.fixture
-def images(dclient: docker.DockerClient) -> Iterator[Images]:
-    made = Images(dclient)
-    yield made
-    made.cleanup()
 
 
 @pytest.fixture
