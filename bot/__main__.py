@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -60,6 +61,9 @@ def run_bot(settings: Settings) -> int:
             "peon: Discord rejected DISCORD_TOKEN: copy the bot's token again from "
             "https://discord.com/developers/applications (Bot > Reset Token).\n"
         )
+        return 1
+    except (OSError, sqlite3.Error) as e:
+        sys.stderr.write(f"peon: cannot open the database {settings.db_path}: {e}\n")
         return 1
     except discord.PrivilegedIntentsRequired:
         sys.stderr.write("peon: Discord refused the bot's intents; PEON needs none privileged.\n")

@@ -96,9 +96,8 @@ class VariablesModal(discord.ui.Modal):
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         for name, text_input in self.inputs.items():
             value = text_input.value.strip()
-            if value:
-                spec = self.session.plan.variable(name)
-                assert spec is not None  # the form was built from the plan  # noqa: S101
+            spec = self.session.plan.variable(name)  # the form was built from the plan
+            if value and spec is not None:
                 self.session.values[name] = coerce_value(spec, value)  # refuses early
         if self.page + 1 < len(self.session.pages):
             view = ContinueView(self.cog, self.session, self.page + 1)
@@ -108,7 +107,6 @@ class VariablesModal(discord.ui.Modal):
                 ephemeral=True,
             )
             return
-        self.cog.sessions.pop(self.session.id, None)
         await self.cog.run_create(interaction, self.session)
 
     async def on_error(  # type: ignore[override]  # discord.py's Modal narrows it too
@@ -266,7 +264,6 @@ class ServersCog(commands.Cog, name="ServersCog"):
         self.notifier: DiscordNotifier = bot.notifier
         self.interval = bot.discord_settings.progress_interval
         self.confirm_timeout = bot.discord_settings.confirm_timeout
-        self.sessions: dict[str, CreateSession] = {}
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -315,7 +312,6 @@ class ServersCog(commands.Cog, name="ServersCog"):
         if not plan.variables:
             await self.run_create(interaction, session)
             return
-        self.sessions[session.id] = session
         await interaction.response.send_modal(VariablesModal(self, session, 0))
 
     async def run_create(

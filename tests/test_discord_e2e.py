@@ -553,3 +553,40 @@ async def test_wrong_token_is_one_line_and_exit_1(
     lines = err.decode().strip().splitlines()
     assert lines[-1].startswith("peon: Discord rejected DISCORD_TOKEN: copy the bot's token")
     assert "not-the-token" not in err.decode()
+
+
+async def test_docker_unreachable_at_startup_is_one_line_and_exit_1(
+    tmp_path: Path, emu: DiscordEmulator
+) -> None:
+    config = tmp_path / "peon.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "warplans_dir": str(Path(__file__).parent / "warplans"),
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        "PEON_CONFIG": str(config),
+        "DISCORD_TOKEN": emu.token,
+        "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock",
+        "PEON_DISCORD_API_BASE": emu.api_base,
+        "PEON_DISCORD_GATEWAY_URL": emu.gateway_url,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    last = err.decode().strip().splitlines()[-1]
+    assert last.startswith("peon: The Docker engine is unreachable"), err.decode()
+    assert last.endswith("PEON needs it to run; check DOCKER_HOST or the socket.")
+    assert "Traceback" not in err.decode()
