@@ -180,3 +180,10 @@ def test_cli_check_reports_unreachable_docker(peon) -> None:
     assert r.returncode == 1
     docker_line = next(line for line in r.stdout.splitlines() if line.startswith("docker:"))
     assert docker_line.startswith("docker: The Docker engine is unreachable")
+
+
+def test_cli_run_without_token_says_how_to_get_one(peon) -> None:
+    r = peon("run")
+    assert r.returncode == 1
+    assert r.stderr.startswith("peon: DISCORD_TOKEN is not set: create an application at ")
+    assert r.stderr.count("\n") == 1
