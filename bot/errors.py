@@ -52,6 +52,12 @@ class ServerNotFound(PeonError):
         super().__init__(f"There is no server named '{_clip(name)}'.")
 
 
+class ScheduleNotFound(PeonError):
+    def __init__(self, schedule_id: int) -> None:
+        self.schedule_id = schedule_id
+        super().__init__(f"There is no schedule #{schedule_id}.")
+
+
 class ServerBusy(PeonError):
     def __init__(self, name: str, operation: str) -> None:
         self.name, self.operation = name, operation

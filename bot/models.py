@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 
 class ServerState(StrEnum):
@@ -52,6 +53,19 @@ class ServerRecord:
     updated_at: datetime
     created_by: str
     operation: str | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One schedule row: kind is window|idle|cron|timer; spec holds its settings."""
+
+    id: int
+    server: str
+    kind: str
+    spec: dict[str, Any]
+    paused: bool
+    created_by: str
+    created_at: datetime
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from typing import Any
 
 import aiosqlite
 
-from bot.errors import ServerBusy, ServerExists, ServerNotFound
-from bot.models import AuditEntry, PortBinding, ServerRecord, ServerState
+from bot.errors import ScheduleNotFound, ServerBusy, ServerExists, ServerNotFound
+from bot.models import AuditEntry, PortBinding, Schedule, ServerRecord, ServerState
 
 MIGRATIONS: list[str] = [
     # 1: servers, their ports, audit log
@@ -59,6 +59,21 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_server ON audit(server, id);
     """,
+    # 2: schedules (the source of truth; scheduler jobs are rebuilt from them at startup) and
+    # the per-server hold that "Keep running" buttons set against automatic stops.
+    """
+    CREATE TABLE schedules (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        server TEXT NOT NULL REFERENCES servers(name) ON DELETE CASCADE,
+        kind TEXT NOT NULL CHECK (kind IN ('window', 'idle', 'cron', 'timer')),
+        spec TEXT NOT NULL,
+        paused INTEGER NOT NULL DEFAULT 0,
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX schedules_server ON schedules(server, id);
+    ALTER TABLE servers ADD COLUMN keep_until TEXT;
+    """,
 ]
 
 _SERVER_COLUMNS = (
@@ -83,6 +98,7 @@ SQL_RELEASE = (
     "UPDATE servers SET op = NULL, op_owner = NULL, op_started = NULL "
     "WHERE name = ? AND op_owner = ?"
 )
+SQL_SCHEDULES = "SELECT id, server, kind, spec, paused, created_by, created_at FROM schedules"
 SQL_AUDIT = "INSERT INTO audit (at, actor, action, server, ok, detail) VALUES (?, ?, ?, ?, ?, ?)"
 
 
@@ -302,6 +318,61 @@ class Store:
         )
         await self.db.commit()
 
+    # --- schedules --------------------------------------------------------------------------
+
+    async def add_schedule(
+        self, server: str, kind: str, spec: dict[str, Any], created_by: str
+    ) -> Schedule:
+        await self.get_server(server)  # ServerNotFound rather than a foreign-key error
+        cur = await self.db.execute(
+            "INSERT INTO schedules (server, kind, spec, created_by, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (server, kind, json.dumps(spec, sort_keys=True), created_by, _ts(utcnow())),
+        )
+        return await self.get_schedule(int(cur.lastrowid or 0))
+
+    async def get_schedule(self, schedule_id: int) -> Schedule:
+        cur = await self.db.execute(f"{SQL_SCHEDULES} WHERE id = ?", (schedule_id,))
+        row = await cur.fetchone()
+        if row is None:
+            raise ScheduleNotFound(schedule_id)
+        return _schedule(row)
+
+    async def list_schedules(self, server: str | None = None) -> list[Schedule]:
+        sql, args = (
+            (f"{SQL_SCHEDULES} ORDER BY server, id", ())
+            if server is None
+            else (f"{SQL_SCHEDULES} WHERE server = ? ORDER BY id", (server,))
+        )
+        return [_schedule(r) for r in await (await self.db.execute(sql, args)).fetchall()]
+
+    async def remove_schedule(self, schedule_id: int) -> None:
+        cur = await self.db.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,))
+        if cur.rowcount == 0:
+            raise ScheduleNotFound(schedule_id)
+
+    async def set_schedule_paused(self, schedule_id: int, paused: bool) -> None:
+        cur = await self.db.execute(
+            "UPDATE schedules SET paused = ? WHERE id = ?", (int(paused), schedule_id)
+        )
+        if cur.rowcount == 0:
+            raise ScheduleNotFound(schedule_id)
+
+    async def set_keep_until(self, server: str, until: datetime | None) -> None:
+        cur = await self.db.execute(
+            "UPDATE servers SET keep_until = ? WHERE name = ?",
+            (_ts(until) if until else None, server),
+        )
+        if cur.rowcount == 0:
+            raise ServerNotFound(server)
+
+    async def keep_until(self, server: str) -> datetime | None:
+        cur = await self.db.execute("SELECT keep_until FROM servers WHERE name = ?", (server,))
+        row = await cur.fetchone()
+        if row is None:
+            raise ServerNotFound(server)
+        return _dt(row[0]) if row[0] else None
+
     # --- audit ------------------------------------------------------------------------------
 
     async def audit(
@@ -320,6 +391,18 @@ class Store:
             await self.db.execute(f"{sql} ORDER BY id DESC LIMIT ?", (*args, limit))
         ).fetchall()
         return [AuditEntry(r[0], _dt(r[1]), r[2], r[3], r[4], bool(r[5]), r[6]) for r in rows]
+
+
+def _schedule(row: Any) -> Schedule:
+    return Schedule(
+        id=int(row[0]),
+        server=row[1],
+        kind=row[2],
+        spec=json.loads(row[3]),
+        paused=bool(row[4]),
+        created_by=row[5],
+        created_at=_dt(row[6]),
+    )
 
 
 def _record(row: Any, ports: tuple[PortBinding, ...]) -> ServerRecord:

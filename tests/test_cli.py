@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bot.store import MIGRATIONS
 from tests.conftest import ROOT, TEST_WARPLANS, cleanup_instance, make_settings
 from tests.test_warplans import PEON_VALHEIM
 
@@ -170,7 +171,7 @@ def test_cli_check(peon, engine: None) -> None:
     lines = r.stdout.splitlines()
     assert lines[0].startswith("config: ok")
     assert lines[1].startswith("warplans: ok (1 loaded")
-    assert lines[2].startswith("database: ok") and "schema v1" in lines[2]
+    assert lines[2].startswith("database: ok") and f"schema v{len(MIGRATIONS)}" in lines[2]
     assert lines[3].startswith("docker: ok (Docker ")
     assert lines[4] == "discord token: not set (needed by 'peon run')"
 

@@ -128,3 +128,47 @@ async def test_update_and_audit(store: Store) -> None:
         ("discord:42", "stop", False, "busy"),
         ("cli:root", "start", True, ""),
     ]
+
+
+async def test_schedules_rows_follow_their_server(store: Store) -> None:
+    from datetime import UTC, datetime
+
+    from bot.errors import ScheduleNotFound
+
+    await make(store, "a")
+    spec = {"days": "weekdays", "start": "18:00", "stop": "23:30", "tz": "Europe/Berlin"}
+    sched = await store.add_schedule("a", "window", spec, "discord:42")
+    assert (sched.server, sched.kind, sched.spec, sched.paused) == ("a", "window", spec, False)
+    idle = await store.add_schedule("a", "idle", {"minutes": 15}, "cli:root")
+    assert [s.id for s in await store.list_schedules("a")] == [sched.id, idle.id]
+    await store.set_schedule_paused(idle.id, True)
+    assert (await store.get_schedule(idle.id)).paused
+    await store.remove_schedule(idle.id)
+    with pytest.raises(ScheduleNotFound, match=f"no schedule #{idle.id}"):
+        await store.remove_schedule(idle.id)
+    with pytest.raises(ServerNotFound):
+        await store.add_schedule("ghost", "idle", {}, "t")
+    until = datetime(2026, 11, 21, 23, 30, tzinfo=UTC)
+    await store.set_keep_until("a", until)
+    assert await store.keep_until("a") == until
+    await store.delete_server("a")  # the server's schedules go with it
+    assert await store.list_schedules() == []
+
+
+async def test_migration_2_upgrades_a_version_1_database(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0] + "\nPRAGMA user_version = 1;")
+    conn.execute(
+        "INSERT INTO servers (name, warplan, image, variables, state, created_at, "
+        "updated_at, created_by) VALUES ('old', 'w', 'i', '{}', 'stopped', "
+        "'2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00', 't')"
+    )
+    conn.commit()
+    conn.close()
+    s = Store(path)
+    await s.open()
+    assert await s.schema_version() == 2
+    assert await s.keep_until("old") is None  # the old row gained the new column
+    await s.add_schedule("old", "idle", {"minutes": 10}, "t")
+    await s.close()
