@@ -21,6 +21,7 @@ from bot import __version__
 from bot.app import Services, open_services
 from bot.errors import ConfigError, PeonError, StartFailed, WarplanError
 from bot.models import Phase, ProgressEvent, PullProgress, human_duration
+from bot.players import format_players
 from bot.settings import Settings, config_path, load_settings
 from bot.warplans import (
     dump_warplan,
@@ -269,6 +270,9 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
             if st.usage.memory_limit:
                 mem += f" / {st.usage.memory_limit / 2**20:.0f} MiB"
             rows += [["cpu", f"{st.usage.cpu_percent:.1f}%"], ["memory", mem]]
+        count = await servers.players(st)
+        if count is not None:
+            rows.append(["players", format_players(count)])
         for k, v in servers.public_variables(st.record).items():
             rows.append([f"var {k}", v])
         _table(rows, out)

@@ -468,9 +468,15 @@ class DockerDriver:
 
         return await asyncio.wait_for(self._run(call), timeout)
 
-    async def logs(self, ref: str, tail: int = 100) -> list[str]:
+    async def logs(
+        self, ref: str, tail: int | str = 100, since: datetime | None = None
+    ) -> list[str]:
+        """The last `tail` lines ("all" for every one), optionally only those after `since`."""
+
         def call() -> list[str]:
-            data: bytes = self._docker().api.logs(ref, stdout=True, stderr=True, tail=tail)
+            data: bytes = self._docker().api.logs(
+                ref, stdout=True, stderr=True, tail=tail, since=since
+            )
             return data.decode(errors="replace").splitlines()
 
         return await self._run(call)

@@ -44,6 +44,7 @@ from bot.models import (
     ServerStatus,
     StartResult,
 )
+from bot.players import LogPlayerTracker, PlayerCount, count_players
 from bot.ports import choose_ports, host_port_free
 from bot.settings import Settings
 from bot.store import Store
@@ -453,6 +454,32 @@ class ServerService:
         info = await self._current_container(record)
         usage = await self.driver.stats(info.id) if info is not None and info.running else None
         return ServerStatus(record, info, usage, self.address)
+
+    async def players(self, status: ServerStatus) -> PlayerCount | None:
+        """Who is playing on a running server, per its war plan; None when it cannot tell
+        (no `players` in the plan, not running, or the query failed: status still shows)."""
+        info = status.container
+        try:
+            plan = self.warplans.get(status.record.warplan)
+        except WarplanNotFound:
+            return None
+        if plan.players is None or info is None or not info.running:
+            return None
+        spec = plan.players
+        try:
+            if spec.protocol == "log":
+                tracker = LogPlayerTracker.from_spec(spec)
+                # Replay this run's log: joins and leaves since the container last started.
+                for line in await self.driver.logs(info.id, tail="all", since=info.started_at):
+                    tracker.feed(line)
+                return tracker.count()
+            ports = {p.name: p.host for p in status.record.ports}
+            return await count_players(
+                spec, self.settings.docker.probe_address, ports, server=status.record.name
+            )
+        except (PeonError, ValueError) as e:
+            log.info("player count for %s unavailable: %s", status.record.name, e)
+            return None
 
     async def logs(self, name: str, tail: int = 100) -> list[str]:
         record = await self.store.get_server(name)

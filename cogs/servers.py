@@ -14,6 +14,7 @@ from discord.ext import commands
 
 from bot.client import Access, render_error
 from bot.errors import ServerBusy, ServerExists
+from bot.players import format_players
 from bot.servers import ServerService, validate_name
 from bot.warplans import VariableSpec, WarPlan, WarplanLibrary, coerce_value
 from cogs.common import (
@@ -382,7 +383,9 @@ class ServersCog(commands.Cog, name="ServersCog"):
         await self.servers.store.get_server(name)
         await interaction.response.defer(thinking=True)  # CPU sampling takes about a second
         st = await self.servers.status(name)
-        await interaction.edit_original_response(embed=status_embed(st))
+        count = await self.servers.players(st)
+        players = format_players(count) if count is not None else None
+        await interaction.edit_original_response(embed=status_embed(st, players=players))
 
     @server.command(name="logs", description="The server's last log lines (only you see them)")
     @app_commands.autocomplete(name=server_autocomplete)

@@ -237,8 +237,10 @@ async def test_create_with_modal_then_lifecycle(
     notice = channel(emu, "peon")[-1].text()
     assert notice == f"**alpha** is ready to join: `127.0.0.1:{game}`"
 
+    await peon.services.servers.console("alpha", "join alice", actor="test")
     i = await slash(emu, PLAYER, "status", name="alpha")
     text = await finished(emu, i, "State")
+    assert "Players\n1 (alice)" in text
     assert "running" in text and f"127.0.0.1:{game}" in text and "MiB / 64 MiB" in text
     assert "s3cret-pass" not in text
 
@@ -253,8 +255,8 @@ async def test_create_with_modal_then_lifecycle(
     await finished(emu, i, "data is kept")
 
     audit = await peon.services.store.audit_log("alpha")
-    assert {a.actor for a in audit} == {f"discord:{ADMIN}", f"discord:{OPERATOR}"}
-    assert [a.action for a in reversed(audit)] == ["create", "start", "stop", "update"]
+    assert {a.actor for a in audit} == {f"discord:{ADMIN}", f"discord:{OPERATOR}", "test"}
+    assert [a.action for a in reversed(audit)] == ["create", "start", "console", "stop", "update"]
 
 
 async def test_bad_input_is_refused_ephemerally_and_leaves_nothing(

@@ -71,6 +71,13 @@ async def test_create_start_status_logs_stop_update_delete_purge(
     with socket.create_connection(("127.0.0.1", game), timeout=5) as s:
         assert b"hello from fakegame" in s.recv(100)
 
+    # players, counted from the log lines of this run
+    for command in ("join alice", "join bob", "leave alice"):
+        await servers.console("alpha", command, actor="test")
+    await asyncio.sleep(0.5)
+    count = await servers.players(await servers.status("alpha"))
+    assert count is not None and (count.online, count.names) == (1, ("bob",))
+
     # start again is harmless
     again = await servers.start("alpha", actor="test")
     assert again.already_running
@@ -103,6 +110,8 @@ async def test_create_start_status_logs_stop_update_delete_purge(
         await servers.start("alpha", actor="test")
         assert "Fake game 2 starting world=Midgard" in "\n".join(await servers.logs("alpha"))
         await servers.restart("alpha", actor="test")
+        count = await servers.players(await servers.status("alpha"))
+        assert count is not None and count.online == 0  # a new run: nobody is on yet
         await servers.stop("alpha", actor="test")
         saved = read_volume_file(dclient, "peon-alpha-world", "world.sav")
         assert saved.startswith("world=Midgard version=2 saves=3"), saved
@@ -128,6 +137,9 @@ async def test_create_start_status_logs_stop_update_delete_purge(
     assert actions == [
         ("create", True),
         ("start", True),
+        ("console", True),
+        ("console", True),
+        ("console", True),
         ("start", True),
         ("stop", True),
         ("stop", True),
