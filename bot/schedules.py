@@ -169,3 +169,47 @@ class UptimeWindow:
     def next_stop(self, now: datetime) -> datetime | None:
         """When the current interval ends, else when the next one does."""
         return next((e for _, e in self.intervals(now) if e > now), None)
+
+
+DEFAULT_LEADS = (timedelta(minutes=10), timedelta(minutes=1))
+
+
+@dataclass
+class IdleTracker:
+    """Decides when a server has been empty long enough to stop.
+
+    A failed probe (`online is None`) neither starts nor resets the clock: a server must be
+    seen empty for the whole `limit`, never stopped because a query timed out.
+    """
+
+    limit: timedelta
+    empty_since: datetime | None = None
+
+    def observe(self, now: datetime, online: int | None) -> bool:
+        """Record one count; True once the server has been empty for `limit`."""
+        if online is None:
+            return False
+        if online > 0:
+            self.empty_since = None
+            return False
+        if self.empty_since is None:
+            self.empty_since = now
+        return now - self.empty_since >= self.limit
+
+    def reset(self) -> None:
+        """After a start or stop: nobody has been seen yet."""
+        self.empty_since = None
+
+
+def warning_times(
+    stop_at: datetime, now: datetime, leads: tuple[timedelta, ...] = DEFAULT_LEADS
+) -> list[tuple[datetime, timedelta]]:
+    """When to warn before an automatic stop, and the time left each warning announces.
+
+    Leads already past are dropped; if every lead is past but the stop is still ahead (a
+    bot that was down, a postponement shorter than the leads), one warning goes out now.
+    """
+    ahead = [(stop_at - lead, lead) for lead in sorted(leads, reverse=True) if stop_at - lead > now]
+    if not ahead and stop_at > now:
+        ahead = [(now, stop_at - now)]
+    return ahead

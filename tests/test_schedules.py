@@ -131,3 +131,35 @@ def test_parse_duration(text: str, minutes: int) -> None:
 def test_bad_input_is_one_clear_sentence(call, message: str) -> None:
     with pytest.raises(ScheduleError, match=message):
         call()
+
+
+def test_idle_tracker_needs_the_whole_limit_of_empty_counts() -> None:
+    from bot.schedules import IdleTracker
+
+    t0 = datetime(2026, 11, 21, 20, tzinfo=UTC)
+    idle = IdleTracker(timedelta(minutes=15))
+    assert not idle.observe(t0, 0)
+    assert not idle.observe(t0 + timedelta(minutes=10), None)  # a failed probe changes nothing
+    assert not idle.observe(t0 + timedelta(minutes=14), 0)
+    assert idle.observe(t0 + timedelta(minutes=15), 0)
+    assert not idle.observe(t0 + timedelta(minutes=16), 2)  # someone joined: clock resets
+    assert not idle.observe(t0 + timedelta(minutes=17), 0)
+    assert idle.observe(t0 + timedelta(minutes=32), 0)
+    idle.reset()
+    assert idle.empty_since is None
+
+
+def test_warning_times_default_leads_and_catch_up() -> None:
+    from bot.schedules import warning_times
+
+    now = datetime(2026, 11, 21, 20, tzinfo=UTC)
+    stop = now + timedelta(minutes=30)
+    assert warning_times(stop, now) == [
+        (stop - timedelta(minutes=10), timedelta(minutes=10)),
+        (stop - timedelta(minutes=1), timedelta(minutes=1)),
+    ]
+    soon = now + timedelta(minutes=5)  # the 10-minute lead is already past
+    assert warning_times(soon, now) == [(soon - timedelta(minutes=1), timedelta(minutes=1))]
+    sooner = now + timedelta(seconds=30)  # every lead past: one warning now
+    assert warning_times(sooner, now) == [(now, timedelta(seconds=30))]
+    assert warning_times(now - timedelta(minutes=1), now) == []  # the stop itself is past
