@@ -522,9 +522,8 @@ async def test_create_form_in_several_steps_for_many_variables(
         cleanup_instance(settings.instance_id)
 
 
-async def test_wrong_token_is_one_line_and_exit_1(
-    tmp_path: Path, emu: DiscordEmulator, engine: None
-) -> None:
+async def run_bot_process(tmp_path: Path, emu: DiscordEmulator, **env: str) -> tuple[int, str]:
+    """Run `python -m bot` against the emulator as a user would; (exit code, stderr)."""
     config = tmp_path / "peon.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -534,61 +533,49 @@ async def test_wrong_token_is_one_line_and_exit_1(
             }
         )
     )
-    env = {
+    full = {
         **os.environ,
         "PEON_CONFIG": str(config),
-        "DISCORD_TOKEN": "not-the-token",
+        "DISCORD_TOKEN": emu.token,
         "PEON_DISCORD_API_BASE": emu.api_base,
         "PEON_DISCORD_GATEWAY_URL": emu.gateway_url,
+        **env,
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bot",
-        env=env,
+        env=full,
         cwd=Path(__file__).resolve().parent.parent,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 1
-    lines = err.decode().strip().splitlines()
-    assert lines[-1].startswith("peon: Discord rejected DISCORD_TOKEN: copy the bot's token")
-    assert "not-the-token" not in err.decode()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def test_wrong_token_is_one_line_and_exit_1(
+    tmp_path: Path, emu: DiscordEmulator, engine: None
+) -> None:
+    code, err = await run_bot_process(tmp_path, emu, DISCORD_TOKEN="not-the-token")
+    assert code == 1
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("peon: Discord rejected DISCORD_TOKEN: copy the bot's token")
+    )
+    assert "not-the-token" not in err
 
 
 async def test_docker_unreachable_at_startup_is_one_line_and_exit_1(
     tmp_path: Path, emu: DiscordEmulator
 ) -> None:
-    config = tmp_path / "peon.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "data_dir": str(tmp_path / "data"),
-                "warplans_dir": str(Path(__file__).parent / "warplans"),
-            }
-        )
+    code, err = await run_bot_process(
+        tmp_path, emu, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock"
     )
-    env = {
-        **os.environ,
-        "PEON_CONFIG": str(config),
-        "DISCORD_TOKEN": emu.token,
-        "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock",
-        "PEON_DISCORD_API_BASE": emu.api_base,
-        "PEON_DISCORD_GATEWAY_URL": emu.gateway_url,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        env=env,
-        cwd=Path(__file__).resolve().parent.parent,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 1
-    last = err.decode().strip().splitlines()[-1]
-    assert last.startswith("peon: The Docker engine is unreachable"), err.decode()
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("peon: The Docker engine is unreachable"), err
     assert last.endswith("PEON needs it to run; check DOCKER_HOST or the socket.")
-    assert "Traceback" not in err.decode()
+    assert "Traceback" not in err
