@@ -63,6 +63,7 @@ LOG_TAIL_ON_FAILURE = 20
 PORT_CHECK_INTERVAL = 0.5
 NO_READY_CHECK_SETTLE = 2.0  # without a ready check, a server that survives this long is up
 MAX_LOG_TAIL = 2000
+PLAYER_LOG_LINES = 20000  # log lines replayed to count players (the scheduler will follow live)
 
 Progress = Callable[[ProgressEvent], Awaitable[None]]
 
@@ -469,8 +470,12 @@ class ServerService:
         try:
             if spec.protocol == "log":
                 tracker = LogPlayerTracker.from_spec(spec)
-                # Replay this run's log: joins and leaves since the container last started.
-                for line in await self.driver.logs(info.id, tail="all", since=info.started_at):
+                # Replay this run's log: joins and leaves since the container last started,
+                # bounded so a status call never reads a long-running server's whole log.
+                lines = await self.driver.logs(
+                    info.id, tail=PLAYER_LOG_LINES, since=info.started_at
+                )
+                for line in lines:
                     tracker.feed(line)
                 return tracker.count()
             ports = {p.name: p.host for p in status.record.ports}

@@ -81,9 +81,9 @@ _SERVER_COLUMNS = (
 )
 SQL_SERVER = f"SELECT {_SERVER_COLUMNS} FROM servers WHERE name = ?"  # noqa: S608 - constant
 SQL_SERVERS = f"SELECT {_SERVER_COLUMNS} FROM servers ORDER BY name"  # noqa: S608 - constant
-SQL_PORTS = (
-    "SELECT server, name, container_port, protocol, host_port FROM ports ORDER BY server, rowid"
-)
+_PORT_COLUMNS = "SELECT server, name, container_port, protocol, host_port FROM ports"
+SQL_PORTS = f"{_PORT_COLUMNS} ORDER BY server, rowid"
+SQL_SERVER_PORTS = f"{_PORT_COLUMNS} WHERE server = ? ORDER BY rowid"
 SQL_INSERT_SERVER = (
     "INSERT INTO servers (name, warplan, image, variables, state, created_at, updated_at, "
     "created_by, op, op_owner, op_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -246,11 +246,7 @@ class Store:
 
     async def _ports(self, server: str | None) -> dict[str, tuple[PortBinding, ...]]:
         out: dict[str, list[PortBinding]] = {}
-        sql, args = (
-            (SQL_PORTS, ())
-            if server is None
-            else (SQL_PORTS.replace("ORDER BY", "WHERE server = ? ORDER BY"), (server,))
-        )
+        sql, args = (SQL_PORTS, ()) if server is None else (SQL_SERVER_PORTS, (server,))
         for srv, pname, cport, proto, hport in await (await self.db.execute(sql, args)).fetchall():
             out.setdefault(srv, []).append(PortBinding(pname, cport, proto, hport))
         return {k: tuple(v) for k, v in out.items()}
