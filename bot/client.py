@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
+import re
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import discord
@@ -19,8 +22,11 @@ from discord.ext import commands
 
 from bot import __version__
 from bot.app import Services
+from bot.automation import Automation, Warning
 from bot.errors import DockerUnavailable, PeonError
 from bot.permissions import Level, Member, check, level_of
+from bot.scheduler import Scheduler
+from bot.schedules import format_span
 from bot.settings import DiscordSettings, GuildSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -130,25 +136,52 @@ class PeonTree(app_commands.CommandTree["PeonBot"]):
         await render_error(interaction, error)
 
 
+_ACTOR = re.compile(r"\bdiscord:(\d+)")
+ACTION_ICONS = {"stop": "⏹️", "restart": "🔄", "start": "▶️", "console": "⌨️"}
+
+
+def mention_actors(text: str) -> str:
+    """'timer set by discord:42' -> 'timer set by <@42>' (core services name actors so)."""
+    return _ACTOR.sub(r"<@\1>", text)
+
+
+def timestamp(when: Any, style: str = "R") -> str:
+    """Discord renders <t:…> in each reader's own time zone."""
+    return f"<t:{int(when.timestamp())}:{style}>"
+
+
+WarningView = Callable[[str, timedelta], discord.ui.View]
+
+
 class DiscordNotifier:
-    """Posts notices in each configured guild's notification channel."""
+    """Posts notices in each configured guild's notification channel; implements the
+    automation Notifier, so scheduled actions reach people without knowing Discord."""
 
     def __init__(self, bot: PeonBot) -> None:
         self.bot = bot
+        self.warning_view: WarningView | None = None  # set by the schedules cog
 
     async def announce(
-        self, text: str, *, embed: discord.Embed | None = None, view: discord.ui.View | None = None
+        self,
+        text: str,
+        *,
+        embed: discord.Embed | None = None,
+        view: discord.ui.View | None = None,
+        mention: bool = False,
     ) -> list[discord.Message]:
         sent = []
         for gid, guild in self.bot.discord_settings.guilds.items():
             if guild.notification_channel is None:
                 continue
+            content = text
+            if mention and guild.mention_role is not None:
+                content = f"<@&{guild.mention_role}> {text}"
             try:
                 channel = self.bot.get_channel(guild.notification_channel) or (
                     await self.bot.fetch_channel(guild.notification_channel)
                 )
                 if isinstance(channel, discord.abc.Messageable):
-                    kwargs: dict[str, Any] = {"content": text}
+                    kwargs: dict[str, Any] = {"content": content}
                     if embed is not None:
                         kwargs["embed"] = embed
                     if view is not None:
@@ -165,6 +198,39 @@ class DiscordNotifier:
 
     async def server_ready(self, server: str, connect: str) -> None:
         await self.announce(f"**{server}** is ready to join: `{connect}`")
+
+    # --- the automation Notifier ------------------------------------------------------------
+
+    async def warn(self, warning: Warning) -> None:
+        verb = "stops" if warning.action == "stop" else "restarts"
+        local = warning.at.astimezone(warning.zone)
+        text = (
+            f"⚠️ **{warning.server}** {verb} in {format_span(warning.left)} "
+            f"(at {local:%H:%M} {warning.zone.key}, {timestamp(warning.at)}): "
+            f"{mention_actors(warning.why)}."
+        )
+        view = self.warning_view(warning.server, warning.keep_for) if self.warning_view else None
+        await self.announce(text, view=view, mention=True)
+
+    async def acted(self, server: str, action: str, why: str, connect: str | None) -> None:
+        done = {"stop": "stopped", "restart": "restarted", "start": "started"}.get(action, action)
+        text = f"{ACTION_ICONS.get(action, '')} **{server}** {done}: {mention_actors(why)}."
+        if connect:
+            text += f" Ready to join: `{connect}`"
+        await self.announce(text)
+
+    async def failed(self, server: str, action: str, why: str, error: str) -> None:
+        await self.announce(
+            f"❌ The automatic {action} of **{server}** ({mention_actors(why)}) failed: {error}"
+        )
+
+    async def cancelled(self, server: str, action: str, why: str) -> None:
+        await self.announce(f"✅ **{server}** will not {action} after all: {why}.")
+
+    async def players(self, server: str, joined: list[str], left: list[str], online: int) -> None:
+        parts = [f"{', '.join(joined)} joined"] if joined else []
+        parts += [f"{', '.join(left)} left"] if left else []
+        await self.announce(f"👋 **{server}**: {'; '.join(parts)} ({online} online)")
 
 
 class PeonBot(commands.Bot):
@@ -188,6 +254,7 @@ class PeonBot(commands.Bot):
         self.settings = services.settings
         self.discord_settings = services.settings.discord
         self.notifier = DiscordNotifier(self)
+        self.automation: Automation | None = None
         self.engine_version = "?"
         self.max_loop_stall = 0.0  # seconds; the worst event-loop stall since start
         self._watchdog: asyncio.Task[None] | None = None
@@ -199,6 +266,7 @@ class PeonBot(commands.Bot):
     async def setup_hook(self) -> None:
         # Cogs imported here: bot/ must not depend on cogs/ at import time.
         from cogs.peon import PeonCog  # noqa: PLC0415
+        from cogs.schedules import SchedulesCog, WarningButton, warning_view  # noqa: PLC0415
         from cogs.servers import PanelButton, ServersCog  # noqa: PLC0415
         from cogs.warplans import WarplansCog  # noqa: PLC0415
 
@@ -214,11 +282,22 @@ class PeonBot(commands.Bot):
         report = await self.services.servers.reconcile("peon:startup")
         for line in report.lines():
             log.warning("reconcile: %s", line)
+        self.automation = Automation(
+            servers=self.services.servers,
+            store=self.services.store,
+            scheduler=Scheduler(),
+            settings=self.settings.automation,
+            notifier=self.notifier,
+        )
+        self.notifier.warning_view = warning_view
         await self.add_cog(ServersCog(self))
+        await self.add_cog(SchedulesCog(self))
         await self.add_cog(WarplansCog(self))
         await self.add_cog(PeonCog(self))
-        self.add_dynamic_items(PanelButton)
+        self.add_dynamic_items(PanelButton, WarningButton)
         await self.sync_commands()
+        # After the commands: catching up may start servers and post in the channel.
+        await self.automation.start()
         self._watchdog = asyncio.create_task(self._watch_loop(), name="loop-watchdog")
 
     async def _watch_loop(self) -> None:
@@ -235,6 +314,8 @@ class PeonBot(commands.Bot):
     async def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self.automation is not None:
+            await self.automation.close()
         await super().close()
 
     async def sync_commands(self) -> None:

@@ -21,7 +21,8 @@ class Level(IntEnum):
     ADMIN = 3
 
 
-# The capability each action needs. "start" may drop to PLAYER per guild (players_can_start).
+# The capability each action needs. "start" and "postpone" may drop to PLAYER per guild
+# (players_can_start, players_can_postpone).
 ACTIONS: dict[str, Level] = {
     "list": Level.PLAYER,
     "status": Level.PLAYER,
@@ -32,6 +33,8 @@ ACTIONS: dict[str, Level] = {
     "update": Level.OPERATOR,
     "logs": Level.OPERATOR,
     "console": Level.OPERATOR,
+    "postpone": Level.OPERATOR,
+    "schedule": Level.OPERATOR,
     "create": Level.ADMIN,
     "delete": Level.ADMIN,
     "panel": Level.ADMIN,
@@ -48,6 +51,8 @@ VERBS = {
     "update": "update servers",
     "logs": "read server logs",
     "console": "send console commands",
+    "postpone": "keep servers running past an automatic stop",
+    "schedule": "change schedules",
     "create": "create servers",
     "delete": "delete servers",
     "panel": "post control panels",
@@ -101,7 +106,10 @@ def level_of(guild: GuildSettings | None, member: Member, server: str | None = N
 
 def needed_for(guild: GuildSettings | None, action: str) -> Level:
     needed = ACTIONS[action]
-    if action == "start" and guild is not None and guild.players_can_start:
+    if guild is not None and (
+        (action == "start" and guild.players_can_start)
+        or (action == "postpone" and guild.players_can_postpone)
+    ):
         return Level.PLAYER
     return needed
 

@@ -22,7 +22,7 @@ DAY_ALIASES = {
     "weekdays": frozenset(range(5)),
     "weekends": frozenset({5, 6}),
 }
-_CLOCK = re.compile(r"^(\d{1,2}):(\d{2})$")
+_CLOCK = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?$")
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 MAX_TIMER = timedelta(days=30)
 
@@ -41,10 +41,16 @@ def parse_zone(name: str) -> ZoneInfo:
 
 
 def parse_clock(text: str) -> time:
+    """'18:00' (seconds are accepted too, '18:00:30', for windows that must end precisely)."""
     m = _CLOCK.match(text.strip())
-    if not m or int(m.group(1)) > 23 or int(m.group(2)) > 59:
+    h, mi, sec = (int(g) if g else 0 for g in m.groups()) if m else (99, 0, 0)
+    if h > 23 or mi > 59 or sec > 59:
         raise ScheduleError(f"'{text}' is not a time of day; use HH:MM, e.g. 18:00.")
-    return time(int(m.group(1)), int(m.group(2)))
+    return time(h, mi, sec)
+
+
+def format_clock(clock: time) -> str:
+    return f"{clock:%H:%M:%S}" if clock.second else f"{clock:%H:%M}"
 
 
 def parse_days(text: str) -> frozenset[int]:
@@ -75,16 +81,38 @@ def format_days(days: frozenset[int]) -> str:
     return ",".join(DAY_NAMES[d] for d in sorted(days))
 
 
-def parse_duration(text: str) -> timedelta:
-    """'30m', '1h30m', '2h', '45s', '1d' -> timedelta (at least a minute, at most 30 days)."""
+def parse_duration(
+    text: str,
+    minimum: timedelta = timedelta(minutes=1),
+    maximum: timedelta = MAX_TIMER,
+    what: str = "A timer",
+) -> timedelta:
+    """'30m', '1h30m', '2h', '45s', '1d' -> timedelta within [minimum, maximum]."""
     m = _DURATION.match(text.strip().lower().replace(" ", ""))
     if not text.strip() or not m or not any(m.groups()):
         raise ScheduleError(f"'{text}' is not a duration; use e.g. 30m, 1h30m or 2h.")
     d, h, mins, s = (int(g) if g else 0 for g in m.groups())
     delta = timedelta(days=d, hours=h, minutes=mins, seconds=s)
-    if not timedelta(minutes=1) <= delta <= MAX_TIMER:
-        raise ScheduleError("A timer must be between 1 minute and 30 days.")
+    if not minimum <= delta <= maximum:
+        raise ScheduleError(
+            f"{what} must be between {format_span(minimum)} and {format_span(maximum)}."
+        )
     return delta
+
+
+def format_span(delta: timedelta) -> str:
+    """timedelta -> '1 minute', '10 minutes', '1 h 30 min' for messages."""
+    total = round(delta.total_seconds())
+    units = (("day", "d", 86400), ("hour", "h", 3600), ("minute", "min", 60), ("second", "s", 1))
+    parts = []
+    for name, short, size in units:
+        n, total = divmod(total, size)
+        if n:
+            parts.append((n, name, short))
+    if len(parts) == 1:
+        n, name, _ = parts[0]
+        return f"{n} {name}{'s' if n != 1 else ''}"
+    return " ".join(f"{n} {short}" for n, _, short in parts) or "0 seconds"
 
 
 def next_clock_time(clock: time, zone: ZoneInfo, now: datetime) -> datetime:
@@ -125,7 +153,8 @@ class UptimeWindow:
     def describe(self) -> str:
         tail = " (next day)" if self.crosses_midnight else ""
         return (
-            f"{format_days(self.days)} {self.start:%H:%M}-{self.stop:%H:%M}{tail} {self.zone.key}"
+            f"{format_days(self.days)} {format_clock(self.start)}-{format_clock(self.stop)}"
+            f"{tail} {self.zone.key}"
         )
 
     def runs(

@@ -459,9 +459,32 @@ class ServerService:
     async def players(self, status: ServerStatus) -> PlayerCount | None:
         """Who is playing on a running server, per its war plan; None when it cannot tell
         (no `players` in the plan, not running, or the query failed: status still shows)."""
-        info = status.container
+        return await self._players(status.record, status.container)
+
+    async def player_count(self, name: str) -> tuple[bool, PlayerCount | None]:
+        """(running, players) without sampling CPU: what the idle watch polls."""
+        record = await self.store.get_server(name)
+        info = await self._current_container(record)
+        running = info is not None and info.running
+        return running, (await self._players(record, info) if running else None)
+
+    async def is_running(self, name: str) -> bool:
+        record = await self.store.get_server(name)
+        info = await self._current_container(record)
+        return info is not None and info.running
+
+    def counts_players(self, record: ServerRecord) -> bool:
+        """Whether the server's war plan says how to count its players."""
         try:
-            plan = self.warplans.get(status.record.warplan)
+            return self.warplans.get(record.warplan).players is not None
+        except WarplanNotFound:
+            return False
+
+    async def _players(
+        self, record: ServerRecord, info: ContainerInfo | None
+    ) -> PlayerCount | None:
+        try:
+            plan = self.warplans.get(record.warplan)
         except WarplanNotFound:
             return None
         if plan.players is None or info is None or not info.running:
@@ -478,13 +501,28 @@ class ServerService:
                 for line in lines:
                     tracker.feed(line)
                 return tracker.count()
-            ports = {p.name: p.host for p in status.record.ports}
+            ports = {p.name: p.host for p in record.ports}
             return await count_players(
-                spec, self.settings.docker.probe_address, ports, server=status.record.name
+                spec, self.settings.docker.probe_address, ports, server=record.name
             )
         except (PeonError, ValueError) as e:
-            log.info("player count for %s unavailable: %s", status.record.name, e)
+            log.info("player count for %s unavailable: %s", record.name, e)
             return None
+
+    async def say(self, name: str, message: str) -> bool:
+        """Show `message` in game through the plan's `say` console command, when it has one.
+        Best effort and lease-free: a warning must not wait for, or block, an operation."""
+        record = await self.store.get_server(name)
+        try:
+            plan = self._plan_for(record)
+        except ServerStateError:
+            return False
+        info = await self._current_container(record)
+        if plan.say is None or info is None or not info.running:
+            return False
+        text = " ".join(message.split())  # one console line, whatever the message holds
+        await self.driver.send_console(info.id, plan.say.replace("{message}", text))
+        return True
 
     async def logs(self, name: str, tail: int = 100) -> list[str]:
         record = await self.store.get_server(name)

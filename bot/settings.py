@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from bot.errors import ConfigError
 from bot.ports import parse_pool
+from bot.schedules import ScheduleError, parse_duration, parse_zone
 
 DEFAULT_CONFIG = Path("config/peon.yaml")
 
@@ -80,6 +83,12 @@ class GuildSettings(_Model):
     servers: dict[str, RoleGrants] = Field(
         default_factory=dict, description="Extra grants for single servers."
     )
+    mention_role: int | None = Field(
+        default=None, description="Role id mentioned in warnings before automatic stops."
+    )
+    players_can_postpone: bool = Field(
+        default=False, description="Let players press 'Keep running' on stop warnings."
+    )
 
 
 class DiscordSettings(_Model):
@@ -95,6 +104,77 @@ class DiscordSettings(_Model):
     confirm_timeout: int = Field(default=60, ge=1, le=900)
 
 
+def _span(text: str, lo: timedelta = timedelta(seconds=1)) -> timedelta:
+    return parse_duration(text, lo, timedelta(days=30), "A duration")
+
+
+class AutomationSettings(_Model):
+    """Schedules: uptime windows, idle shutdown, timers and the warnings before stops."""
+
+    timezone: str = Field(default="UTC", description="Zone for times typed without one.")
+    warn_before: list[str] = Field(
+        default_factory=lambda: ["10m", "1m"], description="Warnings before automatic stops."
+    )
+    keep_running: str = Field(default="1h", description="How long 'Keep running' postpones.")
+    catch_up_warning: str = Field(
+        default="1m", description="Warning lead for a stop missed while PEON was down."
+    )
+    player_check_interval: str = Field(default="30s", description="How often players are counted.")
+    shortest: str = Field(
+        default="1m", description="The shortest idle limit or timer members may set."
+    )
+    announce_players: bool = Field(default=False, description="Post joins and leaves.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            parse_zone(v)
+        except ScheduleError as e:  # pydantic reports ValueErrors with the field's name
+            raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("keep_running", "catch_up_warning", "player_check_interval", "shortest")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        try:
+            _span(v)
+        except ScheduleError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("warn_before")
+    @classmethod
+    def _leads(cls, v: list[str]) -> list[str]:
+        for item in v:
+            cls._duration(item)
+        return v
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return parse_zone(self.timezone)
+
+    @property
+    def leads(self) -> tuple[timedelta, ...]:
+        return tuple(sorted((_span(x) for x in self.warn_before), reverse=True))
+
+    @property
+    def keep_for(self) -> timedelta:
+        return _span(self.keep_running)
+
+    @property
+    def catch_up_lead(self) -> timedelta:
+        return _span(self.catch_up_warning)
+
+    @property
+    def check_interval(self) -> timedelta:
+        return _span(self.player_check_interval)
+
+    @property
+    def minimum(self) -> timedelta:
+        return _span(self.shortest)
+
+
 class Settings(_Model):
     instance_id: str = Field(default="peon", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
     data_dir: Path = Path("data")
@@ -103,6 +183,7 @@ class Settings(_Model):
     ports: PortSettings = Field(default_factory=PortSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    automation: AutomationSettings = Field(default_factory=AutomationSettings)
     source: str = Field(default="(defaults)", exclude=True)
     discord_token: SecretStr | None = Field(default=None, exclude=True)
 

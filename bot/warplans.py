@@ -226,6 +226,10 @@ class WarPlan(_Model):
     stop: StopSpec = Field(default_factory=StopSpec)
     players: PlayersSpec | None = None
     save: SaveSpec | None = None
+    say: str | None = Field(
+        default=None,
+        description="Console command that shows {message} to the players in game (warnings).",
+    )
     links: list[str] = Field(default_factory=list, description="Documentation of the image.")
 
     @field_validator("env", mode="before")
@@ -268,6 +272,8 @@ class WarPlan(_Model):
                 raise ValueError("ready.port: a port check needs a tcp port")
         if self.players and self.players.port and self.players.port not in port_names:
             raise ValueError(f"players.port: no port named '{self.players.port}'")
+        if self.say is not None and "{message}" not in self.say:
+            raise ValueError("say: must contain {message}, where the warning text goes")
         texts = [
             *self.env.values(),
             *(str(v.default) for v in self.variables),
@@ -283,8 +289,10 @@ class WarPlan(_Model):
     @property
     def console(self) -> bool:
         """Whether the container needs an open stdin for console commands."""
-        return self.stop.console is not None or (
-            self.save is not None and self.save.mode == "console"
+        return (
+            self.stop.console is not None
+            or self.say is not None
+            or (self.save is not None and self.save.mode == "console")
         )
 
     def variable(self, name: str) -> VariableSpec | None:

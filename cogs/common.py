@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import discord
 
+from bot.client import timestamp
 from bot.models import (
     Phase,
     ProgressEvent,
@@ -97,7 +99,15 @@ class ProgressMessage:
         await self.interaction.edit_original_response(**kwargs)
 
 
-def status_embed(st: ServerStatus, *, players: str | None = None) -> discord.Embed:
+def when_text(when: datetime, zone: ZoneInfo) -> str:
+    """A time in a schedule's zone, with Discord's relative rendering after it."""
+    local = when.astimezone(zone)
+    return f"{local:%a %d %b %H:%M} {zone.key} ({timestamp(when)})"
+
+
+def status_embed(
+    st: ServerStatus, *, players: str | None = None, next_stop: str | None = None
+) -> discord.Embed:
     now = datetime.now(UTC)
     state = st.state
     embed = discord.Embed(
@@ -121,6 +131,8 @@ def status_embed(st: ServerStatus, *, players: str | None = None) -> discord.Emb
         embed.add_field(name="Health", value=st.container.health)
     if players is not None:
         embed.add_field(name="Players", value=players)
+    if next_stop is not None:
+        embed.add_field(name="Next automatic stop", value=next_stop, inline=False)
     return embed
 
 

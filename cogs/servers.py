@@ -12,9 +12,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.client import Access, render_error
+from bot.automation import Automation
+from bot.client import Access, mention_actors, render_error
 from bot.errors import ServerBusy, ServerExists
 from bot.players import format_players
+from bot.schedules import format_span
 from bot.servers import ServerService, validate_name
 from bot.warplans import VariableSpec, WarPlan, WarplanLibrary, coerce_value
 from cogs.common import (
@@ -26,6 +28,7 @@ from cogs.common import (
     logs_block,
     started_embed,
     status_embed,
+    when_text,
 )
 
 if TYPE_CHECKING:
@@ -263,6 +266,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
         self.warplans: WarplanLibrary = bot.services.warplans
         self.access: Access = bot.access
         self.notifier: DiscordNotifier = bot.notifier
+        self.automation: Automation | None = bot.automation
         self.interval = bot.discord_settings.progress_interval
         self.confirm_timeout = bot.discord_settings.confirm_timeout
 
@@ -346,14 +350,55 @@ class ServersCog(commands.Cog, name="ServersCog"):
         await progress.finish(started_embed(result))
         if not result.already_running:
             await self.notifier.server_ready(name, result.connect())
+        await self._touch(name)
 
     @server.command(name="stop", description="Stop a server gracefully (it saves first)")
+    @app_commands.describe(
+        after="Stop later instead: in 30m, 1h30m …", at="Stop later instead: at HH:MM"
+    )
+    @app_commands.rename(after="in")
     @app_commands.autocomplete(name=server_autocomplete)
-    async def stop(self, interaction: discord.Interaction[Any], name: str) -> None:
+    async def stop(
+        self,
+        interaction: discord.Interaction[Any],
+        name: str,
+        after: str | None = None,
+        at: str | None = None,
+    ) -> None:
+        if after is not None or at is not None:
+            await self._stop_later(interaction, name, after, at)
+            return
         progress = await self._long(interaction, "stop", name, f"Stopping {name}")
         stopped = await self.servers.stop(name, actor=actor(interaction), progress=progress)
         text = f"**{name}** stopped." if stopped else f"**{name}** was not running."
         await progress.finish(discord.Embed(description=text, colour=OK))
+        await self._touch(name)
+
+    async def _stop_later(
+        self, interaction: discord.Interaction[Any], name: str, after: str | None, at: str | None
+    ) -> None:
+        self.access.check(interaction, "stop", name)
+        automation = self._automation()
+        view = await automation.add_timer(
+            name, after=after, at=at, zone=None, actor=actor(interaction)
+        )
+        when = view.next_runs[0][1]
+        leads = ", ".join(format_span(x) for x in automation.leads)
+        text = (
+            f"**{name}** stops at {when_text(when, view.zone)}; the channel is warned "
+            f"{leads} before. Cancel with `/schedule remove id:{view.schedule.id}`."
+        )
+        await interaction.response.send_message(embed=discord.Embed(description=text, colour=OK))
+
+    def _automation(self) -> Automation:
+        if self.automation is None:
+            raise RuntimeError("automation is not running")
+        return self.automation
+
+    async def _touch(self, name: str) -> None:
+        """A start or stop by hand changes what the schedules will do next."""
+        if self.automation is not None:
+            await self.automation.touch(name)
 
     @server.command(name="restart", description="Stop and start a server")
     @app_commands.autocomplete(name=server_autocomplete)
@@ -362,6 +407,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
         result = await self.servers.restart(name, actor=actor(interaction), progress=progress)
         await progress.finish(started_embed(result))
         await self.notifier.server_ready(name, result.connect())
+        await self._touch(name)
 
     @server.command(name="update", description="Pull the newest image and recreate (data kept)")
     @app_commands.autocomplete(name=server_autocomplete)
@@ -385,7 +431,16 @@ class ServersCog(commands.Cog, name="ServersCog"):
         st = await self.servers.status(name)
         count = await self.servers.players(st)
         players = format_players(count) if count is not None else None
-        await interaction.edit_original_response(embed=status_embed(st, players=players))
+        await interaction.edit_original_response(
+            embed=status_embed(st, players=players, next_stop=self._next_stop(name))
+        )
+
+    def _next_stop(self, name: str) -> str | None:
+        p = self.automation.pending(name) if self.automation is not None else None
+        if p is None:
+            return None
+        zone = p.due.zone or self._automation().zone
+        return f"{p.due.action} {when_text(p.at, zone)}: {mention_actors(p.due.why)}"
 
     @server.command(name="logs", description="The server's last log lines (only you see them)")
     @app_commands.autocomplete(name=server_autocomplete)
@@ -448,7 +503,9 @@ class ServersCog(commands.Cog, name="ServersCog"):
             await self.servers.store.get_server(name)
             await interaction.response.defer(ephemeral=True, thinking=True)
             st = await self.servers.status(name)
-            await interaction.edit_original_response(embed=status_embed(st))
+            await interaction.edit_original_response(
+                embed=status_embed(st, next_stop=self._next_stop(name))
+            )
             return
         await self._precheck(name)
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -458,9 +515,11 @@ class ServersCog(commands.Cog, name="ServersCog"):
             stopped = await self.servers.stop(name, actor=actor(interaction), progress=progress)
             text = f"**{name}** stopped." if stopped else f"**{name}** was not running."
             await progress.finish(discord.Embed(description=text, colour=OK))
+            await self._touch(name)
             return
         call = self.servers.start if action == "start" else self.servers.restart
         result = await call(name, actor=actor(interaction), progress=progress)
         await progress.finish(started_embed(result))
         if not result.already_running:
             await self.notifier.server_ready(name, result.connect())
+        await self._touch(name)

@@ -26,6 +26,7 @@ while true; do
       stop) shutdown console ;;
       join\ *) echo "Player joined: ${line#join }" ;;
       leave\ *) echo "Player left: ${line#leave }" ;;
+      say\ *) echo "Broadcast: ${line#say }" ;;
       crash) echo "crashing"; exit 3 ;;
       *) echo "unknown command: $line" ;;
     esac

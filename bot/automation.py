@@ -1,0 +1,613 @@
+"""Automation: uptime windows, idle shutdown, cron actions and timers, run by the scheduler.
+
+Schedules are rows in the store (the source of truth); the jobs are rebuilt from them when
+`start()` runs. Jobs call services, never Discord: what users must hear goes through a
+`Notifier`, which the bot implements (tests can record it). Every automatic stop or restart
+is announced ahead through the notifier at the configured lead times and, in game, through
+the war plan's `say` command; "Keep running" postpones it, "Stop now" brings it forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from bot import rules
+from bot.errors import PeonError, ServerBusy, ServerNotFound
+from bot.models import Schedule
+from bot.players import PlayerCount
+from bot.rules import CronRule, Due, IdleRule, Pending, WindowRule
+from bot.scheduler import Scheduler
+from bot.schedules import (
+    IdleTracker,
+    ScheduleError,
+    format_span,
+    next_clock_time,
+    parse_clock,
+    parse_duration,
+    parse_zone,
+    warning_times,
+)
+from bot.servers import ServerService
+from bot.settings import AutomationSettings
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_KEY = "automation.last_seen"
+BUSY_RETRY = timedelta(minutes=1)  # an automatic action that met a running operation retries
+
+
+@dataclass(frozen=True)
+class Warning:
+    server: str
+    action: str  # stop | restart
+    at: datetime
+    left: timedelta
+    why: str
+    zone: ZoneInfo
+    keep_for: timedelta
+
+
+class Notifier(Protocol):
+    """What automation tells people; the Discord bot posts it in the notification channel."""
+
+    async def warn(self, warning: Warning) -> None: ...
+
+    async def acted(self, server: str, action: str, why: str, connect: str | None) -> None:
+        """An automatic start, stop or restart happened (connect: the address, if up)."""
+
+    async def failed(self, server: str, action: str, why: str, error: str) -> None: ...
+
+    async def cancelled(self, server: str, action: str, why: str) -> None:
+        """A warned stop will not happen after all (players came back, schedule removed)."""
+
+    async def players(
+        self, server: str, joined: list[str], left: list[str], online: int
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class ScheduleView:
+    schedule: Schedule
+    description: str
+    next_runs: list[tuple[str, datetime]]
+    zone: ZoneInfo
+
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Automation:
+    def __init__(
+        self,
+        *,
+        servers: ServerService,
+        store: Store,
+        scheduler: Scheduler,
+        settings: AutomationSettings,
+        notifier: Notifier,
+        clock: Clock = _utcnow,
+    ) -> None:
+        self.servers, self.store, self.scheduler = servers, store, scheduler
+        self.settings, self.notifier, self.clock = settings, notifier, clock
+        self.leads = settings.leads
+        self.zone = settings.zone
+        self._pending: dict[str, Pending] = {}
+        self._forced: dict[str, list[Due]] = defaultdict(list)  # catch-up stops
+        self._idle: dict[str, IdleTracker] = {}
+        self._seen_names: dict[str, set[str]] = {}
+        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = False
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Rebuild every job from the schedules table, then catch up on what happened while
+        PEON was not running, then start the scheduler and the player watch."""
+        now = self.clock()
+        seen_text = await self.store.get_meta(HEARTBEAT_KEY)
+        last_seen = datetime.fromisoformat(seen_text) if seen_text else now
+        schedules = await self.store.list_schedules()
+        by_server: dict[str, list[Schedule]] = defaultdict(list)
+        for s in schedules:
+            by_server[s.server].append(s)
+            self._arm(s)
+        self.scheduler.start()
+        self._started = True
+        for server, rows in by_server.items():
+            await self._catch_up(server, rows, last_seen, now)
+        await self._beat()
+        self.scheduler.every("auto:tick", self.settings.check_interval, self.tick)
+
+    async def close(self) -> None:
+        self.scheduler.shutdown()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._started:
+            try:
+                await self._beat()
+            except Exception:  # closing must not fail on a store that is already gone
+                log.warning("could not record the automation heartbeat", exc_info=True)
+
+    async def _beat(self) -> None:
+        await self.store.set_meta(HEARTBEAT_KEY, self.clock().isoformat())
+
+    async def _catch_up(
+        self, server: str, rows: list[Schedule], last_seen: datetime, now: datetime
+    ) -> None:
+        try:
+            running = await self.servers.is_running(server)
+            keep = await self.store.keep_until(server)
+        except PeonError as e:
+            log.warning("schedules of %s not checked at startup: %s", server, e)
+            return
+        result = rules.catch_up(server, rows, last_seen, now, running=running, keep_until=keep)
+        self._forced[server] = list(result.stops)
+        if result.start_why is not None:
+            log.info("starting %s: %s while PEON was offline", server, result.start_why)
+            self._spawn(self._auto_start(server, result.start_why))
+        else:
+            await self.replan(server)
+
+    # --- arming jobs ------------------------------------------------------------------------
+
+    def _arm(self, s: Schedule) -> None:
+        """Jobs of one schedule that are not automatic stops (those come from `replan`)."""
+        self.scheduler.cancel_prefix(f"auto:s{s.id}:")
+        if s.paused:
+            return
+        rule = rules.rule_of(s)
+        now = self.clock()
+        if isinstance(rule, WindowRule):
+            start = rule.window.next_start(now)
+            if start is not None:
+                self.scheduler.at(f"auto:s{s.id}:open", start, lambda: self._window_open(s.id))
+        elif isinstance(rule, CronRule) and rule.action not in rules.STOPPING:
+            self.scheduler.cron(
+                f"auto:s{s.id}:cron", rule.expr, rule.zone, lambda: self._cron(s.id)
+            )
+
+    async def replan(self, server: str) -> Pending | None:
+        """Recompute the server's next automatic stop and (re)arm its warnings and its stop."""
+        async with self._locks[server]:
+            return await self._replan(server)
+
+    async def _replan(self, server: str) -> Pending | None:
+        now = self.clock()
+        current = self._pending.get(server)
+        try:
+            rows = await self.store.list_schedules(server)
+            running = await self.servers.is_running(server)
+            keep = await self.store.keep_until(server)
+        except ServerNotFound:
+            self._forget(server)
+            return None
+        tracker = self._idle.get(server)
+        empty_since = tracker.empty_since if tracker is not None else None
+        by_id = {s.id: s for s in rows}
+        dues = rules.candidates(server, rows, now, running=running, empty_since=empty_since)
+        forced = [
+            d
+            for d in self._forced.get(server, [])
+            if rules.still_valid(d, by_id, running=running, empty_since=empty_since)
+        ]
+        self._forced[server] = forced
+        dues += forced
+        if (
+            current is not None
+            and current.due.at <= now
+            and rules.still_valid(current.due, by_id, running=running, empty_since=empty_since)
+        ):
+            dues.append(current.due)  # its time has come (or it is held): keep it
+        new = rules.choose(
+            dues, now, keep_until=keep, current=current, overdue_lead=self.settings.catch_up_lead
+        )
+        if new is current:
+            return new
+        self.scheduler.cancel_prefix(f"auto:stop:{server}:")
+        if new is None:
+            self._pending.pop(server, None)
+            if current is not None and running and current.due.action in rules.STOPPING:
+                await self._quiet(
+                    self.notifier.cancelled(server, current.due.action, self._cancel_why(current))
+                )
+            return None
+        self._pending[server] = new
+        for i, (when, left) in enumerate(warning_times(new.at, now, self.leads)):
+            self.scheduler.at(
+                f"auto:stop:{server}:warn{i}", when, self._warn_job(server, new, left)
+            )
+        self.scheduler.at(f"auto:stop:{server}:fire", new.at, self._fire_job(server, new))
+        log.info(
+            "%s: automatic %s at %s (%s)", server, new.due.action, new.at.isoformat(), new.due.why
+        )
+        return new
+
+    @staticmethod
+    def _cancel_why(p: Pending) -> str:
+        return "players are back" if p.due.reason == "idle" else "its schedule changed"
+
+    def _warn_job(self, server: str, p: Pending, left: timedelta) -> Callable[[], Awaitable[None]]:
+        async def job() -> None:
+            await self._warn(server, p, left)
+
+        return job
+
+    def _fire_job(self, server: str, p: Pending) -> Callable[[], Awaitable[None]]:
+        async def job() -> None:
+            await self._fire(server, p)
+
+        return job
+
+    def _forget(self, server: str) -> None:
+        self.scheduler.cancel_prefix(f"auto:stop:{server}:")
+        self._pending.pop(server, None)
+        self._forced.pop(server, None)
+        self._idle.pop(server, None)
+        self._seen_names.pop(server, None)
+
+    # --- the jobs ---------------------------------------------------------------------------
+
+    async def _warn(self, server: str, p: Pending, left: timedelta) -> None:
+        if self._pending.get(server) is not p:
+            return
+        if p.due.action == "stop" and not await self._running(server):
+            return
+        zone = p.due.zone or self.zone
+        warning = Warning(server, p.due.action, p.at, left, p.due.why, zone, self.settings.keep_for)
+        await self._quiet(self.notifier.warn(warning))
+        verb = "stops" if p.due.action == "stop" else "restarts"
+        text = f"This server {verb} in {format_span(left)} ({p.due.why})."
+        try:
+            await self.servers.say(server, text)
+        except PeonError as e:
+            log.info("in-game warning for %s not sent: %s", server, e)
+
+    async def _fire(self, server: str, p: Pending) -> None:
+        async with self._locks[server]:
+            if self._pending.get(server) is not p:
+                return  # replaced or cancelled since this job was armed
+            del self._pending[server]
+            self._forced[server] = [d for d in self._forced.get(server, []) if d != p.due]
+        skip = await self._only_when_running(p.due)
+        await self._act(
+            server, p.due.action, p.due.why, p.due, actor=f"peon:{p.due.reason}", skip_if_down=skip
+        )
+        if p.due.reason == "timer" and p.due.schedule_id is not None:
+            with contextlib.suppress(PeonError):  # removed meanwhile
+                await self.store.remove_schedule(p.due.schedule_id)
+        await self._beat()
+        await self._quiet(self.replan(server))
+
+    async def _act(
+        self,
+        server: str,
+        action: str,
+        why: str,
+        due: Due | None,
+        *,
+        actor: str,
+        skip_if_down: bool = False,
+    ) -> None:
+        """Run one automatic start/stop/restart and say what happened."""
+        tracker = self._idle.get(server)
+        try:
+            if action == "stop":
+                if await self.servers.stop(server, actor=actor):
+                    await self._quiet(self.notifier.acted(server, "stop", why, None))
+            elif action == "restart":
+                if skip_if_down and not await self.servers.is_running(server):
+                    log.info("%s: restart skipped, the server is not running", server)
+                    return
+                result = await self.servers.restart(server, actor=actor)
+                await self._quiet(self.notifier.acted(server, "restart", why, result.connect()))
+            else:
+                started = await self.servers.start(server, actor=actor)
+                if not started.already_running:
+                    await self._quiet(self.notifier.acted(server, "start", why, started.connect()))
+        except ServerBusy:
+            if due is not None:
+                retry = Due(
+                    due.server,
+                    self.clock() + BUSY_RETRY,
+                    due.action,
+                    due.reason,
+                    due.why,
+                    None,
+                    due.zone,
+                )
+                self._forced[server].append(retry)
+                log.info("%s is busy; automatic %s retried in a minute", server, action)
+        except ServerNotFound:
+            self._forget(server)
+        except PeonError as e:
+            await self._quiet(self.notifier.failed(server, action, why, str(e)))
+        finally:
+            if tracker is not None:
+                tracker.reset()
+
+    async def _only_when_running(self, due: Due) -> bool:
+        if due.reason != "cron" or due.schedule_id is None:
+            return False
+        try:
+            rule = rules.rule_of(await self.store.get_schedule(due.schedule_id))
+        except PeonError:
+            return True
+        return isinstance(rule, CronRule) and rule.only_when_running
+
+    async def _window_open(self, schedule_id: int) -> None:
+        try:
+            s = await self.store.get_schedule(schedule_id)
+        except PeonError:
+            return
+        self._arm(s)  # the next opening
+        await self._auto_start(s.server, "start of its uptime window")
+
+    async def _auto_start(self, server: str, why: str) -> None:
+        await self._act(server, "start", why, None, actor="peon:window")
+        await self._beat()
+        await self._quiet(self.replan(server))
+
+    async def _cron(self, schedule_id: int) -> None:
+        try:
+            s = await self.store.get_schedule(schedule_id)
+        except PeonError:
+            return
+        rule = rules.rule_of(s)
+        if not isinstance(rule, CronRule) or s.paused:
+            return
+        running = await self._running(s.server)
+        if rule.only_when_running and not running:
+            log.info("%s: cron %s skipped, the server is not running", s.server, rule.action)
+            return
+        why = f"scheduled {rule.action} (`{rule.expr}`)"
+        if rule.action == "console" and rule.command:
+            try:
+                await self.servers.console(s.server, rule.command, actor="peon:cron")
+            except PeonError as e:
+                await self._quiet(self.notifier.failed(s.server, "console", why, str(e)))
+            return
+        await self._act(s.server, rule.action, why, None, actor="peon:cron")
+        await self._quiet(self.replan(s.server))
+
+    async def tick(self) -> None:
+        """Every check interval: record that PEON is up, count players where an idle limit or
+        announcements need them, and replan every scheduled server (a server started or
+        stopped by hand gets, or loses, its automatic stop here)."""
+        await self._beat()
+        schedules = await self.store.list_schedules()
+        idle = {s.server: rules.rule_of(s) for s in schedules if s.kind == "idle" and not s.paused}
+        watched = set(idle)
+        if self.settings.announce_players:
+            watched |= {
+                r.name for r in await self.store.list_servers() if self.servers.counts_players(r)
+            }
+        for server in sorted(watched | {s.server for s in schedules}):
+            if server in watched:
+                rule = idle.get(server)
+                await self._watch(server, rule if isinstance(rule, IdleRule) else None)
+            await self._quiet(self.replan(server))
+        for gone in set(self._idle) - set(idle):
+            del self._idle[gone]
+
+    async def _watch(self, server: str, rule: IdleRule | None) -> None:
+        try:
+            running, count = await self.servers.player_count(server)
+        except PeonError as e:
+            log.info("players of %s not counted: %s", server, e)
+            return
+        if rule is not None:
+            tracker = self._idle.get(server)
+            if tracker is None or tracker.limit != rule.limit:
+                tracker = self._idle[server] = IdleTracker(rule.limit)
+            if not running:
+                tracker.reset()
+            else:
+                tracker.observe(self.clock(), count.online if count is not None else None)
+        if self.settings.announce_players:
+            await self._announce(server, running, count)
+
+    async def _announce(self, server: str, running: bool, count: PlayerCount | None) -> None:
+        if not running:
+            self._seen_names.pop(server, None)
+            return
+        if count is None:
+            return
+        names = set(count.names)
+        before = self._seen_names.get(server)
+        self._seen_names[server] = names
+        if before is None or before == names:
+            return
+        joined, left = sorted(names - before), sorted(before - names)
+        await self._quiet(self.notifier.players(server, joined, left, count.online))
+
+    # --- what members do --------------------------------------------------------------------
+
+    def pending(self, server: str) -> Pending | None:
+        return self._pending.get(server)
+
+    async def postpone(self, server: str, actor: str) -> Pending:
+        """Keep running: hold the pending automatic stop for `keep_running` more."""
+        p = self._pending.get(server)
+        if p is None:
+            raise ScheduleError(f"No automatic stop is pending for {server}.")
+        until = max(p.at, self.clock()) + self.settings.keep_for
+        await self.store.set_keep_until(server, until)
+        await self.store.audit(actor, "postpone", server, True, f"until {until.isoformat()}")
+        new = await self.replan(server)
+        if new is None:  # the stop went away meanwhile (schedule removed, server stopped)
+            raise ScheduleError(f"No automatic stop is pending for {server} any more.")
+        return new
+
+    async def stop_now(self, server: str, actor: str) -> bool:
+        """Stop now instead of at the pending time; False when it was not running."""
+        async with self._locks[server]:
+            p = self._pending.pop(server, None)
+            self.scheduler.cancel_prefix(f"auto:stop:{server}:")
+        stopped = await self.servers.stop(server, actor=actor)
+        if p is not None and p.due.reason == "timer" and p.due.schedule_id is not None:
+            with contextlib.suppress(PeonError):
+                await self.store.remove_schedule(p.due.schedule_id)
+        await self.replan(server)
+        return stopped
+
+    async def touch(self, server: str) -> None:
+        """A member started or stopped the server: its automatic stop may have changed."""
+        self._idle.pop(server, None)
+        await self._quiet(self.replan(server))
+
+    # --- managing schedules -----------------------------------------------------------------
+
+    async def add_window(
+        self, server: str, *, days: str, start: str, stop: str, zone: str | None, actor: str
+    ) -> ScheduleView:
+        await self.store.get_server(server)
+        spec = rules.window_spec(days, start, stop, zone or self.settings.timezone)
+        s = await self._add(server, "window", spec, actor)
+        rule = rules.rule_of(s)
+        if (
+            isinstance(rule, WindowRule)
+            and rule.window.is_open(self.clock())
+            and not await self._running(server)
+        ):
+            self._spawn(self._auto_start(server, "its uptime window is open"))
+        return await self._view(s)
+
+    async def add_idle(self, server: str, after: str, actor: str) -> ScheduleView:
+        record = await self.store.get_server(server)
+        if not self.servers.counts_players(record):
+            raise ScheduleError(
+                f"War plan '{record.warplan}' cannot count players, so {server} cannot stop "
+                "when idle."
+            )
+        spec = rules.idle_spec(after, self.settings.minimum)
+        existing = [s for s in await self.store.list_schedules(server) if s.kind == "idle"]
+        if existing:
+            raise ScheduleError(
+                f"{server} already stops when idle (schedule {existing[0].id}); remove that "
+                "one first."
+            )
+        return await self._view(await self._add(server, "idle", spec, actor))
+
+    async def add_cron(
+        self,
+        server: str,
+        expr: str,
+        action: str,
+        *,
+        zone: str | None,
+        command: str | None,
+        only_when_running: bool,
+        actor: str,
+    ) -> ScheduleView:
+        await self.store.get_server(server)
+        spec = rules.cron_spec(
+            expr, zone or self.settings.timezone, action, command, only_when_running
+        )
+        return await self._view(await self._add(server, "cron", spec, actor))
+
+    async def add_timer(
+        self,
+        server: str,
+        *,
+        after: str | None,
+        at: str | None,
+        zone: str | None,
+        actor: str,
+        action: str = "stop",
+    ) -> ScheduleView:
+        await self.store.get_server(server)
+        if (after is None) == (at is None):
+            raise ScheduleError("Give either in (e.g. 30m) or at (e.g. 21:30), not both.")
+        now = self.clock()
+        if after is not None:
+            when = now + parse_duration(after, self.settings.minimum)
+        else:
+            clock = parse_clock(at or "")
+            when = next_clock_time(clock, parse_zone(zone or self.settings.timezone), now)
+            if when - now < self.settings.minimum:
+                shortest = format_span(self.settings.minimum)
+                raise ScheduleError(f"{at} is less than {shortest} away; pick a later time.")
+        if not await self._running(server):
+            raise ScheduleError(f"{server} is not running, so there is nothing to stop.")
+        return await self._view(
+            await self._add(server, "timer", rules.timer_spec(when, action), actor)
+        )
+
+    async def _add(self, server: str, kind: str, spec: dict[str, object], actor: str) -> Schedule:
+        s = await self.store.add_schedule(server, kind, spec, actor)
+        await self.store.audit(actor, f"schedule-add:{kind}", server, True, f"#{s.id}")
+        self._arm(s)
+        await self.replan(server)
+        return s
+
+    async def remove(self, schedule_id: int, actor: str) -> Schedule:
+        s = await self.store.get_schedule(schedule_id)
+        await self.store.remove_schedule(schedule_id)
+        await self.store.audit(actor, "schedule-remove", s.server, True, f"#{s.id}")
+        self.scheduler.cancel_prefix(f"auto:s{s.id}:")
+        await self.replan(s.server)
+        return s
+
+    async def set_paused(self, schedule_id: int, paused: bool, actor: str) -> ScheduleView:
+        s = await self.store.get_schedule(schedule_id)
+        await self.store.set_schedule_paused(schedule_id, paused)
+        verb = "schedule-pause" if paused else "schedule-resume"
+        await self.store.audit(actor, verb, s.server, True, f"#{s.id}")
+        s = await self.store.get_schedule(schedule_id)
+        self._arm(s)
+        await self.replan(s.server)
+        return await self._view(s)
+
+    async def list(self, server: str | None = None) -> list[ScheduleView]:
+        if server is not None:
+            await self.store.get_server(server)
+        return [await self._view(s) for s in await self.store.list_schedules(server)]
+
+    async def _view(self, s: Schedule) -> ScheduleView:
+        rule = rules.rule_of(s)
+        now = self.clock()
+        runs = rules.next_runs(s, now)
+        p = self._pending.get(s.server)
+        if isinstance(rule, IdleRule) and p is not None and p.due.schedule_id == s.id:
+            runs = [("stop", p.at)]
+        elif p is not None and p.due.schedule_id == s.id and p.held:
+            runs = [(a, p.at if a == p.due.action else w) for a, w in runs]
+        return ScheduleView(s, rule.describe(), runs, rules.schedule_zone(s, self.zone))
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    async def _running(self, server: str) -> bool:
+        try:
+            return await self.servers.is_running(server)
+        except PeonError:
+            return False
+
+    def _spawn(self, aw: Awaitable[None]) -> None:
+        async def run() -> None:
+            await self._quiet(aw)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _quiet(aw: Awaitable[object]) -> None:
+        """Jobs report through the notifier; an error there must not kill the job."""
+        try:
+            await aw
+        except Exception:
+            log.exception("automation step failed")
