@@ -445,6 +445,8 @@ class Automation:
         if p is None:
             raise ScheduleError(f"No automatic stop is pending for {server}.")
         until = max(p.at, self.clock()) + self.settings.keep_for
+        # Whole seconds: what is stored (and shown) is exactly what is planned.
+        until = until.replace(microsecond=0) + timedelta(seconds=1 if until.microsecond else 0)
         await self.store.set_keep_until(server, until)
         await self.store.audit(actor, "postpone", server, True, f"until {until.isoformat()}")
         new = await self.replan(server)
