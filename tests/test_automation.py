@@ -208,7 +208,7 @@ async def test_stop_now_and_refusals_leave_nothing(
     ]
     for call, message in cases:
         with pytest.raises(Exception, match=message) as e:
-            await call()
+            await call
         assert "\n" not in str(e.value)
     assert await svc.store.list_schedules() == []
 
