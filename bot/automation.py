@@ -264,8 +264,8 @@ class Automation:
     async def _warn(self, server: str, p: Pending, left: timedelta) -> None:
         if self._pending.get(server) is not p:
             return
-        if p.due.action == "stop" and not await self._running(server):
-            return
+        if not await self._running(server):
+            return  # nothing to warn about: a stopped server (a restart would just start it)
         zone = p.due.zone or self.zone
         warning = Warning(server, p.due.action, p.at, left, p.due.why, zone, self.settings.keep_for)
         await self._quiet(self.notifier.warn(warning))

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from bot import __version__
+from bot import __version__, rules
 from bot.app import Services, open_services
 from bot.errors import ConfigError, PeonError, StartFailed, WarplanError
 from bot.models import Phase, ProgressEvent, PullProgress, human_duration
@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     s = ssub.add_parser("audit", help="recent audit log")
     s.add_argument("name", nargs="?")
     s.add_argument("-n", "--limit", type=int, default=20)
+
+    sc = sub.add_parser("schedule", help="schedules (change them in Discord)")
+    scsub = sc.add_subparsers(dest="action", required=True)
+    s = scsub.add_parser("list", help="schedules and when each acts next")
+    s.add_argument("name", nargs="?", help="only this server's")
 
     sub.add_parser("check", help="check config, war plans, database and Docker")
     sub.add_parser("run", help="run the Discord bot")
@@ -338,6 +343,23 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
     raise UsageError(f"unknown server action {args.action}")
 
 
+async def _schedule(args: argparse.Namespace, svc: Services, out: IO[str]) -> int:
+    """Read-only: the running bot owns the jobs, so schedules are changed through it."""
+    if args.name is not None:
+        await svc.store.get_server(args.name)
+    now = datetime.now(UTC)
+    rows = [["ID", "SERVER", "SCHEDULE", "NEXT"]]
+    for s in await svc.store.list_schedules(args.name):
+        zone = rules.schedule_zone(s, svc.settings.automation.zone)
+        runs = rules.next_runs(s, now)
+        nxt = ", ".join(f"{a} {w.astimezone(zone):%a %d %b %H:%M} {zone.key}" for a, w in runs)
+        if s.paused:
+            nxt = "paused"
+        rows.append([str(s.id), s.server, rules.rule_of(s).describe(), nxt or "-"])
+    _table(rows, out)
+    return 0
+
+
 async def _check(settings: Settings, out: IO[str]) -> int:
     failed = False
     out.write(f"config: ok ({settings.source})\n")
@@ -378,6 +400,9 @@ async def _main(args: argparse.Namespace, settings: Settings, out: IO[str], stdi
     if args.group == "server":
         async with open_services(settings) as svc:
             return await _server(args, svc, out, stdin)
+    if args.group == "schedule":
+        async with open_services(settings) as svc:
+            return await _schedule(args, svc, out)
     raise UsageError(f"unknown command {args.group}")
 
 

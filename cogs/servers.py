@@ -168,6 +168,7 @@ class ConfirmView(discord.ui.View):
         result = await self.cog.servers.delete(
             self.server, actor=actor(interaction), purge=self.purge
         )
+        await self.cog.reschedule(self.server)  # drop its automatic stops and warnings
         if result.removed_volumes:
             text = f"Deleted **{self.server}** and its data."
         else:
@@ -350,7 +351,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
         await progress.finish(started_embed(result))
         if not result.already_running:
             await self.notifier.server_ready(name, result.connect())
-        await self._touch(name)
+        await self.reschedule(name)
 
     @server.command(name="stop", description="Stop a server gracefully (it saves first)")
     @app_commands.describe(
@@ -372,7 +373,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
         stopped = await self.servers.stop(name, actor=actor(interaction), progress=progress)
         text = f"**{name}** stopped." if stopped else f"**{name}** was not running."
         await progress.finish(discord.Embed(description=text, colour=OK))
-        await self._touch(name)
+        await self.reschedule(name)
 
     async def _stop_later(
         self, interaction: discord.Interaction[Any], name: str, after: str | None, at: str | None
@@ -395,7 +396,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
             raise RuntimeError("automation is not running")
         return self.automation
 
-    async def _touch(self, name: str) -> None:
+    async def reschedule(self, name: str) -> None:
         """A start or stop by hand changes what the schedules will do next."""
         if self.automation is not None:
             await self.automation.touch(name)
@@ -407,7 +408,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
         result = await self.servers.restart(name, actor=actor(interaction), progress=progress)
         await progress.finish(started_embed(result))
         await self.notifier.server_ready(name, result.connect())
-        await self._touch(name)
+        await self.reschedule(name)
 
     @server.command(name="update", description="Pull the newest image and recreate (data kept)")
     @app_commands.autocomplete(name=server_autocomplete)
@@ -515,11 +516,11 @@ class ServersCog(commands.Cog, name="ServersCog"):
             stopped = await self.servers.stop(name, actor=actor(interaction), progress=progress)
             text = f"**{name}** stopped." if stopped else f"**{name}** was not running."
             await progress.finish(discord.Embed(description=text, colour=OK))
-            await self._touch(name)
+            await self.reschedule(name)
             return
         call = self.servers.start if action == "start" else self.servers.restart
         result = await call(name, actor=actor(interaction), progress=progress)
         await progress.finish(started_embed(result))
         if not result.already_running:
             await self.notifier.server_ready(name, result.connect())
-        await self._touch(name)
+        await self.reschedule(name)

@@ -10,11 +10,13 @@ import pytest
 
 from bot.app import Services, open_services
 from bot.settings import DockerSettings, PortSettings, Settings
+from tests.discord_emulator import DiscordEmulator
 from tests.engine import FAKEGAME_IMAGE, build_fakegame, ensure_engine
 from tests.images import Images
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_WARPLANS = Path(__file__).parent / "warplans"
+ADMIN, OPERATOR, PLAYER, NOBODY = 42, 43, 44, 45  # Discord members of the emulated guild
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +84,17 @@ def dclient(engine: None) -> docker.DockerClient:
     client = docker.from_env()
     yield client
     client.close()
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[DiscordEmulator]:
+    """The Discord emulator on loopback, with one member per PEON role and one without."""
+    e = DiscordEmulator()
+    await e.start()
+    e.add_member(ADMIN, "ada", [e.roles["admin"]])
+    e.add_member(OPERATOR, "otto", [e.roles["operator"]])
+    e.add_member(PLAYER, "pia", [e.roles["player"]])
+    e.add_member(NOBODY, "nemo", [])
+    yield e
+    await e.close()
+    assert e.errors == []

@@ -188,3 +188,39 @@ def test_cli_run_without_token_says_how_to_get_one(peon) -> None:
     assert r.returncode == 1
     assert r.stderr.startswith("peon: DISCORD_TOKEN is not set: create an application at ")
     assert r.stderr.count("\n") == 1
+
+
+@pytest.mark.docker
+def test_cli_schedule_list(peon, tmp_path: Path, fakegame: str) -> None:
+    import asyncio
+
+    from bot import rules
+    from bot.store import Store
+
+    assert peon("server", "create", "fakegame", "sched", "--set", "world=S").returncode == 0
+
+    async def add() -> None:
+        store = Store(tmp_path / "data" / "peon.db")
+        await store.open()
+        try:
+            spec = rules.window_spec("weekdays", "18:00", "23:30", "Europe/Berlin")
+            await store.add_schedule("sched", "window", spec, "discord:42")
+            cron = rules.cron_spec("0 4 * * *", "UTC", "restart", None, True)
+            s = await store.add_schedule("sched", "cron", cron, "discord:42")
+            await store.set_schedule_paused(s.id, True)
+        finally:
+            await store.close()
+
+    asyncio.run(add())
+    r = peon("schedule", "list")
+    assert r.returncode == 0, r.stderr
+    assert re.search(
+        r"^1 +sched +uptime window weekdays 18:00-23:30 Europe/Berlin +(start|stop) "
+        r"\w{3} \d\d \w{3} \d\d:\d\d Europe/Berlin",
+        r.stdout,
+        re.M,
+    ), r.stdout
+    paused = r"^2 +sched +restart at cron `0 4 \* \* \*` UTC \(only when running\) +paused$"
+    assert re.search(paused, r.stdout, re.M), r.stdout
+    r = peon("schedule", "list", "ghost")
+    assert r.returncode == 1 and r.stderr == "peon: There is no server named 'ghost'.\n"

@@ -19,12 +19,11 @@ from pydantic import SecretStr
 from bot.app import Services, open_services
 from bot.client import PeonBot, point_at
 from bot.settings import DiscordSettings, GuildSettings, RoleGrants, Settings
-from tests.conftest import cleanup_instance, make_settings
+from tests.conftest import ADMIN, NOBODY, OPERATOR, PLAYER, cleanup_instance, make_settings
 from tests.discord_emulator import DiscordEmulator, Interaction, Message
 
 pytestmark = pytest.mark.docker
 
-ADMIN, OPERATOR, PLAYER, NOBODY = 42, 43, 44, 45
 EPHEMERAL = 64
 LONG = 60  # seconds a real start/stop may take on a loaded CI machine
 
@@ -85,19 +84,6 @@ def bot_settings(tmp_path: Path, emu: DiscordEmulator, **guild: Any) -> Settings
     return base.model_copy(
         update={"discord": discord_settings, "discord_token": SecretStr(emu.token)}
     )
-
-
-@pytest.fixture
-async def emu() -> AsyncIterator[DiscordEmulator]:
-    e = DiscordEmulator()
-    await e.start()
-    e.add_member(ADMIN, "ada", [e.roles["admin"]])
-    e.add_member(OPERATOR, "otto", [e.roles["operator"]])
-    e.add_member(PLAYER, "pia", [e.roles["player"]])
-    e.add_member(NOBODY, "nemo", [])
-    yield e
-    await e.close()
-    assert e.errors == []
 
 
 @pytest.fixture
