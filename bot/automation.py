@@ -195,6 +195,10 @@ class Automation:
         except ServerNotFound:
             self._forget(server)
             return None
+        except PeonError as e:
+            # The engine is unreachable: keep what is planned and try again at the next tick.
+            log.warning("cannot plan the automatic stops of %s: %s", server, e)
+            return current
         tracker = self._idle.get(server)
         empty_since = tracker.empty_since if tracker is not None else None
         by_id = {s.id: s for s in rows}

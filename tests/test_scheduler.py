@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -49,3 +50,27 @@ def test_cron_validation_and_next_fire_in_the_schedules_zone() -> None:
         cron_trigger("61 * * * *", BERLIN)
     with pytest.raises(ScheduleError, match="use five fields"):
         cron_trigger("every day", BERLIN)
+
+
+async def test_missed_runs_coalesce_into_one() -> None:
+    """A loop that was blocked past several interval runs fires the job once, not once per
+    missed run: nothing automatic fires twice after a stall or a clock jump."""
+    import time
+
+    scheduler = Scheduler()
+    scheduler.start()
+    fired: list[float] = []
+
+    async def job() -> None:
+        fired.append(time.monotonic())
+
+    scheduler.every("tick", timedelta(seconds=0.4), job)
+    await asyncio.sleep(0.05)
+    time.sleep(2.1)  # block the loop through five runs
+    woke = time.monotonic()
+    await asyncio.sleep(1.0)
+    scheduler.shutdown()
+    burst = [t for t in fired if t - woke < 0.2]  # what the backlog produced
+    assert len(burst) == 1, fired
+    # ... and the schedule goes on at its normal pace afterwards.
+    assert all(b - a > 0.1 for a, b in itertools.pairwise(fired)), fired
