@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from bot.backups import BackupService
 from bot.docker_driver import DockerDriver
 from bot.servers import ServerService
 from bot.settings import Settings
@@ -20,6 +21,7 @@ class Services:
     driver: DockerDriver
     warplans: WarplanLibrary
     servers: ServerService
+    backups: BackupService
 
 
 @asynccontextmanager
@@ -31,7 +33,13 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     driver = DockerDriver(settings.docker.base_url, settings.docker.timeout)
     try:
         servers = ServerService(settings=settings, store=store, driver=driver, warplans=warplans)
-        yield Services(settings, store, driver, warplans, servers)
+        backups = BackupService(settings=settings, store=store, driver=driver, servers=servers)
+
+        async def backup_first(server: str, actor: str, trigger: str) -> object:
+            return await backups.create_held(server, actor=actor, trigger=trigger)
+
+        servers.backup_hook = backup_first
+        yield Services(settings, store, driver, warplans, servers, backups)
     finally:
         await driver.close()
         await store.close()

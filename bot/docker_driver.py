@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import docker
 import docker.errors
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_THREADS = 32  # log followers and pulls hold a thread each; keep room for quick calls
+ARCHIVE_CHUNK = 1 << 20  # bytes per read or write when streaming volume archives
 LOG_MAX_SIZE = "20m"  # game servers are chatty: bound json-file logs per container
 LOG_MAX_FILES = "3"
 ERROR_TEXT_LIMIT = 300
@@ -546,6 +547,46 @@ class DockerDriver:
 
         # The engine samples for about a second: everyone asking meanwhile shares the answer.
         return await self._flights.run(("stats", ref), lambda: self._run(call))
+
+    async def pause(self, ref: str) -> None:
+        await self._run(self._container_call, ref, "pause")
+
+    async def unpause(self, ref: str) -> None:
+        await self._run(self._container_call, ref, "unpause")
+
+    async def read_archive(self, ref: str, path: str, out: BinaryIO) -> int:
+        """Stream a tar of `path` in the container into `out`, chunk by chunk, all in a
+        worker thread: memory stays at one chunk whatever the size. Returns bytes read."""
+
+        def call() -> int:
+            try:
+                stream, _ = self._docker().api.get_archive(ref, path, chunk_size=ARCHIVE_CHUNK)
+            except docker.errors.NotFound as e:
+                raise ContainerMissing(ref) from e
+            total = 0
+            for chunk in stream:
+                out.write(chunk)
+                total += len(chunk)
+            return total
+
+        return await self._run(call)
+
+    async def write_archive(self, ref: str, path: str, data: BinaryIO) -> None:
+        """Extract a tar read from `data` (streamed, chunked upload) into `path`."""
+
+        def call() -> None:
+            def chunks() -> Iterator[bytes]:
+                while block := data.read(ARCHIVE_CHUNK):
+                    yield block
+
+            try:
+                ok = self._docker().api.put_archive(ref, path, chunks())
+            except docker.errors.NotFound as e:
+                raise ContainerMissing(ref) from e
+            if not ok:
+                raise DockerError(f"The Docker engine did not accept the archive for {path}.")
+
+        await self._run(call)
 
     def _container_call(self, ref: str, method: str, **kwargs: Any) -> None:
         api = self._docker().api

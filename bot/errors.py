@@ -52,6 +52,16 @@ class ServerNotFound(PeonError):
         super().__init__(f"There is no server named '{_clip(name)}'.")
 
 
+class BackupNotFound(PeonError):
+    def __init__(self, backup_id: int) -> None:
+        self.backup_id = backup_id
+        super().__init__(f"There is no backup #{backup_id}.")
+
+
+class BackupError(PeonError):
+    """A backup or restore that cannot be done; one sentence saying why."""
+
+
 class ScheduleNotFound(PeonError):
     def __init__(self, schedule_id: int) -> None:
         self.schedule_id = schedule_id

@@ -69,6 +69,35 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class BackupVolume:
+    """One volume's archive inside a backup: `file` (relative to the backup's directory)
+    is a zstd-compressed tar of the volume, as the engine exports it from `path`."""
+
+    name: str
+    path: str
+    file: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Backup:
+    id: int
+    server: str
+    dir: str
+    created_at: datetime
+    complete: bool
+    size: int
+    seconds: float
+    trigger: str  # manual | schedule | before-update | before-restore | before-purge
+    actor: str
+    locked: bool
+    warplan: str
+    image: str
+    volumes: tuple[BackupVolume, ...]
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     id: int
     at: datetime

@@ -17,7 +17,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -124,6 +124,9 @@ class ServerService:
         self._port_free = port_probe or (lambda port, proto: host_port_free(port, proto, bind))
         # Serialises port choice within this process; the UNIQUE constraint covers others.
         self._allocation = asyncio.Lock()
+        # Set by the composition root: backs a server up inside an operation that is about to
+        # replace or destroy its data (update, purge). (server, actor, trigger)
+        self.backup_hook: Callable[[str, str, str], Awaitable[object]] | None = None
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -147,6 +150,39 @@ class ServerService:
             await self.store.audit(actor, operation, name, True)
         finally:
             await _quiet(self.store.release(name))
+
+    def operation(self, name: str, operation: str, actor: str) -> AbstractAsyncContextManager[None]:
+        """The server's lease plus one audit row, for operations outside this service (backup,
+        restore): inside it, use the *_held methods."""
+        return self._operation(name, operation, actor)
+
+    async def stop_held(self, name: str) -> bool:
+        """Graceful stop for a caller that holds the server's lease."""
+        return await self._stop(name, None)
+
+    async def start_held(self, name: str) -> StartResult:
+        """Start and wait until ready, for a caller that holds the server's lease."""
+        return await self._start(name, None)
+
+    async def recreate_held(self, name: str, remove_volumes: list[str]) -> ContainerInfo:
+        """Remove the (stopped) container and the given volumes, then create both anew,
+        empty, for a caller that holds the lease (a restore fills them next)."""
+        record = await self.store.get_server(name)
+        plan = self._plan_for(record)
+        info = await self._current_container(record)
+        if info is not None:
+            if info.running:
+                raise ServerStateError(f"Server '{name}' must be stopped first.")
+            await self.driver.remove(info.id)
+        for vol in remove_volumes:
+            await self.driver.remove_volume(labels.volume_name(name, vol))
+        return await self._ensure_container(await self.store.get_server(name), plan, None)
+
+    def plan_of(self, record: ServerRecord) -> WarPlan:
+        return self._plan_for(record)
+
+    async def container_of(self, record: ServerRecord) -> ContainerInfo | None:
+        return await self._current_container(record)
 
     def _plan_for(self, record: ServerRecord) -> WarPlan:
         try:
@@ -572,6 +608,7 @@ class ServerService:
             old_image = info.image_id if info else None
             was_running = bool(info and info.running)
             if info is not None:
+                await self._backup_first(name, actor, "before-update", plan, progress)
                 if info.running:
                     await _emit(progress, Phase(name, "stopping"))
                     await self._graceful_stop(record, info)
@@ -585,6 +622,25 @@ class ServerService:
                 await self._start(name, progress)
             return UpdateResult(name, old_image, local.id, pulled, was_running)
 
+    async def _backup_first(
+        self,
+        name: str,
+        actor: str,
+        trigger: str,
+        plan: WarPlan | None,
+        progress: Progress | None = None,
+    ) -> None:
+        if self.backup_hook is None or plan is None or not any(v.backup for v in plan.volumes):
+            return
+        await _emit(progress, Phase(name, "backing up"))
+        await self.backup_hook(name, actor, trigger)
+
+    def _plan_or_none(self, record: ServerRecord) -> WarPlan | None:
+        try:
+            return self._plan_for(record)
+        except ServerStateError:
+            return None
+
     # --- delete -----------------------------------------------------------------------------
 
     async def delete(self, name: str, *, actor: str, purge: bool = False) -> DeleteResult:
@@ -592,8 +648,11 @@ class ServerService:
         operation = "purge" if purge else "delete"
         async with self._operation(name, operation, actor):
             record = await self.store.get_server(name)
-            await self.store.update_server(name, state=ServerState.DELETING)
             info = await self._current_container(record)
+            if purge and info is not None:
+                # The data is about to go for good: keep one last copy (a failure stops here).
+                await self._backup_first(name, actor, "before-purge", self._plan_or_none(record))
+            await self.store.update_server(name, state=ServerState.DELETING)
             if info is not None and info.running:
                 await self._graceful_stop(record, info)  # so the world is saved first
             return await self._finish_delete(name, purge)

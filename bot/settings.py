@@ -175,6 +175,18 @@ class AutomationSettings(_Model):
         return _span(self.shortest)
 
 
+class BackupSettings(_Model):
+    """Where backups go and how many are kept (like restic's forget policy)."""
+
+    dir: Path | None = Field(default=None, description="Unset: <data_dir>/backups.")
+    keep_last: int = Field(default=5, ge=1, le=1000)
+    keep_daily: int = Field(default=7, ge=0, le=1000)
+    keep_weekly: int = Field(default=4, ge=0, le=1000)
+    keep_monthly: int = Field(default=6, ge=0, le=1000)
+    level: int = Field(default=3, ge=1, le=19, description="zstd level (1 fastest).")
+    min_free_mb: int = Field(default=512, ge=0, description="Free space to leave on the disk.")
+
+
 class Settings(_Model):
     instance_id: str = Field(default="peon", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
     data_dir: Path = Path("data")
@@ -184,12 +196,17 @@ class Settings(_Model):
     log: LogSettings = Field(default_factory=LogSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     automation: AutomationSettings = Field(default_factory=AutomationSettings)
+    backups: BackupSettings = Field(default_factory=BackupSettings)
     source: str = Field(default="(defaults)", exclude=True)
     discord_token: SecretStr | None = Field(default=None, exclude=True)
 
     @property
     def db_path(self) -> Path:
         return self.data_dir / "peon.db"
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.backups.dir or self.data_dir / "backups"
 
 
 def config_path(cli_value: str | None, env: Mapping[str, str]) -> Path:

@@ -17,8 +17,22 @@ from typing import Any
 
 import aiosqlite
 
-from bot.errors import ScheduleNotFound, ServerBusy, ServerExists, ServerNotFound
-from bot.models import AuditEntry, PortBinding, Schedule, ServerRecord, ServerState
+from bot.errors import (
+    BackupNotFound,
+    ScheduleNotFound,
+    ServerBusy,
+    ServerExists,
+    ServerNotFound,
+)
+from bot.models import (
+    AuditEntry,
+    Backup,
+    BackupVolume,
+    PortBinding,
+    Schedule,
+    ServerRecord,
+    ServerState,
+)
 
 MIGRATIONS: list[str] = [
     # 1: servers, their ports, audit log
@@ -74,6 +88,27 @@ MIGRATIONS: list[str] = [
     CREATE INDEX schedules_server ON schedules(server, id);
     ALTER TABLE servers ADD COLUMN keep_until TEXT;
     """,
+    # 3: backups. No foreign key to servers: a backup (the one taken before a purge above all)
+    # outlives its server. A row is written before its directory gets its final name and
+    # marked complete after, so a backup cut short is never listed as one.
+    """
+    CREATE TABLE backups (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        server TEXT NOT NULL,
+        dir TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        complete INTEGER NOT NULL DEFAULT 0,
+        size INTEGER NOT NULL DEFAULT 0,
+        seconds REAL NOT NULL DEFAULT 0,
+        trigger TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        locked INTEGER NOT NULL DEFAULT 0,
+        warplan TEXT NOT NULL,
+        image TEXT NOT NULL,
+        volumes TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX backups_server ON backups(server, created_at);
+    """,
 ]
 
 _SERVER_COLUMNS = (
@@ -99,6 +134,10 @@ SQL_RELEASE = (
     "WHERE name = ? AND op_owner = ?"
 )
 SQL_SCHEDULES = "SELECT id, server, kind, spec, paused, created_by, created_at FROM schedules"
+SQL_BACKUPS = (
+    "SELECT id, server, dir, created_at, complete, size, seconds, trigger, actor, locked, "
+    "warplan, image, volumes FROM backups"
+)
 SQL_AUDIT = "INSERT INTO audit (at, actor, action, server, ok, detail) VALUES (?, ?, ?, ?, ?, ?)"
 
 
@@ -369,6 +408,57 @@ class Store:
             raise ServerNotFound(server)
         return _dt(row[0]) if row[0] else None
 
+    # --- backups ----------------------------------------------------------------------------
+
+    async def begin_backup(
+        self, server: str, directory: str, *, trigger: str, actor: str, warplan: str, image: str
+    ) -> int:
+        cur = await self.db.execute(
+            "INSERT INTO backups (server, dir, created_at, trigger, actor, warplan, image) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (server, directory, _ts(utcnow()), trigger, actor, warplan, image),
+        )
+        return int(cur.lastrowid or 0)
+
+    async def finish_backup(
+        self, backup_id: int, size: int, seconds: float, volumes: list[dict[str, Any]]
+    ) -> Backup:
+        await self.db.execute(
+            "UPDATE backups SET complete = 1, size = ?, seconds = ?, volumes = ? WHERE id = ?",
+            (size, seconds, json.dumps(volumes, sort_keys=True), backup_id),
+        )
+        return await self.get_backup(backup_id)
+
+    async def get_backup(self, backup_id: int) -> Backup:
+        cur = await self.db.execute(f"{SQL_BACKUPS} WHERE id = ?", (backup_id,))
+        row = await cur.fetchone()
+        if row is None:
+            raise BackupNotFound(backup_id)
+        return _backup(row)
+
+    async def list_backups(
+        self, server: str | None = None, *, complete: bool = True
+    ) -> list[Backup]:
+        sql = f"{SQL_BACKUPS} WHERE complete = ?"
+        args: list[Any] = [int(complete)]
+        if server is not None:
+            sql += " AND server = ?"
+            args.append(server)
+        rows = await (
+            await self.db.execute(f"{sql} ORDER BY created_at DESC, id DESC", args)
+        ).fetchall()
+        return [_backup(r) for r in rows]
+
+    async def delete_backup(self, backup_id: int) -> None:
+        await self.db.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
+
+    async def set_backup_locked(self, backup_id: int, locked: bool) -> None:
+        cur = await self.db.execute(
+            "UPDATE backups SET locked = ? WHERE id = ?", (int(locked), backup_id)
+        )
+        if cur.rowcount == 0:
+            raise BackupNotFound(backup_id)
+
     # --- audit ------------------------------------------------------------------------------
 
     async def audit(
@@ -387,6 +477,24 @@ class Store:
             await self.db.execute(f"{sql} ORDER BY id DESC LIMIT ?", (*args, limit))
         ).fetchall()
         return [AuditEntry(r[0], _dt(r[1]), r[2], r[3], r[4], bool(r[5]), r[6]) for r in rows]
+
+
+def _backup(row: Any) -> Backup:
+    return Backup(
+        id=int(row[0]),
+        server=row[1],
+        dir=row[2],
+        created_at=_dt(row[3]),
+        complete=bool(row[4]),
+        size=int(row[5]),
+        seconds=float(row[6]),
+        trigger=row[7],
+        actor=row[8],
+        locked=bool(row[9]),
+        warplan=row[10],
+        image=row[11],
+        volumes=tuple(BackupVolume(**v) for v in json.loads(row[12])),
+    )
 
 
 def _schedule(row: Any) -> Schedule:

@@ -1,0 +1,427 @@
+"""Backups: consistent, streamed, checksummed archives of a server's `backup: true` volumes,
+kept by a retention policy and restored only after the archive has been proven safe.
+
+Layout: <backup_dir>/<server>/<UTC timestamp>/<volume>.tar.zst, one zstd-compressed tar per
+volume exactly as the engine exports it (top directory = the volume path's last part). A
+backup is written into "<dir>.partial" and renamed when complete; its row is written before
+the rename and marked complete after it, so a backup cut short (bot killed, disk full) is
+never listed, and `recover()` removes what it left at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tarfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import IO, Any, BinaryIO
+
+import zstandard
+
+from bot.docker_driver import DockerDriver
+from bot.errors import BackupError, PeonError
+from bot.models import Backup, BackupVolume, ServerRecord
+from bot.servers import ServerService
+from bot.settings import Settings
+from bot.store import Store
+from bot.warplans import WarPlan
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 1 << 20
+SUFFIX = ".tar.zst"
+PARTIAL = ".partial"
+TRIGGERS = ("manual", "schedule", "before-update", "before-restore", "before-purge")
+
+
+# --- pure parts ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Retention:
+    last: int = 5
+    daily: int = 7
+    weekly: int = 4
+    monthly: int = 6
+
+
+def to_prune(backups: Iterable[Backup], policy: Retention) -> list[Backup]:
+    """What a retention policy drops, restic-style: keep the newest `last`, plus the newest
+    backup of each of the `daily` most recent days (and ISO weeks, and months) that have one.
+    Locked backups are never dropped and do not use up a slot."""
+    newest = sorted((b for b in backups if not b.locked), key=lambda b: (b.created_at, b.id))[::-1]
+    keep = {b.id for b in newest[: policy.last]}
+    buckets: list[tuple[int, Callable[[datetime], Any]]] = [
+        (policy.daily, lambda d: d.date()),
+        (policy.weekly, lambda d: d.isocalendar()[:2]),
+        (policy.monthly, lambda d: (d.year, d.month)),
+    ]
+    for count, key in buckets:
+        seen: list[Any] = []
+        for b in newest:
+            k = key(b.created_at)
+            if k in seen:
+                continue
+            if len(seen) == count:
+                break
+            seen.append(k)
+            keep.add(b.id)
+    return [b for b in newest if b.id not in keep]
+
+
+def check_members(stream: IO[bytes], top: str) -> int:
+    """Read a tar stream to its end and refuse, with one sentence, any member that could
+    write outside the volume: absolute paths, '..', a top directory other than the volume's,
+    links pointing outside it, device files, FIFOs and other special files. Returns the
+    member count. Nothing is extracted."""
+    count = 0
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                _check_member(member, top)
+                count += 1
+    except tarfile.TarError as e:
+        raise BackupError(
+            f"The archive is not a readable tar ({e}); it was not restored."
+        ) from None
+    except zstandard.ZstdError as e:
+        raise BackupError(f"The archive is damaged ({e}); it was not restored.") from None
+    return count
+
+
+def _check_member(m: tarfile.TarInfo, top: str) -> None:
+    path = PurePosixPath(m.name)
+    refuse = f"The archive member '{m.name[:120]}'"
+    if path.is_absolute() or ".." in path.parts:
+        raise BackupError(f"{refuse} has an unsafe path; the archive was refused.")
+    if not path.parts or path.parts[0] != top:
+        raise BackupError(f"{refuse} lies outside the volume '{top}'; the archive was refused.")
+    if m.issym() or m.islnk():
+        target = PurePosixPath(m.linkname)
+        if m.issym() and not target.is_absolute():
+            target = path.parent / target
+        parts: list[str] = []
+        for part in target.parts:
+            if part == "..":
+                if not parts:
+                    break
+                parts.pop()
+            elif part not in (".", ""):
+                parts.append(part)
+        else:
+            if not target.is_absolute() and parts and parts[0] == top:
+                return
+        raise BackupError(f"{refuse} links outside the volume; the archive was refused.")
+    if not (m.isfile() or m.isdir()):
+        raise BackupError(f"{refuse} is a device or special file; the archive was refused.")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(READ_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _HashingWriter:
+    """A file that hashes and counts what goes through it (the compressed bytes)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.digest, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+# --- the service --------------------------------------------------------------------------
+
+
+class BackupService:
+    def __init__(
+        self, *, settings: Settings, store: Store, driver: DockerDriver, servers: ServerService
+    ) -> None:
+        self.settings, self.store, self.driver, self.servers = settings, store, driver, servers
+        self.root = settings.backup_dir
+        b = settings.backups
+        self.policy = Retention(b.keep_last, b.keep_daily, b.keep_weekly, b.keep_monthly)
+
+    async def recover(self) -> list[str]:
+        """At startup: remove what interrupted backups left (rows never completed, partial
+        directories). Returns what was removed, for the log."""
+        removed = []
+        for b in await self.store.list_backups(complete=False):
+            for d in (self.root / b.dir, self.root / (b.dir + PARTIAL)):
+                if d.exists():
+                    await asyncio.to_thread(shutil.rmtree, d, True)
+            await self.store.delete_backup(b.id)
+            removed.append(f"interrupted backup of {b.server} from {b.created_at:%Y-%m-%d %H:%M}")
+        if self.root.exists():
+            for d in self.root.glob(f"*/*{PARTIAL}"):
+                await asyncio.to_thread(shutil.rmtree, d, True)
+                removed.append(str(d))
+        return removed
+
+    async def list(self, server: str | None = None) -> list[Backup]:
+        return await self.store.list_backups(server)
+
+    async def create(self, name: str, *, actor: str, trigger: str = "manual") -> Backup:
+        """Back up a server now (holding its lease); prunes old backups after success."""
+        async with self.servers.operation(name, "backup", actor):
+            return await self.create_held(name, actor=actor, trigger=trigger)
+
+    async def create_held(self, name: str, *, actor: str, trigger: str) -> Backup:
+        """For callers that hold the server's lease (update, restore, purge)."""
+        record = await self.store.get_server(name)
+        plan = self.servers.plan_of(record)
+        volumes = [v for v in plan.volumes if v.backup]
+        if not volumes:
+            raise BackupError(f"War plan '{plan.name}' marks no volume for backup.")
+        info = await self.servers.container_of(record)
+        if info is None:
+            raise BackupError(f"Server '{name}' has no container; start it once, then back it up.")
+        await self._check_space(name)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        rel = f"{name}/{stamp}"
+        final, partial = self.root / rel, self.root / (rel + PARTIAL)
+        partial.mkdir(parents=True)
+        backup_id = await self.store.begin_backup(
+            name, rel, trigger=trigger, actor=actor, warplan=plan.name, image=record.image
+        )
+        started = time.monotonic()
+        try:
+            async with self._consistent(record, plan, info.id, info.running):
+                made = [await self._archive(info.id, v.name, v.path, partial) for v in volumes]
+            await asyncio.to_thread(_fsync_dir, partial)
+            partial.rename(final)
+            size = sum(v.size for v in made)
+            backup = await self.store.finish_backup(
+                backup_id, size, time.monotonic() - started, [v.__dict__ for v in made]
+            )
+        except BaseException:
+            # Nothing half-written stays: not the directory, not the row.
+            await asyncio.to_thread(shutil.rmtree, partial, True)
+            await asyncio.to_thread(shutil.rmtree, final, True)
+            await _quiet(self.store.delete_backup(backup_id))
+            raise
+        await self._prune(name)
+        return backup
+
+    async def _check_space(self, name: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = (await asyncio.to_thread(shutil.disk_usage, self.root)).free
+        last = await self.store.list_backups(name)
+        need = self.settings.backups.min_free_mb * 2**20 + (last[0].size * 6 // 5 if last else 0)
+        if free < need:
+            raise BackupError(
+                f"Not enough disk space for a backup of {name}: {_human(free)} free in "
+                f"{self.root}, {_human(need)} needed."
+            )
+
+    def _consistent(
+        self, record: ServerRecord, plan: WarPlan, cid: str, running: bool
+    ) -> _Consistency:
+        return _Consistency(self, record, plan, cid, running)
+
+    async def _archive(self, cid: str, volume: str, path: str, into: Path) -> BackupVolume:
+        target = into / f"{volume}{SUFFIX}"
+        level = self.settings.backups.level
+
+        def open_writer() -> tuple[BinaryIO, _HashingWriter, Any]:
+            f = target.open("wb")
+            hashing = _HashingWriter(f)
+            # Multi-threaded zstd (like `zstd -T0`); the tar streams through in 1 MiB chunks.
+            cctx = zstandard.ZstdCompressor(level=level, threads=-1)
+            return f, hashing, cctx.stream_writer(hashing, closefd=False)  # type: ignore[arg-type]
+
+        f, hashing, writer = await asyncio.to_thread(open_writer)
+        try:
+            await self.driver.read_archive(cid, path, writer)
+
+            def finish() -> None:
+                writer.flush(zstandard.FLUSH_FRAME)
+                writer.close()
+                f.flush()
+                os.fsync(f.fileno())
+
+            await asyncio.to_thread(finish)
+        finally:
+            await asyncio.to_thread(f.close)
+        return BackupVolume(volume, path, target.name, hashing.size, hashing.digest.hexdigest())
+
+    async def _prune(self, name: str) -> None:
+        for b in to_prune(await self.store.list_backups(name), self.policy):
+            await self._remove(b)
+            log.info("pruned backup #%s of %s (%s)", b.id, name, b.created_at.isoformat())
+
+    async def _remove(self, b: Backup) -> None:
+        await self.store.delete_backup(b.id)
+        await asyncio.to_thread(shutil.rmtree, self.root / b.dir, True)
+
+    async def delete(self, backup_id: int, actor: str) -> Backup:
+        b = await self.store.get_backup(backup_id)
+        if b.locked:
+            raise BackupError(f"Backup #{backup_id} is locked; unlock it first.")
+        await self._remove(b)
+        await self.store.audit(actor, "backup-delete", b.server, True, f"#{b.id}")
+        return b
+
+    async def set_locked(self, backup_id: int, locked: bool, actor: str) -> Backup:
+        await self.store.set_backup_locked(backup_id, locked)
+        b = await self.store.get_backup(backup_id)
+        await self.store.audit(actor, "backup-lock" if locked else "backup-unlock", b.server, True,
+                               f"#{b.id}")  # fmt: skip
+        return b
+
+    # --- restore ----------------------------------------------------------------------------
+
+    async def verify(self, b: Backup) -> None:
+        """Checksum every file, then read every archive through and check its members: all
+        before anything of the server is touched."""
+        directory = self.root / b.dir
+        for v in b.volumes:
+            path = directory / v.file
+            if not path.is_file():
+                raise BackupError(f"Backup #{b.id} is missing {v.file}; it cannot be restored.")
+            if await asyncio.to_thread(sha256_file, path) != v.sha256:
+                raise BackupError(
+                    f"Backup #{b.id} is corrupt ({v.file} does not match its checksum); "
+                    "it was not restored."
+                )
+            top = PurePosixPath(v.path).name
+            await asyncio.to_thread(_check_file, path, top)
+
+    async def restore(self, name: str, backup_id: int, *, actor: str) -> Backup | None:
+        """Replace the server's backed-up volumes with a backup's contents; the server is
+        stopped for it and started again if it was running. A backup of the current state is
+        taken first. Returns that safety backup."""
+        b = await self.store.get_backup(backup_id)
+        if b.server != name:
+            raise BackupError(f"Backup #{backup_id} belongs to {b.server}, not {name}.")
+        async with self.servers.operation(name, "restore", actor):
+            await self.verify(b)
+            record = await self.store.get_server(name)
+            info = await self.servers.container_of(record)
+            safety = None
+            if info is not None:
+                safety = await self.create_held(name, actor=actor, trigger="before-restore")
+            was_running = info is not None and info.running
+            if was_running:
+                await self.servers.stop_held(name)
+            fresh = await self.servers.recreate_held(name, [v.name for v in b.volumes])
+            for v in b.volumes:
+                parent = str(PurePosixPath(v.path).parent)
+                reader = await asyncio.to_thread(_open_reader, self.root / b.dir / v.file)
+                try:
+                    await self.driver.write_archive(fresh.id, parent, reader)
+                finally:
+                    await asyncio.to_thread(reader.close)
+            if was_running:
+                await self.servers.start_held(name)
+            return safety
+
+
+class _Consistency:
+    """Makes the world on disk consistent for the length of the archive, per the plan's
+    `save`: a save command (waiting for its confirmation line), a pause, or a stop. The
+    server is put back in its previous state afterwards, also when the backup fails."""
+
+    def __init__(
+        self, svc: BackupService, record: ServerRecord, plan: WarPlan, cid: str, running: bool
+    ) -> None:
+        self.svc, self.record, self.plan, self.cid, self.running = svc, record, plan, cid, running
+        self.undo: str | None = None
+
+    async def __aenter__(self) -> None:
+        save = self.plan.save
+        if not self.running or save is None or save.mode == "none":
+            return
+        driver = self.svc.driver
+        if save.mode == "pause":
+            await driver.pause(self.cid)
+            self.undo = "unpause"
+        elif save.mode == "stop":
+            await self.svc.servers.stop_held(self.record.name)
+            self.undo = "start"
+        elif save.mode == "exec":
+            command = save.command if isinstance(save.command, list) else [str(save.command)]
+            code, _ = await driver.exec(self.cid, command, timeout=save.timeout)
+            if code != 0:
+                raise BackupError(
+                    f"The save command of {self.record.name} failed (exit {code}); no backup made."
+                )
+        else:
+            await self._console_save(str(save.command), save.done, save.timeout)
+
+    async def _console_save(self, command: str, done: str | None, timeout: int) -> None:
+        since = datetime.now(UTC)
+        driver = self.svc.driver
+        await driver.send_console(self.cid, command)
+        if done is None:
+            await asyncio.sleep(min(timeout, 5))  # no confirmation line: give it a moment
+            return
+        pattern = re.compile(done)
+        try:
+            async with asyncio.timeout(timeout):
+                async for line in driver.follow_logs(self.cid, since=since):
+                    if pattern.search(line):
+                        return
+        except TimeoutError:
+            pass
+        raise BackupError(
+            f"{self.record.name} did not confirm its save within {timeout} s; no backup made."
+        )
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.undo == "unpause":
+            await self.svc.driver.unpause(self.cid)
+        elif self.undo == "start":
+            await self.svc.servers.start_held(self.record.name)
+
+
+def _open_reader(path: Path) -> BinaryIO:
+    f = path.open("rb")
+    reader: BinaryIO = zstandard.ZstdDecompressor().stream_reader(f, closefd=True)
+    return reader
+
+
+def _check_file(path: Path, top: str) -> None:
+    with _open_reader(path) as reader:
+        check_members(reader, top)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def _quiet(aw: Any) -> None:
+    try:
+        await aw
+    except PeonError:
+        log.warning("cleanup step failed", exc_info=True)
