@@ -20,6 +20,7 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from bot import rules
+from bot.backups import BackupService
 from bot.errors import PeonError, ServerBusy, ServerNotFound
 from bot.models import Schedule
 from bot.players import PlayerCount
@@ -94,6 +95,7 @@ class Automation:
         self,
         *,
         servers: ServerService,
+        backups: BackupService | None = None,
         store: Store,
         scheduler: Scheduler,
         settings: AutomationSettings,
@@ -101,6 +103,7 @@ class Automation:
         clock: Clock = _utcnow,
     ) -> None:
         self.servers, self.store, self.scheduler = servers, store, scheduler
+        self.backups = backups
         self.settings, self.notifier, self.clock = settings, notifier, clock
         self.leads = settings.leads
         self.zone = settings.zone
@@ -378,11 +381,14 @@ class Automation:
             log.info("%s: cron %s skipped, the server is not running", s.server, rule.action)
             return
         why = f"scheduled {rule.action} (`{rule.expr}`)"
-        if rule.action == "console" and rule.command:
+        if rule.action in ("console", "backup"):
             try:
-                await self.servers.console(s.server, rule.command, actor="peon:cron")
+                if rule.action == "backup" and self.backups is not None:
+                    await self.backups.create(s.server, actor="peon:cron", trigger="schedule")
+                elif rule.command:
+                    await self.servers.console(s.server, rule.command, actor="peon:cron")
             except PeonError as e:
-                await self._quiet(self.notifier.failed(s.server, "console", why, str(e)))
+                await self._quiet(self.notifier.failed(s.server, rule.action, why, str(e)))
             return
         await self._act(s.server, rule.action, why, None, actor="peon:cron")
         await self._quiet(self.replan(s.server))

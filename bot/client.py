@@ -282,8 +282,11 @@ class PeonBot(commands.Bot):
         report = await self.services.servers.reconcile("peon:startup")
         for line in report.lines():
             log.warning("reconcile: %s", line)
+        for line in await self.services.backups.recover():
+            log.warning("removed what an interrupted backup left: %s", line)
         self.automation = Automation(
             servers=self.services.servers,
+            backups=self.services.backups,
             store=self.services.store,
             scheduler=Scheduler(),
             settings=self.settings.automation,

@@ -24,7 +24,7 @@ from bot.schedules import (
     parse_zone,
 )
 
-CRON_ACTIONS = ("start", "stop", "restart", "console")
+CRON_ACTIONS = ("start", "stop", "restart", "backup", "console")
 STOPPING = ("stop", "restart")  # actions that end a session: warned first, postponable
 MAX_IDLE = timedelta(days=7)
 

@@ -86,6 +86,7 @@ async def auto(svc: Services) -> AsyncIterator[tuple[Automation, Recorder]]:
     rec = Recorder()
     a = Automation(
         servers=svc.servers,
+        backups=svc.backups,
         store=svc.store,
         scheduler=Scheduler(),
         settings=svc.settings.automation,
@@ -291,3 +292,26 @@ async def test_catch_up_after_downtime(svc: Services) -> None:
         await a.close()
     seen = await svc.store.get_meta(HEARTBEAT_KEY)
     assert seen is not None and datetime.fromisoformat(seen) > now
+
+
+async def test_cron_backup_and_its_failure_is_announced(
+    svc: Services, auto: tuple[Automation, Recorder]
+) -> None:
+    a, rec = auto
+    await running_game(svc)
+    view = await a.add_cron("alpha", "0 3 * * *", "backup", zone=None, command=None,
+                            only_when_running=False, actor="test")  # fmt: skip
+    assert view.description == "backup at cron `0 3 * * *` UTC"
+    await a._cron(view.schedule.id)  # the job body, now rather than at 03:00
+    (b,) = await svc.backups.list("alpha")
+    assert b.trigger == "schedule" and b.actor == "peon:cron"
+    # The container vanishes behind PEON's back: the next scheduled backup fails, and says so.
+    client = docker.from_env()
+    try:
+        client.containers.get("peon-alpha").remove(force=True)
+    finally:
+        client.close()
+    await a._cron(view.schedule.id)
+    ((server, action, why, error),) = rec.of("failed")
+    assert (server, action, why) == ("alpha", "backup", "scheduled backup (`0 3 * * *`)")
+    assert error == "Server 'alpha' has no container; start it once, then back it up."
