@@ -20,7 +20,7 @@ from typing import IO
 from bot import __version__, rules
 from bot.app import Services, open_services
 from bot.errors import ConfigError, PeonError, StartFailed, WarplanError
-from bot.models import Phase, ProgressEvent, PullProgress, human_duration
+from bot.models import Backup, Phase, ProgressEvent, PullProgress, human_duration
 from bot.players import format_players
 from bot.settings import Settings, config_path, load_settings
 from bot.warplans import (
@@ -96,6 +96,22 @@ def _parser() -> argparse.ArgumentParser:
     scsub = sc.add_subparsers(dest="action", required=True)
     s = scsub.add_parser("list", help="schedules and when each acts next")
     s.add_argument("name", nargs="?", help="only this server's")
+
+    bk = sub.add_parser("backup", help="backups of server data")
+    bsub = bk.add_subparsers(dest="action", required=True)
+    s = bsub.add_parser("create", help="back a server up now")
+    s.add_argument("name")
+    s = bsub.add_parser("list", help="backups, newest first")
+    s.add_argument("name", nargs="?")
+    s = bsub.add_parser("restore", help="replace a server's data with a backup")
+    s.add_argument("name")
+    s.add_argument("id", type=int)
+    s.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    s = bsub.add_parser("delete", help="delete a backup")
+    s.add_argument("id", type=int)
+    for action in ("lock", "unlock"):
+        s = bsub.add_parser(action, help=f"{action} a backup (locked ones are never pruned)")
+        s.add_argument("id", type=int)
 
     sub.add_parser("check", help="check config, war plans, database and Docker")
     sub.add_parser("run", help="run the Discord bot")
@@ -360,6 +376,56 @@ async def _schedule(args: argparse.Namespace, svc: Services, out: IO[str]) -> in
     return 0
 
 
+def backup_row(b: Backup) -> list[str]:
+    return [
+        str(b.id),
+        b.server,
+        b.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        f"{b.size / 2**20:.1f} MiB",
+        f"{b.seconds:.1f} s",
+        b.trigger,
+        "locked" if b.locked else "",
+    ]
+
+
+async def _backup(args: argparse.Namespace, svc: Services, out: IO[str], stdin: IO[str]) -> int:
+    actor = _actor()
+    backups = svc.backups
+    if args.action == "create":
+        b = await backups.create(args.name, actor=actor)
+        out.write(f"backup #{b.id} of {b.server}: {b.size / 2**20:.1f} MiB in {b.seconds:.1f} s\n")
+        return 0
+    if args.action == "list":
+        if args.name is not None:
+            await svc.store.get_server(args.name)
+        rows = [["ID", "SERVER", "CREATED (UTC)", "SIZE", "TOOK", "TRIGGER", "LOCKED"]]
+        _table(rows + [backup_row(b) for b in await backups.list(args.name)], out)
+        return 0
+    if args.action == "restore":
+        b = await svc.store.get_backup(args.id)
+        if not args.yes:
+            if not stdin.isatty():
+                raise PeonError("Refusing to restore without confirmation: pass --yes.")
+            question = (
+                f"Replace the data of '{args.name}' with backup #{b.id} from "
+                f"{b.created_at:%Y-%m-%d %H:%M} UTC?"
+            )
+            if not _confirm(question, args.name, stdin, sys.stderr):
+                out.write("cancelled\n")
+                return 1
+        safety = await backups.restore(args.name, args.id, actor=actor)
+        kept = f"; the data before it is backup #{safety.id}" if safety else ""
+        out.write(f"restored {args.name} from backup #{b.id}{kept}\n")
+        return 0
+    if args.action == "delete":
+        b = await backups.delete(args.id, actor)
+        out.write(f"deleted backup #{b.id} of {b.server}\n")
+        return 0
+    b = await backups.set_locked(args.id, args.action == "lock", actor)
+    out.write(f"backup #{b.id} {'locked' if b.locked else 'unlocked'}\n")
+    return 0
+
+
 async def _check(settings: Settings, out: IO[str]) -> int:
     failed = False
     out.write(f"config: ok ({settings.source})\n")
@@ -400,6 +466,9 @@ async def _main(args: argparse.Namespace, settings: Settings, out: IO[str], stdi
     if args.group == "server":
         async with open_services(settings) as svc:
             return await _server(args, svc, out, stdin)
+    if args.group == "backup":
+        async with open_services(settings) as svc:
+            return await _backup(args, svc, out, stdin)
     if args.group == "schedule":
         async with open_services(settings) as svc:
             return await _schedule(args, svc, out)

@@ -224,3 +224,26 @@ def test_cli_schedule_list(peon, tmp_path: Path, fakegame: str) -> None:
     assert re.search(paused, r.stdout, re.M), r.stdout
     r = peon("schedule", "list", "ghost")
     assert r.returncode == 1 and r.stderr == "peon: There is no server named 'ghost'.\n"
+
+
+@pytest.mark.docker
+def test_cli_backup_create_list_restore(peon, fakegame: str) -> None:
+    assert peon("server", "create", "fakegame", "bk", "--set", "world=B").returncode == 0
+    assert peon("server", "start", "bk").returncode == 0
+    r = peon("backup", "create", "bk")
+    assert r.returncode == 0, r.stderr
+    assert re.match(r"^backup #1 of bk: [\d.]+ MiB in [\d.]+ s$", r.stdout)
+    r = peon("backup", "list")
+    assert re.search(r"^1 +bk +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d +[\d.]+ MiB +[\d.]+ s +manual$",
+                     r.stdout, re.M), r.stdout  # fmt: skip
+    r = peon("backup", "restore", "bk", "1")  # no terminal: refuses without --yes
+    assert r.returncode == 1
+    assert r.stderr == "peon: Refusing to restore without confirmation: pass --yes.\n"
+    r = peon("backup", "restore", "bk", "1", "--yes")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "restored bk from backup #1; the data before it is backup #2\n"
+    assert peon("backup", "lock", "1").stdout == "backup #1 locked\n"
+    r = peon("backup", "delete", "1")
+    assert r.returncode == 1 and r.stderr == "peon: Backup #1 is locked; unlock it first.\n"
+    r = peon("backup", "restore", "bk", "99", "--yes")
+    assert r.returncode == 1 and r.stderr == "peon: There is no backup #99.\n"
