@@ -265,6 +265,7 @@ class PeonBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         # Cogs imported here: bot/ must not depend on cogs/ at import time.
+        from cogs.backups import BackupsCog  # noqa: PLC0415
         from cogs.peon import PeonCog  # noqa: PLC0415
         from cogs.schedules import SchedulesCog, WarningButton, warning_view  # noqa: PLC0415
         from cogs.servers import PanelButton, ServersCog  # noqa: PLC0415
@@ -295,6 +296,7 @@ class PeonBot(commands.Bot):
         self.notifier.warning_view = warning_view
         await self.add_cog(ServersCog(self))
         await self.add_cog(SchedulesCog(self))
+        await self.add_cog(BackupsCog(self))
         await self.add_cog(WarplansCog(self))
         await self.add_cog(PeonCog(self))
         self.add_dynamic_items(PanelButton, WarningButton)

@@ -13,6 +13,7 @@ import sys
 import tarfile
 import textwrap
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -253,3 +254,24 @@ async def test_backup_killed_half_way_leaves_nothing_valid_looking(services: Ser
     removed = await svc.backups.recover()
     assert removed and not list((svc.settings.backup_dir / "alpha").iterdir())
     assert await svc.store.list_backups("alpha", complete=False) == []
+
+
+@pytest.mark.docker
+async def test_backup_refused_when_the_disk_lacks_room(tmp_path: Path, fakegame: str) -> None:
+    from bot.app import open_services
+    from bot.settings import BackupSettings
+    from tests.conftest import cleanup_instance, make_settings
+
+    settings = make_settings(tmp_path, backups=BackupSettings(min_free_mb=2**40))
+    try:
+        async with open_services(settings) as svc:
+            await running_game(svc)
+            with pytest.raises(
+                BackupError, match=r"^Not enough disk space for a backup of alpha: "
+            ):
+                await svc.backups.create("alpha", actor="test")
+            assert await svc.backups.list("alpha") == []
+            assert not any((settings.backup_dir / "alpha").glob("*"))
+            assert await svc.servers.is_running("alpha")
+    finally:
+        cleanup_instance(settings.instance_id)

@@ -453,7 +453,13 @@ async def test_unconfigured_guild_is_told_how_to_fix_it(
     runner = Runner(settings, emu)
     await runner.start()
     try:
-        assert {c["name"] for c in emu.global_commands} == {"server", "schedule", "warplan", "peon"}
+        assert {c["name"] for c in emu.global_commands} == {
+            "server",
+            "schedule",
+            "backup",
+            "warplan",
+            "peon",
+        }
         i = await emu.slash(ADMIN, "server", subcommand="list")
         await i.wait_done()
         assert refusal(i) == (

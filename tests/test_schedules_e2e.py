@@ -236,3 +236,38 @@ async def test_restart_mid_window_keeps_the_schedule_and_catches_up(
     finally:
         await second.stop()
         cleanup_instance(settings.instance_id)
+
+
+async def test_backup_commands_with_confirmation(peon: Runner, emu: DiscordEmulator) -> None:
+    await running_game(peon)
+    i = await command(emu, PLAYER, "backup create", server="alpha")
+    assert refusal(i) == "You need the PEON operator role to back servers up."
+    i = await command(emu, OPERATOR, "backup create", server="alpha")
+    text = await finished(emu, i, "Backed up")
+    assert re.search(r"Backed up \*\*alpha\*\*: backup #1, [\d.]+ MiB in [\d.]+ s\.", text), text
+    i = await command(emu, PLAYER, "backup list", server="alpha")
+    assert "`#1`" in text_of(i) and "manual" in text_of(i)
+    ac = await emu.autocomplete(ADMIN, "backup restore", options={"server": "alpha", "backup": ""},
+                                focused="backup")  # fmt: skip
+    await ac.wait_done()
+    assert ac.choices and ac.choices[0]["value"] == 1
+    i = await command(emu, OPERATOR, "backup restore", server="alpha", backup=1)
+    assert refusal(i) == "You need the PEON admin role to restore or delete backups."
+    i = await command(emu, ADMIN, "backup restore", server="alpha", backup=1)
+    prompt = i.original
+    assert prompt is not None and "Restore alpha?" in prompt.text()
+    other = await emu.click(OPERATOR, prompt, "confirm")
+    await other.wait_done()
+    assert refusal(other) == f"Only <@{ADMIN}> can confirm or cancel this."
+    ok = await emu.click(ADMIN, prompt, "confirm")
+    await ok.wait_done()
+    await until(emu, lambda: "Restored **alpha** from backup #1" in
+                (emu.message(prompt.id) or prompt).text())  # fmt: skip
+    assert "The data it had before is backup #2." in (emu.message(prompt.id) or prompt).text()
+    assert running("alpha")
+    i = await command(emu, ADMIN, "backup lock", backup=1)
+    assert "is locked: it is never pruned" in text_of(i)
+    i = await command(emu, ADMIN, "backup delete", backup=1)
+    assert refusal(i) == "Backup #1 is locked; unlock it first."
+    i = await command(emu, ADMIN, "backup restore", server="alpha", backup=99)
+    assert refusal(i) == "There is no backup #99."

@@ -1,0 +1,209 @@
+"""/backup ...: thin adapters to BackupService."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.backups import BackupService
+from bot.client import Access, render_error, timestamp
+from bot.models import Backup
+from bot.servers import ServerService
+from cogs.common import INFO, OK, actor
+
+if TYPE_CHECKING:
+    from bot.client import PeonBot
+
+log = logging.getLogger(__name__)
+MAX_CHOICES = 25
+
+
+def backup_line(b: Backup) -> str:
+    lock = " 🔒" if b.locked else ""
+    return (
+        f"`#{b.id}` {timestamp(b.created_at, 'f')} · {b.size / 2**20:.1f} MiB · {b.trigger}{lock}"
+    )
+
+
+class RestoreView(discord.ui.View):
+    """Restore / Cancel for the requester only; expires."""
+
+    def __init__(self, cog: BackupsCog, requester: int, server: str, backup: Backup,
+                 timeout: float) -> None:  # fmt: skip
+        super().__init__(timeout=timeout)
+        self.cog, self.requester, self.server, self.backup = cog, requester, server, backup
+        self.message: discord.InteractionMessage | None = None
+        self.done = False
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        if interaction.user.id != self.requester:
+            await interaction.response.send_message(
+                f"Only <@{self.requester}> can confirm or cancel this.", ephemeral=True
+            )
+            return False
+        return True
+
+    @discord.ui.button(label="Restore", style=discord.ButtonStyle.danger, custom_id="confirm")
+    async def confirm(
+        self, interaction: discord.Interaction[Any], _: discord.ui.Button[Any]
+    ) -> None:
+        self.done = True
+        self.stop()
+        await interaction.response.edit_message(
+            embed=discord.Embed(title=f"Restoring {self.server}…", colour=INFO), view=None
+        )
+        safety = await self.cog.backups.restore(
+            self.server, self.backup.id, actor=actor(interaction)
+        )
+        kept = f" The data it had before is backup #{safety.id}." if safety else ""
+        await interaction.edit_original_response(
+            embed=discord.Embed(
+                description=f"Restored **{self.server}** from backup #{self.backup.id}.{kept}",
+                colour=OK,
+            )
+        )
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, custom_id="cancel")
+    async def cancel(
+        self, interaction: discord.Interaction[Any], _: discord.ui.Button[Any]
+    ) -> None:
+        self.done = True
+        self.stop()
+        await interaction.response.edit_message(
+            embed=discord.Embed(
+                description=f"Cancelled; **{self.server}** was not restored.", colour=INFO
+            ),
+            view=None,
+        )
+
+    async def on_timeout(self) -> None:
+        if self.done or self.message is None:
+            return
+        try:
+            await self.message.edit(
+                embed=discord.Embed(
+                    description=f"Confirmation expired; **{self.server}** was not restored.",
+                    colour=INFO,
+                ),
+                view=None,
+            )
+        except discord.HTTPException:
+            log.warning("could not expire the restore confirmation for %s", self.server)
+
+    async def on_error(
+        self, interaction: discord.Interaction[Any], error: Exception, item: discord.ui.Item[Any]
+    ) -> None:
+        await render_error(interaction, error)
+
+
+class BackupsCog(commands.Cog, name="BackupsCog"):
+    backup = app_commands.Group(name="backup", description="Backups of server data",
+                                guild_only=True)  # fmt: skip
+
+    def __init__(self, bot: PeonBot) -> None:
+        self.backups: BackupService = bot.services.backups
+        self.servers: ServerService = bot.services.servers
+        self.access: Access = bot.access
+        self.confirm_timeout = bot.discord_settings.confirm_timeout
+
+    async def server_autocomplete(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        names = [r.name for r in await self.servers.store.list_servers()]
+        return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n][
+            :MAX_CHOICES
+        ]
+
+    async def backup_autocomplete(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[int]]:
+        server = getattr(interaction.namespace, "server", None)
+        out = []
+        for b in await self.backups.list(server or None):
+            label = (
+                f"#{b.id} {b.server} {b.created_at:%Y-%m-%d %H:%M} UTC · "
+                f"{b.size / 2**20:.1f} MiB · {b.trigger}"
+            )
+            if current.strip("#") in label:
+                out.append(app_commands.Choice(name=label[:100], value=b.id))
+        return out[:MAX_CHOICES]
+
+    @backup.command(name="create", description="Back a server up now")
+    @app_commands.autocomplete(server=server_autocomplete)
+    async def create(self, interaction: discord.Interaction[Any], server: str) -> None:
+        self.access.check(interaction, "backup", server)
+        await self.servers.store.get_server(server)
+        await interaction.response.defer(thinking=True)
+        b = await self.backups.create(server, actor=actor(interaction))
+        await interaction.edit_original_response(
+            embed=discord.Embed(
+                description=f"Backed up **{server}**: backup #{b.id}, {b.size / 2**20:.1f} MiB "
+                f"in {b.seconds:.1f} s.",
+                colour=OK,
+            )
+        )
+
+    @backup.command(name="list", description="A server's backups, newest first")
+    @app_commands.autocomplete(server=server_autocomplete)
+    async def list_backups(self, interaction: discord.Interaction[Any], server: str) -> None:
+        self.access.check(interaction, "list")
+        await self.servers.store.get_server(server)
+        backups = await self.backups.list(server)
+        embed = discord.Embed(title=f"Backups of {server}", colour=INFO)
+        embed.description = (
+            "\n".join(backup_line(b) for b in backups)[:4000]
+            or "No backups yet. Make one with `/backup create`."
+        )
+        await interaction.response.send_message(embed=embed)
+
+    @backup.command(name="restore", description="Replace a server's data with a backup")
+    @app_commands.autocomplete(server=server_autocomplete)
+    @app_commands.autocomplete(backup=backup_autocomplete)
+    async def restore(
+        self, interaction: discord.Interaction[Any], server: str, backup: int
+    ) -> None:
+        self.access.check(interaction, "restore", server)
+        b = await self.backups.store.get_backup(backup)
+        if b.server != server:
+            await self.backups.restore(server, backup, actor=actor(interaction))  # refuses
+        view = RestoreView(self, interaction.user.id, server, b, self.confirm_timeout)
+        embed = discord.Embed(
+            title=f"Restore {server}?",
+            description=f"<@{interaction.user.id}>, confirm replacing the data of **{server}** "
+            f"with backup #{b.id} from {timestamp(b.created_at, 'f')}. The server is stopped "
+            f"for it, and its current data is backed up first. This expires in "
+            f"{self.confirm_timeout} s.",
+            colour=discord.Colour.orange(),
+        )
+        await interaction.response.send_message(embed=embed, view=view)
+        view.message = await interaction.original_response()
+
+    @backup.command(name="delete", description="Delete a backup")
+    @app_commands.autocomplete(backup=backup_autocomplete)
+    async def delete(self, interaction: discord.Interaction[Any], backup: int) -> None:
+        b = await self.backups.store.get_backup(backup)
+        self.access.check(interaction, "restore", b.server)
+        await self.backups.delete(backup, actor(interaction))
+        await interaction.response.send_message(
+            embed=discord.Embed(
+                description=f"Deleted backup #{backup} of **{b.server}**.", colour=OK
+            )
+        )
+
+    @backup.command(name="lock", description="Lock or unlock a backup (locked: never pruned)")
+    @app_commands.autocomplete(backup=backup_autocomplete)
+    async def lock(self, interaction: discord.Interaction[Any], backup: int,
+                   locked: bool = True) -> None:  # fmt: skip
+        b = await self.backups.store.get_backup(backup)
+        self.access.check(interaction, "backup", b.server)
+        b = await self.backups.set_locked(backup, locked, actor(interaction))
+        state = "locked: it is never pruned" if b.locked else "unlocked"
+        await interaction.response.send_message(
+            embed=discord.Embed(
+                description=f"Backup #{b.id} of **{b.server}** is {state}.", colour=OK
+            )
+        )
