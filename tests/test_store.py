@@ -168,7 +168,8 @@ async def test_migration_2_upgrades_a_version_1_database(tmp_path: Path) -> None
     conn.close()
     s = Store(path)
     await s.open()
-    assert await s.schema_version() == 2
+    assert await s.schema_version() == len(MIGRATIONS)
     assert await s.keep_until("old") is None  # the old row gained the new column
     await s.add_schedule("old", "idle", {"minutes": 10}, "t")
+    assert await s.list_backups("old") == []  # migration 3
     await s.close()
