@@ -174,14 +174,12 @@ class BackupService:
         removed = []
         for b in await self.store.list_backups(complete=False):
             for d in (self.root / b.dir, self.root / (b.dir + PARTIAL)):
-                if d.exists():
-                    await asyncio.to_thread(shutil.rmtree, d, True)
+                await asyncio.to_thread(shutil.rmtree, d, True)
             await self.store.delete_backup(b.id)
             removed.append(f"interrupted backup of {b.server} from {b.created_at:%Y-%m-%d %H:%M}")
-        if self.root.exists():
-            for d in self.root.glob(f"*/*{PARTIAL}"):
-                await asyncio.to_thread(shutil.rmtree, d, True)
-                removed.append(str(d))
+        for d in await asyncio.to_thread(lambda: list(self.root.glob(f"*/*{PARTIAL}"))):
+            await asyncio.to_thread(shutil.rmtree, d, True)
+            removed.append(str(d))
         return removed
 
     async def list(self, server: str | None = None) -> list[Backup]:
@@ -206,16 +204,16 @@ class BackupService:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         rel = f"{name}/{stamp}"
         final, partial = self.root / rel, self.root / (rel + PARTIAL)
-        partial.mkdir(parents=True)
+        await asyncio.to_thread(partial.mkdir, parents=True)
         backup_id = await self.store.begin_backup(
             name, rel, trigger=trigger, actor=actor, warplan=plan.name, image=record.image
         )
         started = time.monotonic()
         try:
-            async with self._consistent(record, plan, info.id, info.running):
+            async with _Consistency(self, record, plan, info.id, info.running):
                 made = [await self._archive(info.id, v.name, v.path, partial) for v in volumes]
             await asyncio.to_thread(_fsync_dir, partial)
-            partial.rename(final)
+            await asyncio.to_thread(partial.rename, final)
             size = sum(v.size for v in made)
             backup = await self.store.finish_backup(
                 backup_id, size, time.monotonic() - started, [v.__dict__ for v in made]
@@ -230,7 +228,7 @@ class BackupService:
         return backup
 
     async def _check_space(self, name: str) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
         free = (await asyncio.to_thread(shutil.disk_usage, self.root)).free
         last = await self.store.list_backups(name)
         need = self.settings.backups.min_free_mb * 2**20 + (last[0].size * 6 // 5 if last else 0)
@@ -239,11 +237,6 @@ class BackupService:
                 f"Not enough disk space for a backup of {name}: {_human(free)} free in "
                 f"{self.root}, {_human(need)} needed."
             )
-
-    def _consistent(
-        self, record: ServerRecord, plan: WarPlan, cid: str, running: bool
-    ) -> _Consistency:
-        return _Consistency(self, record, plan, cid, running)
 
     async def _archive(self, cid: str, volume: str, path: str, into: Path) -> BackupVolume:
         target = into / f"{volume}{SUFFIX}"
@@ -303,7 +296,7 @@ class BackupService:
         directory = self.root / b.dir
         for v in b.volumes:
             path = directory / v.file
-            if not path.is_file():
+            if not await asyncio.to_thread(path.is_file):
                 raise BackupError(f"Backup #{b.id} is missing {v.file}; it cannot be restored.")
             if await asyncio.to_thread(sha256_file, path) != v.sha256:
                 raise BackupError(
@@ -313,13 +306,18 @@ class BackupService:
             top = PurePosixPath(v.path).name
             await asyncio.to_thread(_check_file, path, top)
 
+    async def get_for(self, name: str, backup_id: int) -> Backup:
+        """The backup, refused when it is another server's."""
+        b = await self.store.get_backup(backup_id)
+        if b.server != name:
+            raise BackupError(f"Backup #{backup_id} belongs to {b.server}, not {name}.")
+        return b
+
     async def restore(self, name: str, backup_id: int, *, actor: str) -> Backup | None:
         """Replace the server's backed-up volumes with a backup's contents; the server is
         stopped for it and started again if it was running. A backup of the current state is
         taken first. Returns that safety backup."""
-        b = await self.store.get_backup(backup_id)
-        if b.server != name:
-            raise BackupError(f"Backup #{backup_id} belongs to {b.server}, not {name}.")
+        b = await self.get_for(name, backup_id)
         async with self.servers.operation(name, "restore", actor):
             await self.verify(b)
             record = await self.store.get_server(name)

@@ -10,16 +10,15 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.backups import BackupService
-from bot.client import Access, render_error, timestamp
+from bot.client import Access, timestamp
 from bot.models import Backup
 from bot.servers import ServerService
-from cogs.common import INFO, OK, actor
+from cogs.common import INFO, MAX_CHOICES, OK, ConfirmView, actor, server_choices
 
 if TYPE_CHECKING:
     from bot.client import PeonBot
 
 log = logging.getLogger(__name__)
-MAX_CHOICES = 25
 
 
 def backup_line(b: Backup) -> str:
@@ -27,77 +26,6 @@ def backup_line(b: Backup) -> str:
     return (
         f"`#{b.id}` {timestamp(b.created_at, 'f')} · {b.size / 2**20:.1f} MiB · {b.trigger}{lock}"
     )
-
-
-class RestoreView(discord.ui.View):
-    """Restore / Cancel for the requester only; expires."""
-
-    def __init__(self, cog: BackupsCog, requester: int, server: str, backup: Backup,
-                 timeout: float) -> None:  # fmt: skip
-        super().__init__(timeout=timeout)
-        self.cog, self.requester, self.server, self.backup = cog, requester, server, backup
-        self.message: discord.InteractionMessage | None = None
-        self.done = False
-
-    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
-        if interaction.user.id != self.requester:
-            await interaction.response.send_message(
-                f"Only <@{self.requester}> can confirm or cancel this.", ephemeral=True
-            )
-            return False
-        return True
-
-    @discord.ui.button(label="Restore", style=discord.ButtonStyle.danger, custom_id="confirm")
-    async def confirm(
-        self, interaction: discord.Interaction[Any], _: discord.ui.Button[Any]
-    ) -> None:
-        self.done = True
-        self.stop()
-        await interaction.response.edit_message(
-            embed=discord.Embed(title=f"Restoring {self.server}…", colour=INFO), view=None
-        )
-        safety = await self.cog.backups.restore(
-            self.server, self.backup.id, actor=actor(interaction)
-        )
-        kept = f" The data it had before is backup #{safety.id}." if safety else ""
-        await interaction.edit_original_response(
-            embed=discord.Embed(
-                description=f"Restored **{self.server}** from backup #{self.backup.id}.{kept}",
-                colour=OK,
-            )
-        )
-
-    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, custom_id="cancel")
-    async def cancel(
-        self, interaction: discord.Interaction[Any], _: discord.ui.Button[Any]
-    ) -> None:
-        self.done = True
-        self.stop()
-        await interaction.response.edit_message(
-            embed=discord.Embed(
-                description=f"Cancelled; **{self.server}** was not restored.", colour=INFO
-            ),
-            view=None,
-        )
-
-    async def on_timeout(self) -> None:
-        if self.done or self.message is None:
-            return
-        try:
-            await self.message.edit(
-                embed=discord.Embed(
-                    description=f"Confirmation expired; **{self.server}** was not restored.",
-                    colour=INFO,
-                ),
-                view=None,
-            )
-        except discord.HTTPException:
-            log.warning("could not expire the restore confirmation for %s", self.server)
-
-    async def on_error(
-        self, interaction: discord.Interaction[Any], error: Exception, item: discord.ui.Item[Any]
-    ) -> None:
-        await render_error(interaction, error)
 
 
 class BackupsCog(commands.Cog, name="BackupsCog"):
@@ -113,10 +41,7 @@ class BackupsCog(commands.Cog, name="BackupsCog"):
     async def server_autocomplete(
         self, interaction: discord.Interaction[Any], current: str
     ) -> list[app_commands.Choice[str]]:
-        names = [r.name for r in await self.servers.store.list_servers()]
-        return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n][
-            :MAX_CHOICES
-        ]
+        return await server_choices(self.servers, current)
 
     async def backup_autocomplete(
         self, interaction: discord.Interaction[Any], current: str
@@ -167,10 +92,21 @@ class BackupsCog(commands.Cog, name="BackupsCog"):
         self, interaction: discord.Interaction[Any], server: str, backup: int
     ) -> None:
         self.access.check(interaction, "restore", server)
-        b = await self.backups.store.get_backup(backup)
-        if b.server != server:
-            await self.backups.restore(server, backup, actor=actor(interaction))  # refuses
-        view = RestoreView(self, interaction.user.id, server, b, self.confirm_timeout)
+        b = await self.backups.get_for(server, backup)
+
+        async def run(confirmed: discord.Interaction[Any]) -> str:
+            safety = await self.backups.restore(server, b.id, actor=actor(confirmed))
+            kept = f" The data it had before is backup #{safety.id}." if safety else ""
+            return f"Restored **{server}** from backup #{b.id}.{kept}"
+
+        view = ConfirmView(
+            interaction.user.id,
+            label="Restore",
+            doing=f"Restoring {server}…",
+            undone=f"**{server}** was not restored",
+            action=run,
+            timeout=self.confirm_timeout,
+        )
         embed = discord.Embed(
             title=f"Restore {server}?",
             description=f"<@{interaction.user.id}>, confirm replacing the data of **{server}** "

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import discord
+from discord import app_commands
 
-from bot.client import timestamp
+from bot.client import render_error, timestamp
 from bot.models import (
     Phase,
     ProgressEvent,
@@ -18,7 +21,9 @@ from bot.models import (
     StartResult,
     human_duration,
 )
-from bot.servers import ServerSummary
+from bot.servers import ServerService, ServerSummary
+
+log = logging.getLogger(__name__)
 
 BAR_WIDTH = 20
 OK = discord.Colour.green()
@@ -30,6 +35,7 @@ STATE_COLOURS = {
     "created": discord.Colour.dark_grey(),
     "missing": discord.Colour.red(),
 }
+MAX_CHOICES = 25  # Discord shows at most 25 autocomplete choices
 LOG_CHARS = 1900  # a message holds 2000 characters; leave room for the code fence
 
 
@@ -169,3 +175,84 @@ def logs_block(lines: list[str]) -> str:
     if len(text) > LOG_CHARS:
         text = "…" + text[-LOG_CHARS:]
     return f"```\n{text or '(no output yet)'}\n```"
+
+
+async def server_choices(servers: ServerService, current: str) -> list[app_commands.Choice[str]]:
+    """Server names for autocomplete: prefix matches first, then the other matches."""
+    current = current.lower()
+    names = [r.name for r in await servers.store.list_servers()]
+    hits = [n for n in names if n.startswith(current)] + [
+        n for n in names if current in n and not n.startswith(current)
+    ]
+    return [app_commands.Choice(name=n, value=n) for n in hits[:MAX_CHOICES]]
+
+
+class ConfirmView(discord.ui.View):
+    """Confirm/Cancel for a destructive action: only the requester may answer, and it
+    expires. `action` runs on confirm and returns the sentence that ends the message."""
+
+    def __init__(
+        self,
+        requester: int,
+        *,
+        label: str,
+        doing: str,
+        undone: str,
+        action: Callable[[discord.Interaction[Any]], Awaitable[str]],
+        timeout: float,
+    ) -> None:
+        super().__init__(timeout=timeout)
+        self.requester, self.doing, self.undone, self.action = requester, doing, undone, action
+        self.confirm.label = label
+        self.message: discord.InteractionMessage | None = None
+        self.done = False
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        if interaction.user.id != self.requester:
+            await interaction.response.send_message(
+                f"Only <@{self.requester}> can confirm or cancel this.", ephemeral=True
+            )
+            return False
+        return True
+
+    @discord.ui.button(label="Confirm", style=discord.ButtonStyle.danger, custom_id="confirm")
+    async def confirm(
+        self, interaction: discord.Interaction[Any], _: discord.ui.Button[Any]
+    ) -> None:
+        self.done = True
+        self.stop()
+        await interaction.response.edit_message(
+            embed=discord.Embed(title=self.doing, colour=INFO), view=None
+        )
+        text = await self.action(interaction)
+        await interaction.edit_original_response(
+            embed=discord.Embed(description=text, colour=OK), view=None
+        )
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, custom_id="cancel")
+    async def cancel(
+        self, interaction: discord.Interaction[Any], _: discord.ui.Button[Any]
+    ) -> None:
+        self.done = True
+        self.stop()
+        await interaction.response.edit_message(
+            embed=discord.Embed(description=f"Cancelled; {self.undone}.", colour=INFO), view=None
+        )
+
+    async def on_timeout(self) -> None:
+        if self.done or self.message is None:
+            return
+        try:
+            await self.message.edit(
+                embed=discord.Embed(
+                    description=f"Confirmation expired; {self.undone}.", colour=INFO
+                ),
+                view=None,
+            )
+        except discord.HTTPException:
+            log.warning("could not expire a confirmation (%s)", self.doing)
+
+    async def on_error(
+        self, interaction: discord.Interaction[Any], error: Exception, item: discord.ui.Item[Any]
+    ) -> None:
+        await render_error(interaction, error)

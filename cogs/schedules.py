@@ -15,12 +15,11 @@ from bot.client import Access, render_error
 from bot.rules import CRON_ACTIONS
 from bot.schedules import format_span
 from bot.servers import ServerService
-from cogs.common import INFO, OK, actor, when_text
+from cogs.common import INFO, MAX_CHOICES, OK, actor, server_choices, when_text
 
 if TYPE_CHECKING:
     from bot.client import PeonBot
 
-MAX_CHOICES = 25
 KIND_ICONS = {"window": "🕒", "idle": "💤", "cron": "🔁", "timer": "⏲️"}
 
 
@@ -99,9 +98,7 @@ class SchedulesCog(commands.Cog, name="SchedulesCog"):
     async def server_autocomplete(
         self, interaction: discord.Interaction[Any], current: str
     ) -> list[app_commands.Choice[str]]:
-        names = [r.name for r in await self.servers.store.list_servers()]
-        hits = [n for n in names if current.lower() in n]
-        return [app_commands.Choice(name=n, value=n) for n in hits[:MAX_CHOICES]]
+        return await server_choices(self.servers, current)
 
     async def schedule_autocomplete(
         self, interaction: discord.Interaction[Any], current: str

@@ -21,11 +21,14 @@ from bot.servers import ServerService, validate_name
 from bot.warplans import VariableSpec, WarPlan, WarplanLibrary, coerce_value
 from cogs.common import (
     INFO,
+    MAX_CHOICES,
     OK,
+    ConfirmView,
     ProgressMessage,
     actor,
     list_embed,
     logs_block,
+    server_choices,
     started_embed,
     status_embed,
     when_text,
@@ -37,16 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODAL_FIELDS = 5  # Discord allows five text inputs per modal
-MAX_CHOICES = 25
-
-
-async def _server_names(servers: ServerService, current: str) -> list[app_commands.Choice[str]]:
-    current = current.lower()
-    names = [r.name for r in await servers.store.list_servers()]
-    hits = [n for n in names if n.startswith(current)] + [
-        n for n in names if current in n and not n.startswith(current)
-    ]
-    return [app_commands.Choice(name=n, value=n) for n in hits[:MAX_CHOICES]]
 
 
 @dataclass
@@ -137,82 +130,6 @@ class ContinueView(discord.ui.View):
         await render_error(interaction, error)
 
 
-class ConfirmView(discord.ui.View):
-    """Confirm/Cancel for a destructive action: only the requester, expires."""
-
-    def __init__(
-        self, cog: ServersCog, requester: int, server: str, purge: bool, timeout: float
-    ) -> None:
-        super().__init__(timeout=timeout)
-        self.cog, self.requester, self.server, self.purge = cog, requester, server, purge
-        self.message: discord.InteractionMessage | None = None
-        self.done = False
-
-    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
-        if interaction.user.id != self.requester:
-            await interaction.response.send_message(
-                f"Only <@{self.requester}> can confirm or cancel this.", ephemeral=True
-            )
-            return False
-        return True
-
-    @discord.ui.button(label="Delete", style=discord.ButtonStyle.danger, custom_id="confirm")
-    async def confirm(
-        self, interaction: discord.Interaction[Any], _: discord.ui.Button[Any]
-    ) -> None:
-        self.done = True
-        self.stop()
-        await interaction.response.edit_message(
-            embed=discord.Embed(title=f"Deleting {self.server}…", colour=INFO), view=None
-        )
-        result = await self.cog.servers.delete(
-            self.server, actor=actor(interaction), purge=self.purge
-        )
-        await self.cog.reschedule(self.server)  # drop its automatic stops and warnings
-        if result.removed_volumes:
-            text = f"Deleted **{self.server}** and its data."
-        else:
-            text = (
-                f"Deleted **{self.server}**. Its data is kept; creating a server named "
-                f"`{self.server}` again reuses it."
-            )
-        await interaction.edit_original_response(
-            embed=discord.Embed(description=text, colour=OK), view=None
-        )
-
-    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, custom_id="cancel")
-    async def cancel(
-        self, interaction: discord.Interaction[Any], _: discord.ui.Button[Any]
-    ) -> None:
-        self.done = True
-        self.stop()
-        await interaction.response.edit_message(
-            embed=discord.Embed(
-                description=f"Cancelled; **{self.server}** was not deleted.", colour=INFO
-            ),
-            view=None,
-        )
-
-    async def on_timeout(self) -> None:
-        if self.done or self.message is None:
-            return
-        try:
-            await self.message.edit(
-                embed=discord.Embed(
-                    description=f"Confirmation expired; **{self.server}** was not deleted.",
-                    colour=INFO,
-                ),
-                view=None,
-            )
-        except discord.HTTPException:
-            log.warning("could not expire the confirmation for %s", self.server)
-
-    async def on_error(
-        self, interaction: discord.Interaction[Any], error: Exception, item: discord.ui.Item[Any]
-    ) -> None:
-        await render_error(interaction, error)
-
-
 PANEL_ACTIONS = {
     "start": ("Start", discord.ButtonStyle.success),
     "stop": ("Stop", discord.ButtonStyle.danger),
@@ -290,7 +207,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
     async def server_autocomplete(
         self, interaction: discord.Interaction[Any], current: str
     ) -> list[app_commands.Choice[str]]:
-        return await _server_names(self.servers, current)
+        return await server_choices(self.servers, current)
 
     async def warplan_autocomplete(
         self, interaction: discord.Interaction[Any], current: str
@@ -473,7 +390,25 @@ class ServersCog(commands.Cog, name="ServersCog"):
     ) -> None:
         self.access.check(interaction, "delete", name)
         await self._precheck(name)
-        view = ConfirmView(self, interaction.user.id, name, purge, self.confirm_timeout)
+
+        async def run(confirmed: discord.Interaction[Any]) -> str:
+            result = await self.servers.delete(name, actor=actor(confirmed), purge=purge)
+            await self.reschedule(name)  # drop its automatic stops and warnings
+            if result.removed_volumes:
+                return f"Deleted **{name}** and its data."
+            return (
+                f"Deleted **{name}**. Its data is kept; creating a server named `{name}` "
+                "again reuses it."
+            )
+
+        view = ConfirmView(
+            interaction.user.id,
+            label="Delete",
+            doing=f"Deleting {name}…",
+            undone=f"**{name}** was not deleted",
+            action=run,
+            timeout=self.confirm_timeout,
+        )
         what = "and **all its data**" if purge else "(its data volumes are kept)"
         embed = discord.Embed(
             title=f"Delete {name}?",

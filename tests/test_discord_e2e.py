@@ -8,6 +8,7 @@ import os
 import re
 import sys
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,15 +87,22 @@ def bot_settings(tmp_path: Path, emu: DiscordEmulator, **guild: Any) -> Settings
     )
 
 
-@pytest.fixture
-async def peon(tmp_path: Path, emu: DiscordEmulator, fakegame: str) -> AsyncIterator[Runner]:
-    runner = Runner(bot_settings(tmp_path, emu), emu)
+@asynccontextmanager
+async def running_bot(settings: Settings, emu: DiscordEmulator) -> AsyncIterator[Runner]:
+    """A started bot; stopped, and its containers and volumes removed, afterwards."""
+    runner = Runner(settings, emu)
     await runner.start()
     try:
         yield runner
     finally:
         await runner.stop()
         cleanup_instance(runner.settings.instance_id)
+
+
+@pytest.fixture
+async def peon(tmp_path: Path, emu: DiscordEmulator, fakegame: str) -> AsyncIterator[Runner]:
+    async with running_bot(bot_settings(tmp_path, emu), emu) as runner:
+        yield runner
 
 
 async def until(emu: DiscordEmulator, check: Callable[[], bool], timeout: float = LONG) -> None:

@@ -24,6 +24,7 @@ from tests.test_discord_e2e import (
     channel,
     finished,
     refusal,
+    running_bot,
     until,
 )
 
@@ -45,13 +46,8 @@ def e2e_settings(tmp_path: Path, emu: DiscordEmulator) -> Settings:
 
 @pytest.fixture
 async def peon(tmp_path: Path, emu: DiscordEmulator, fakegame: str) -> AsyncIterator[Runner]:
-    runner = Runner(e2e_settings(tmp_path, emu), emu)
-    await runner.start()
-    try:
+    async with running_bot(e2e_settings(tmp_path, emu), emu) as runner:
         yield runner
-    finally:
-        await runner.stop()
-        cleanup_instance(runner.settings.instance_id)
 
 
 async def command(emu: DiscordEmulator, user: int, path: str, **options: Any) -> Interaction:
