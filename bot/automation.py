@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -177,10 +178,12 @@ class Automation:
         if isinstance(rule, WindowRule):
             start = rule.window.next_start(now)
             if start is not None:
-                self.scheduler.at(f"auto:s{s.id}:open", start, lambda: self._window_open(s.id))
+                self.scheduler.at(
+                    f"auto:s{s.id}:open", start, functools.partial(self._window_open, s.id)
+                )
         elif isinstance(rule, CronRule) and rule.action not in rules.STOPPING:
             self.scheduler.cron(
-                f"auto:s{s.id}:cron", rule.expr, rule.zone, lambda: self._cron(s.id)
+                f"auto:s{s.id}:cron", rule.expr, rule.zone, functools.partial(self._cron, s.id)
             )
 
     async def replan(self, server: str) -> Pending | None:
@@ -235,9 +238,13 @@ class Automation:
         self._pending[server] = new
         for i, (when, left) in enumerate(warning_times(new.at, now, self.leads)):
             self.scheduler.at(
-                f"auto:stop:{server}:warn{i}", when, self._warn_job(server, new, left)
+                f"auto:stop:{server}:warn{i}",
+                when,
+                functools.partial(self._warn, server, new, left),
             )
-        self.scheduler.at(f"auto:stop:{server}:fire", new.at, self._fire_job(server, new))
+        self.scheduler.at(
+            f"auto:stop:{server}:fire", new.at, functools.partial(self._fire, server, new)
+        )
         log.info(
             "%s: automatic %s at %s (%s)", server, new.due.action, new.at.isoformat(), new.due.why
         )
@@ -246,18 +253,6 @@ class Automation:
     @staticmethod
     def _cancel_why(p: Pending) -> str:
         return "players are back" if p.due.reason == "idle" else "its schedule changed"
-
-    def _warn_job(self, server: str, p: Pending, left: timedelta) -> Callable[[], Awaitable[None]]:
-        async def job() -> None:
-            await self._warn(server, p, left)
-
-        return job
-
-    def _fire_job(self, server: str, p: Pending) -> Callable[[], Awaitable[None]]:
-        async def job() -> None:
-            await self._fire(server, p)
-
-        return job
 
     def _forget(self, server: str) -> None:
         self.scheduler.cancel_prefix(f"auto:stop:{server}:")
