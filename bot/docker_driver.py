@@ -500,7 +500,9 @@ class DockerDriver:
                     stderr=True,
                     stream=True,
                     follow=True,
-                    since=since if since is not None else None,
+                    # A float keeps the sub-second part docker-py drops from a datetime: a
+                    # confirmation line printed just before `since` must not count.
+                    since=since.timestamp() if since is not None else None,
                 )
                 holder["stream"] = stream
                 buf = b""

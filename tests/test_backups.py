@@ -19,7 +19,7 @@ import pytest
 import zstandard
 
 from bot.app import Services
-from bot.backups import Retention, check_members, to_prune
+from bot.backups import Retention, _ArchiveFile, check_members, to_prune
 from bot.errors import BackupError
 from bot.models import Backup, BackupVolume
 from tests.conftest import ROOT
@@ -98,6 +98,28 @@ def test_safe_members_pass() -> None:
         ]
     )
     assert check_members(io.BytesIO(data), "data") == 5
+
+
+def test_archive_file_hashes_what_it_writes(tmp_path: Path) -> None:
+    blocks = [os.urandom(300_000) for _ in range(40)]
+    sink = _ArchiveFile(tmp_path / "a.tar.zst")
+    for b in blocks:
+        sink.write(b)
+    size, digest = sink.close()
+    data = (tmp_path / "a.tar.zst").read_bytes()
+    assert size == len(data) == sum(map(len, blocks))
+    assert digest == hashlib.sha256(data).hexdigest()
+
+
+def test_archive_file_reports_a_full_disk_without_hanging() -> None:
+    """The writer thread fails (ENOSPC); the compressing side hears of it instead of
+    blocking on a full queue, and close() raises too."""
+    sink = _ArchiveFile(Path("/dev/full"))
+    with pytest.raises(OSError):
+        for _ in range(200):  # far more than the queue holds
+            sink.write(b"x" * (1 << 20))
+        sink.close()
+    sink.abort()
 
 
 # --- against the engine ---------------------------------------------------------------------
