@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from bot.backups import BackupService
+from bot.camps import Camps
 from bot.docker_driver import DockerDriver
 from bot.servers import ServerService
 from bot.settings import Settings
@@ -18,10 +19,15 @@ from bot.warplans import WarplanLibrary
 class Services:
     settings: Settings
     store: Store
-    driver: DockerDriver
+    camps: Camps
     warplans: WarplanLibrary
     servers: ServerService
     backups: BackupService
+
+    @property
+    def driver(self) -> DockerDriver:
+        """The first host's engine: what single-host tools and tests talk to."""
+        return self.camps.default.driver
 
 
 @asynccontextmanager
@@ -30,16 +36,16 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     warplans = WarplanLibrary(settings.warplans_dir)
     store = Store(settings.db_path)
     await store.open()
-    driver = DockerDriver(settings.docker.base_url, settings.docker.timeout)
+    camps = Camps(settings)
     try:
-        servers = ServerService(settings=settings, store=store, driver=driver, warplans=warplans)
-        backups = BackupService(settings=settings, store=store, driver=driver, servers=servers)
+        servers = ServerService(settings=settings, store=store, camps=camps, warplans=warplans)
+        backups = BackupService(settings=settings, store=store, servers=servers)
 
         async def backup_first(server: str, actor: str, trigger: str) -> object:
             return await backups.create_held(server, actor=actor, trigger=trigger)
 
         servers.backup_hook = backup_first
-        yield Services(settings, store, driver, warplans, servers, backups)
+        yield Services(settings, store, camps, warplans, servers, backups)
     finally:
-        await driver.close()
+        await camps.close()
         await store.close()

@@ -213,10 +213,8 @@ def _human(n: int) -> str:
 
 
 class BackupService:
-    def __init__(
-        self, *, settings: Settings, store: Store, driver: DockerDriver, servers: ServerService
-    ) -> None:
-        self.settings, self.store, self.driver, self.servers = settings, store, driver, servers
+    def __init__(self, *, settings: Settings, store: Store, servers: ServerService) -> None:
+        self.settings, self.store, self.servers = settings, store, servers
         self.root = settings.backup_dir
         b = settings.backups
         self.policy = Retention(b.keep_last, b.keep_daily, b.keep_weekly, b.keep_monthly)
@@ -264,7 +262,10 @@ class BackupService:
         started = time.monotonic()
         try:
             async with _Consistency(self, record, plan, info.id, info.running):
-                made = [await self._archive(info.id, v.name, v.path, partial) for v in volumes]
+                driver = self.servers.driver_of(record)
+                made = [
+                    await self._archive(driver, info.id, v.name, v.path, partial) for v in volumes
+                ]
             await asyncio.to_thread(_fsync_dir, partial)
             await asyncio.to_thread(partial.rename, final)
             size = sum(v.size for v in made)
@@ -291,7 +292,9 @@ class BackupService:
                 f"{self.root}, {_human(need)} needed."
             )
 
-    async def _archive(self, cid: str, volume: str, path: str, into: Path) -> BackupVolume:
+    async def _archive(
+        self, driver: DockerDriver, cid: str, volume: str, path: str, into: Path
+    ) -> BackupVolume:
         target = into / f"{volume}{SUFFIX}"
         level = self.settings.backups.level
 
@@ -305,7 +308,7 @@ class BackupService:
 
         sink, writer = await asyncio.to_thread(open_writer)
         try:
-            await self.driver.read_archive(cid, path, writer)
+            await driver.read_archive(cid, path, writer)
 
             def finish() -> tuple[int, str]:
                 writer.flush(zstandard.FLUSH_FRAME)
@@ -387,7 +390,7 @@ class BackupService:
                 parent = str(PurePosixPath(v.path).parent)
                 reader = await asyncio.to_thread(_open_reader, self.root / b.dir / v.file)
                 try:
-                    await self.driver.write_archive(fresh.id, parent, reader)
+                    await self.servers.driver_of(record).write_archive(fresh.id, parent, reader)
                 finally:
                     await asyncio.to_thread(reader.close)
             if was_running:
@@ -410,7 +413,7 @@ class _Consistency:
         save = self.plan.save
         if not self.running or save is None or save.mode == "none":
             return
-        driver = self.svc.driver
+        driver = self.svc.servers.driver_of(self.record)
         if save.mode == "pause":
             await driver.pause(self.cid)
             self.undo = "unpause"
@@ -429,7 +432,7 @@ class _Consistency:
 
     async def _console_save(self, command: str, done: str | None, timeout: int) -> None:
         since = datetime.now(UTC)
-        driver = self.svc.driver
+        driver = self.svc.servers.driver_of(self.record)
         await driver.send_console(self.cid, command)
         if done is None:
             await asyncio.sleep(min(timeout, 5))  # no confirmation line: give it a moment
@@ -448,7 +451,7 @@ class _Consistency:
 
     async def __aexit__(self, *exc: object) -> None:
         if self.undo == "unpause":
-            await self.svc.driver.unpause(self.cid)
+            await self.svc.servers.driver_of(self.record).unpause(self.cid)
         elif self.undo == "start":
             await self.svc.servers.start_held(self.record.name)
 

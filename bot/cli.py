@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a war plan variable (repeatable)",
     )
+    s.add_argument("--host", help="Docker host to create it on (default: most free memory)")
     for action in ("start", "stop", "restart", "status"):
         s = ssub.add_parser(action, help=f"{action} a server")
         s.add_argument("name")
@@ -245,11 +246,12 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
     if args.action == "create":
         values = _parse_sets(args.set)
         record = await servers.create(
-            args.warplan, args.name, values, actor=actor, progress=progress
+            args.warplan, args.name, values, actor=actor, host=args.host, progress=progress
         )
         ports = ", ".join(f"{p.name} {p.host}/{p.protocol}" for p in record.ports) or "none"
+        where = f" on host {record.host}" if len(svc.camps) > 1 else ""
         out.write(
-            f"created {record.name} from {record.warplan} (ports: {ports}); "
+            f"created {record.name} from {record.warplan}{where} (ports: {ports}); "
             f"start it with: peon server start {record.name}\n"
         )
         return 0
@@ -277,6 +279,7 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
             ["name", st.record.name],
             ["war plan", st.record.warplan],
             ["state", st.state],
+            *([["host", st.record.host]] if len(svc.camps) > 1 else []),
             ["uptime", human_duration(st.uptime(now))],
             [
                 "address",
@@ -336,10 +339,12 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
         out.write(f"sent to {args.name}\n")
         return 0
     if args.action == "list":
-        rows = [["NAME", "WAR PLAN", "STATE", "PORTS"]]
+        several = len(svc.camps) > 1
+        rows = [["NAME", "WAR PLAN", "STATE", "PORTS"] + (["HOST"] if several else [])]
         for s in await servers.list_servers():
             ports = ",".join(f"{p.host}/{p.protocol}" for p in s.record.ports) or "-"
-            rows.append([s.record.name, s.record.warplan, s.state, ports])
+            host = [s.record.host] if several else []
+            rows.append([s.record.name, s.record.warplan, s.state, ports, *host])
         _table(rows, out)
         return 0
     if args.action == "audit":
@@ -442,14 +447,15 @@ async def _check(settings: Settings, out: IO[str]) -> int:
             out.write(
                 f"database: ok ({settings.db_path}, schema v{await svc.store.schema_version()})\n"
             )
-            try:
-                info = await svc.driver.ping()
-                out.write(
-                    f"docker: ok (Docker {info.version}, API {info.api_version}, {info.os})\n"
-                )
-            except PeonError as e:
-                failed = True
-                out.write(f"docker: {e}\n")
+            health = await svc.servers.host_health()
+            for h in health:
+                label = "docker" if len(health) == 1 else f"docker host {h.name}"
+                if h.engine is None:
+                    failed = True
+                    out.write(f"{label}: {h.error}\n")
+                    continue
+                e = h.engine
+                out.write(f"{label}: ok (Docker {e.version}, API {e.api_version}, {e.os})\n")
     except Exception as e:
         failed = True
         out.write(f"database: cannot open {settings.db_path} ({e})\n")

@@ -23,7 +23,7 @@ from discord.ext import commands
 from bot import __version__
 from bot.app import Services
 from bot.automation import Automation, Warning
-from bot.errors import DockerUnavailable, PeonError
+from bot.errors import PeonError
 from bot.permissions import Level, Member, check, level_of
 from bot.scheduler import Scheduler
 from bot.schedules import format_span
@@ -271,11 +271,18 @@ class PeonBot(commands.Bot):
         from cogs.servers import PanelButton, ServersCog  # noqa: PLC0415
         from cogs.warplans import WarplansCog  # noqa: PLC0415
 
-        try:
-            info = await self.services.driver.ping()
-        except DockerUnavailable as e:
-            raise StartupError(f"{e} PEON needs it to run; check DOCKER_HOST or the socket.") from e
-        self.engine_version = info.version
+        health = await self.services.servers.host_health()
+        up = [h for h in health if h.engine is not None]
+        if not up:
+            detail = "; ".join(f"{h.name}: {h.error}" for h in health)
+            raise StartupError(
+                f"No Docker engine answers ({detail}). PEON needs one to run; check DOCKER_HOST, "
+                "the socket or hosts: in the config."
+            )
+        for h in health:
+            if h.engine is None:
+                log.warning("docker host %s is unreachable at startup: %s", h.name, h.error)
+        self.engine_version = up[0].engine.version if up[0].engine else "?"
         try:
             await self.services.store.schema_version()
         except Exception as e:

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import docker
 import docker.errors
+import docker.tls
 import requests.exceptions
 from docker.types import LogConfig
 from docker.utils import parse_repository_tag
@@ -39,6 +40,7 @@ from bot.models import (
     Usage,
     VolumeInfo,
 )
+from bot.settings import TLSSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -177,9 +179,18 @@ class PullAggregator:
 class DockerDriver:
     """Async facade over one Docker Engine."""
 
-    def __init__(self, base_url: str | None = None, timeout: int = 60) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        timeout: int = 60,
+        *,
+        host: str | None = None,
+        tls: TLSSettings | None = None,
+    ) -> None:
         self.base_url = base_url
         self.timeout = timeout
+        self.host = host  # named in "unreachable" errors when PEON has several hosts
+        self.tls = tls
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="docker")
@@ -194,17 +205,37 @@ class DockerDriver:
             if self._client is None:
                 if self.base_url:
                     self._client = docker.DockerClient(
-                        base_url=self.base_url, timeout=self.timeout, version="auto"
+                        base_url=self.base_url,
+                        timeout=self.timeout,
+                        version="auto",
+                        tls=self._tls_config(),
+                        # ssh:// through the system's ssh client: ~/.ssh/config, agents and
+                        # known_hosts work as they do for `docker -H ssh://`.
+                        use_ssh_client=self.base_url.startswith("ssh://"),
                     )
                 else:
                     # Honours DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.
                     self._client = docker.from_env(timeout=self.timeout, version="auto")
             return self._client
 
+    def _tls_config(self) -> docker.tls.TLSConfig | bool:
+        t = self.tls
+        if t is None:
+            return False
+        cert = (str(t.client_cert), str(t.client_key)) if t.client_cert and t.client_key else None
+        return docker.tls.TLSConfig(
+            client_cert=cert, ca_cert=str(t.ca_cert) if t.ca_cert else None, verify=t.verify
+        )
+
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         call = functools.partial(_translate(fn), *args, **kwargs)
-        return await loop.run_in_executor(self._pool, call)
+        try:
+            return await loop.run_in_executor(self._pool, call)
+        except DockerUnavailable as e:
+            if self.host is None or e.host is not None:
+                raise
+            raise DockerUnavailable(e.detail, host=self.host) from e
 
     async def close(self) -> None:
         client = self._client
@@ -225,6 +256,8 @@ class DockerDriver:
                 api_version=str(v.get("ApiVersion", "?")),
                 os=f"{info.get('OperatingSystem', '?')} ({info.get('Architecture', '?')})",
                 containers_running=int(info.get("ContainersRunning", 0)),
+                memory=int(info.get("MemTotal", 0)),
+                cpus=int(info.get("NCPU", 0)),
             )
 
         return await self._run(call)

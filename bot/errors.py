@@ -91,10 +91,25 @@ class PortUnavailable(PeonError):
 
 
 class DockerUnavailable(PeonError):
-    def __init__(self, detail: str = "") -> None:
-        self.detail = detail
-        msg = "The Docker engine is unreachable"
+    def __init__(self, detail: str = "", *, host: str | None = None) -> None:
+        self.detail, self.host = detail, host
+        msg = f"Docker host '{host}' is unreachable" if host else "The Docker engine is unreachable"
         super().__init__(f"{msg}: {detail}" if detail else f"{msg}.")
+
+
+class HostNotFound(PeonError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        super().__init__(
+            f"There is no Docker host named '{_clip(name)}' (hosts: {', '.join(known)})."
+        )
+
+
+class NoHostFits(PeonError):
+    def __init__(self, memory: int | None, down: list[str]) -> None:
+        need = f"{memory / 2**20:.0f} MiB of memory" if memory else "a reachable engine"
+        extra = f" ({', '.join(down)} unreachable)" if down else ""
+        super().__init__(f"No Docker host has {need} free for this server{extra}.")
 
 
 class DockerError(PeonError):

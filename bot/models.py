@@ -53,6 +53,7 @@ class ServerRecord:
     updated_at: datetime
     created_by: str
     operation: str | None = None
+    host: str = "local"  # the Docker host ("camp") the server lives on
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class EngineInfo:
     api_version: str
     os: str
     containers_running: int
+    memory: int = 0  # bytes the engine's machine has
+    cpus: int = 0
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,7 @@ class ReconcileReport:
     finished_deletes: list[str] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)
     refreshed: list[str] = field(default_factory=list)
+    unreachable: list[str] = field(default_factory=list)  # hosts (and servers) left as they were
 
     def lines(self) -> list[str]:
         out = []
@@ -241,6 +245,7 @@ class ReconcileReport:
             ("rolled back unfinished creates", self.rolled_back),
             ("finished interrupted deletes", self.finished_deletes),
             ("interrupted operations", self.interrupted),
+            ("not reconciled, host unreachable", self.unreachable),
         ):
             if names:
                 out.append(f"{label}: {', '.join(sorted(names))}")

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,9 +21,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from bot import labels
+from bot.camps import Camp, CampHealth, Camps, allocation
 from bot.docker_driver import ContainerSpec, DockerDriver
 from bot.errors import (
     ContainerMissing,
+    DockerUnavailable,
     InvalidServerName,
     PeonError,
     ServerExists,
@@ -78,9 +79,12 @@ def validate_name(name: str) -> str:
 class ServerSummary:
     record: ServerRecord
     container: ContainerInfo | None
+    unreachable: bool = False  # its Docker host did not answer
 
     @property
     def state(self) -> str:
+        if self.unreachable:
+            return "unreachable"
         return ServerStatus(self.record, self.container, None, "").state
 
 
@@ -110,18 +114,14 @@ class ServerService:
         *,
         settings: Settings,
         store: Store,
-        driver: DockerDriver,
+        camps: Camps,
         warplans: WarplanLibrary,
-        port_probe: Callable[[int, str], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.driver = driver
+        self.camps = camps
         self.warplans = warplans
         self.instance = settings.instance_id
-        self.address = settings.docker.public_address or socket.gethostname()
-        bind = settings.ports.bind_address
-        self._port_free = port_probe or (lambda port, proto: host_port_free(port, proto, bind))
         # Serialises port choice within this process; the UNIQUE constraint covers others.
         self._allocation = asyncio.Lock()
         # Set by the composition root: backs a server up inside an operation that is about to
@@ -129,6 +129,13 @@ class ServerService:
         self.backup_hook: Callable[[str, str, str], Awaitable[object]] | None = None
 
     # --- helpers ----------------------------------------------------------------------------
+
+    def camp_of(self, record: ServerRecord) -> Camp:
+        """The Docker host the server lives on (every action on it goes there)."""
+        return self.camps.get(record.host)
+
+    def driver_of(self, record: ServerRecord) -> DockerDriver:
+        return self.camps.get(record.host).driver
 
     @asynccontextmanager
     async def _operation(self, name: str, operation: str, actor: str) -> AsyncIterator[None]:
@@ -173,9 +180,9 @@ class ServerService:
         if info is not None:
             if info.running:
                 raise ServerStateError(f"Server '{name}' must be stopped first.")
-            await self.driver.remove(info.id)
+            await self.driver_of(record).remove(info.id)
         for vol in remove_volumes:
-            await self.driver.remove_volume(labels.volume_name(name, vol))
+            await self.driver_of(record).remove_volume(labels.volume_name(name, vol))
         return await self._ensure_container(await self.store.get_server(name), plan, None)
 
     def plan_of(self, record: ServerRecord) -> WarPlan:
@@ -195,7 +202,7 @@ class ServerService:
 
     def _container_spec(self, record: ServerRecord, plan: WarPlan) -> ContainerSpec:
         host_ports = {p.name: p.host for p in record.ports}
-        bind = self.settings.ports.bind_address
+        bind = self.camp_of(record).bind_address
         return ContainerSpec(
             name=labels.container_name(record.name),
             image=plan.image,
@@ -215,42 +222,44 @@ class ServerService:
             stdin_open=plan.console,
         )
 
-    async def _ensure_image(self, image: str, server: str, progress: Progress | None) -> None:
-        if await self.driver.image_info(image) is not None:
+    async def _ensure_image(
+        self, driver: DockerDriver, image: str, server: str, progress: Progress | None
+    ) -> None:
+        if await driver.image_info(image) is not None:
             return
         await _emit(progress, Phase(server, "pulling", image))
 
         async def on_pull(p: PullProgress) -> None:
             await _emit(progress, p)
 
-        await self.driver.pull(image, on_pull)
+        await driver.pull(image, on_pull)
 
     async def _current_container(self, record: ServerRecord) -> ContainerInfo | None:
+        driver = self.driver_of(record)
         if record.container_id:
-            info = await self.driver.inspect(record.container_id)
+            info = await driver.inspect(record.container_id)
             if info is not None:
                 return info
         # Found by label, never by name: the record may predate a recreate.
-        found = await self.driver.list_containers(
-            labels.instance_filter(self.instance, record.name)
-        )
+        found = await driver.list_containers(labels.instance_filter(self.instance, record.name))
         # The list gives a summary; the caller needs start time and exit code too.
-        return await self.driver.inspect(found[0].id) if found else None
+        return await driver.inspect(found[0].id) if found else None
 
     async def _ensure_container(
         self, record: ServerRecord, plan: WarPlan, progress: Progress | None
     ) -> ContainerInfo:
         info = await self._current_container(record)
+        driver = self.driver_of(record)
         if info is None:
-            await self._ensure_image(plan.image, record.name, progress)
+            await self._ensure_image(driver, plan.image, record.name, progress)
             await _emit(progress, Phase(record.name, "creating", "container was missing"))
             for vol in plan.volumes:
-                await self.driver.ensure_volume(
+                await driver.ensure_volume(
                     labels.volume_name(record.name, vol.name),
                     labels.volume_labels(self.instance, record.name, plan.name, vol.name),
                 )
-            cid = await self.driver.create_container(self._container_spec(record, plan))
-            info = await self.driver.inspect(cid)
+            cid = await driver.create_container(self._container_spec(record, plan))
+            info = await driver.inspect(cid)
             if info is None:
                 raise ContainerMissing(cid)
         if info.id != record.container_id:
@@ -266,17 +275,20 @@ class ServerService:
         values: dict[str, str] | None = None,
         *,
         actor: str,
+        host: str | None = None,
         progress: Progress | None = None,
     ) -> ServerRecord:
-        """Create a server from a war plan; on any failure nothing is left behind."""
+        """Create a server from a war plan, on `host` or else on the host with the most free
+        memory; on any failure nothing is left behind."""
         try:
             validate_name(name)
             plan = self.warplans.get(warplan)
             variables = resolve_variables(plan, values or {}, name)
             if await self.store.find_server(name) is not None:
                 raise ServerExists(name)
-            await self._ensure_image(plan.image, name, progress)
-            record = await self._reserve(plan, name, variables, actor)
+            camp = self.camps.get(host) if host else await self._place(plan)
+            await self._ensure_image(camp.driver, plan.image, name, progress)
+            record = await self._reserve(camp, plan, name, variables, actor)
         except PeonError as e:
             await self.store.audit(
                 actor, "create", name if NAME_RE.match(name or "") else None, False, str(e)
@@ -284,10 +296,8 @@ class ServerService:
             raise
         try:
             await _emit(progress, Phase(name, "creating"))
-            existing = {
-                v.name
-                for v in await self.driver.list_volumes(labels.instance_filter(self.instance, name))
-            }
+            volumes = await camp.driver.list_volumes(labels.instance_filter(self.instance, name))
+            existing = {v.name for v in volumes}
             new = [
                 labels.volume_name(name, v.name)
                 for v in plan.volumes
@@ -305,21 +315,43 @@ class ServerService:
             await _quiet(self.store.audit(actor, "create", name, False, detail))
             raise
         await self.store.release(name)
-        await self.store.audit(actor, "create", name, True, f"warplan={plan.name}")
+        where = f" host={camp.name}" if len(self.camps) > 1 else ""
+        await self.store.audit(actor, "create", name, True, f"warplan={plan.name}{where}")
         return await self.store.get_server(name)
 
+    async def allocation(self) -> dict[str, tuple[int, int]]:
+        """Per host: (servers, bytes of their plans' memory limits)."""
+        rows = []
+        for r in await self.store.list_servers():
+            plan = self._plan_or_none(r)
+            rows.append((r.host, plan.resources.memory_bytes if plan else None))
+        return allocation(rows)
+
+    async def host_health(self) -> list[CampHealth]:
+        """Every Docker host: reachable or why not, with what PEON placed there."""
+        return await self.camps.health(await self.allocation())
+
+    async def _place(self, plan: WarPlan) -> Camp:
+        return await self.camps.place(plan.resources.memory_bytes, await self.allocation())
+
     async def _reserve(
-        self, plan: WarPlan, name: str, variables: dict[str, str], actor: str
+        self, camp: Camp, plan: WarPlan, name: str, variables: dict[str, str], actor: str
     ) -> ServerRecord:
         wanted = [
             (p.name, p.protocol, None if p.host == "auto" else int(p.host)) for p in plan.ports
         ]
+        # A port free on this machine says nothing of another machine's.
+        local = (camp.settings.base_url or "unix://").startswith("unix://")
+
+        def free(port: int, proto: str) -> bool:
+            return host_port_free(port, proto, camp.bind_address) if local else True
+
         async with self._allocation:
             for attempt in range(3):
-                taken = await self.store.taken_ports() | await self.driver.published_ports()
-                chosen = await asyncio.to_thread(
-                    choose_ports, wanted, self.settings.ports.pool_range, taken, self._port_free
+                taken = (
+                    await self.store.taken_ports(camp.name) | await camp.driver.published_ports()
                 )
+                chosen = await asyncio.to_thread(choose_ports, wanted, camp.pool, taken, free)
                 bindings = [
                     PortBinding(p.name, p.container, p.protocol, chosen[p.name]) for p in plan.ports
                 ]
@@ -331,6 +363,7 @@ class ServerService:
                         variables=variables,
                         ports=bindings,
                         created_by=actor,
+                        host=camp.name,
                     )
                 except sqlite3.IntegrityError:
                     # Another process reserved one of these ports between our read and write.
@@ -339,10 +372,14 @@ class ServerService:
         raise AssertionError("unreachable")
 
     async def _rollback_create(self, name: str) -> None:
-        for info in await self.driver.list_containers(labels.instance_filter(self.instance, name)):
-            await self.driver.remove(info.id, force=True)
+        record = await self.store.find_server(name)
+        if record is None:
+            return
+        driver = self.driver_of(record)
+        for info in await driver.list_containers(labels.instance_filter(self.instance, name)):
+            await driver.remove(info.id, force=True)
         for vol in await self.store.pending_volumes(name):
-            await self.driver.remove_volume(vol)
+            await driver.remove_volume(vol)
         await self.store.delete_server(name)
 
     # --- start / stop / restart ------------------------------------------------------------
@@ -358,16 +395,18 @@ class ServerService:
         record = await self.store.get_server(name)
         plan = self._plan_for(record)
         info = await self._ensure_container(record, plan, progress)
+        address = self.camp_of(record).address
         if info.running:
             await self.store.update_server(name, state=ServerState.RUNNING)
-            return StartResult(name, self.address, record.ports, 0.0, already_running=True)
+            return StartResult(name, address, record.ports, 0.0, already_running=True)
         await _emit(progress, Phase(name, "starting"))
-        await self.driver.start(info.id)
-        started = await self.driver.inspect(info.id)
+        driver = self.driver_of(record)
+        await driver.start(info.id)
+        started = await driver.inspect(info.id)
         await self.store.update_server(name, state=ServerState.RUNNING)
         await _emit(progress, Phase(name, "waiting for ready"))
         await self._wait_ready(record, plan, info.id, started.started_at if started else None)
-        result = StartResult(name, self.address, record.ports, time.monotonic() - began)
+        result = StartResult(name, address, record.ports, time.monotonic() - began)
         await _emit(progress, Phase(name, "ready", result.connect()))
         return result
 
@@ -378,15 +417,15 @@ class ServerService:
         try:
             async with asyncio.timeout(ready.timeout):
                 if ready.log:
-                    await self._wait_log(record.name, cid, re.compile(ready.log), since)
+                    await self._wait_log(record, cid, re.compile(ready.log), since)
                 if ready.port:
                     port = next(p for p in record.ports if p.name == ready.port)
-                    await self._wait_port(record.name, cid, port.host)
+                    await self._wait_port(record, cid, port.host)
                 if not ready.log and not ready.port:
                     await asyncio.sleep(NO_READY_CHECK_SETTLE)
-                    await self._fail_if_exited(record.name, cid)
+                    await self._fail_if_exited(record, cid)
         except TimeoutError:
-            tail = await _quiet_logs(self.driver, cid)
+            tail = await _quiet_logs(self.driver_of(record), cid)
             raise StartFailed(
                 record.name,
                 f"not ready after {ready.timeout} s; it is still running, see its logs",
@@ -394,24 +433,25 @@ class ServerService:
             ) from None
 
     async def _wait_log(
-        self, name: str, cid: str, pattern: re.Pattern[str], since: datetime | None
+        self, record: ServerRecord, cid: str, pattern: re.Pattern[str], since: datetime | None
     ) -> None:
-        async for line in self.driver.follow_logs(cid, since=since):
+        driver = self.driver_of(record)
+        async for line in driver.follow_logs(cid, since=since):
             if pattern.search(line):
                 return
         # The log stream ends only when the container stops.
-        await self._fail_if_exited(name, cid)
+        await self._fail_if_exited(record, cid)
         raise StartFailed(
-            name, "its log ended before the ready line", await _quiet_logs(self.driver, cid)
+            record.name, "its log ended before the ready line", await _quiet_logs(driver, cid)
         )
 
-    async def _wait_port(self, name: str, cid: str, port: int) -> None:
-        host = self.settings.docker.probe_address
+    async def _wait_port(self, record: ServerRecord, cid: str, port: int) -> None:
+        host = self.camp_of(record).probe_address
         while True:
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
             except (OSError, TimeoutError):
-                await self._fail_if_exited(name, cid)
+                await self._fail_if_exited(record, cid)
                 await asyncio.sleep(PORT_CHECK_INTERVAL)
                 continue
             writer.close()
@@ -419,14 +459,15 @@ class ServerService:
                 await writer.wait_closed()
             return
 
-    async def _fail_if_exited(self, name: str, cid: str) -> None:
-        info = await self.driver.inspect(cid)
+    async def _fail_if_exited(self, record: ServerRecord, cid: str) -> None:
+        name, driver = record.name, self.driver_of(record)
+        info = await driver.inspect(cid)
         if info is None:
             raise StartFailed(name, "its container disappeared")
         if not info.running:
             await self.store.update_server(name, state=ServerState.STOPPED)
             raise StartFailed(
-                name, f"it exited with code {info.exit_code}", await _quiet_logs(self.driver, cid)
+                name, f"it exited with code {info.exit_code}", await _quiet_logs(driver, cid)
             )
 
     async def stop(self, name: str, *, actor: str, progress: Progress | None = None) -> bool:
@@ -451,25 +492,26 @@ class ServerService:
             plan: WarPlan | None = self._plan_for(record)
         except ServerStateError:
             plan = None  # the plan is gone; fall back to Docker's stop
+        driver = self.driver_of(record)
         if plan is None:
-            await self.driver.stop(info.id, grace=30)
+            await driver.stop(info.id, grace=30)
             return
         stop = plan.stop
         if stop.console is None and stop.exec is None:
-            await self.driver.stop(info.id, grace=stop.grace)
+            await driver.stop(info.id, grace=stop.grace)
             return
         try:
             if stop.console is not None:
-                await self.driver.send_console(info.id, stop.console)
+                await driver.send_console(info.id, stop.console)
             elif stop.exec is not None:
-                await self.driver.exec(info.id, stop.exec, timeout=max(stop.grace, 5))
+                await driver.exec(info.id, stop.exec, timeout=max(stop.grace, 5))
         except (PeonError, TimeoutError) as e:
             log.warning("stop command for %s failed (%s); using the stop signal", record.name, e)
-            await self.driver.stop(info.id, grace=stop.grace)
+            await driver.stop(info.id, grace=stop.grace)
             return
-        if await self.driver.wait(info.id, timeout=stop.grace) is None:
+        if await driver.wait(info.id, timeout=stop.grace) is None:
             log.warning("%s ignored its stop command for %ss; stopping it", record.name, stop.grace)
-            await self.driver.stop(info.id, grace=5)
+            await driver.stop(info.id, grace=5)
 
     async def restart(
         self, name: str, *, actor: str, progress: Progress | None = None
@@ -481,16 +523,33 @@ class ServerService:
     # --- read-only --------------------------------------------------------------------------
 
     async def list_servers(self) -> list[ServerSummary]:
+        """Every server with its container; a server on an unreachable host is listed with
+        `unreachable` set instead of failing the whole list."""
         records = await self.store.list_servers()
-        containers = await self.driver.list_containers(labels.instance_filter(self.instance))
-        by_server = {c.labels.get(labels.SERVER): c for c in containers}
-        return [ServerSummary(r, by_server.get(r.name)) for r in records]
+        hosts = {r.host for r in records} & set(self.camps.names)
+
+        async def containers_on(host: str) -> list[ContainerInfo] | None:
+            try:
+                return await self.camps.get(host).driver.list_containers(
+                    labels.instance_filter(self.instance)
+                )
+            except DockerUnavailable:
+                return None
+
+        found = dict(zip(hosts, await asyncio.gather(*map(containers_on, hosts)), strict=True))
+        out = []
+        for r in records:
+            on_host = found.get(r.host)
+            by_server = {c.labels.get(labels.SERVER): c for c in on_host or []}
+            out.append(ServerSummary(r, by_server.get(r.name), unreachable=on_host is None))
+        return out
 
     async def status(self, name: str) -> ServerStatus:
         record = await self.store.get_server(name)
         info = await self._current_container(record)
-        usage = await self.driver.stats(info.id) if info is not None and info.running else None
-        return ServerStatus(record, info, usage, self.address)
+        driver = self.driver_of(record)
+        usage = await driver.stats(info.id) if info is not None and info.running else None
+        return ServerStatus(record, info, usage, self.camp_of(record).address)
 
     async def players(self, status: ServerStatus) -> PlayerCount | None:
         """Who is playing on a running server, per its war plan; None when it cannot tell
@@ -531,7 +590,7 @@ class ServerService:
                 tracker = LogPlayerTracker.from_spec(spec)
                 # Replay this run's log: joins and leaves since the container last started,
                 # bounded so a status call never reads a long-running server's whole log.
-                lines = await self.driver.logs(
+                lines = await self.driver_of(record).logs(
                     info.id, tail=PLAYER_LOG_LINES, since=info.started_at
                 )
                 for line in lines:
@@ -539,7 +598,7 @@ class ServerService:
                 return tracker.count()
             ports = {p.name: p.host for p in record.ports}
             return await count_players(
-                spec, self.settings.docker.probe_address, ports, server=record.name
+                spec, self.camp_of(record).probe_address, ports, server=record.name
             )
         except (PeonError, ValueError) as e:
             log.info("player count for %s unavailable: %s", record.name, e)
@@ -557,7 +616,7 @@ class ServerService:
         if plan.say is None or info is None or not info.running:
             return False
         text = " ".join(message.split())  # one console line, whatever the message holds
-        await self.driver.send_console(info.id, plan.say.replace("{message}", text))
+        await self.driver_of(record).send_console(info.id, plan.say.replace("{message}", text))
         return True
 
     async def logs(self, name: str, tail: int = 100) -> list[str]:
@@ -565,7 +624,7 @@ class ServerService:
         info = await self._current_container(record)
         if info is None:
             raise ServerStateError(f"Server '{name}' has no container, so no logs; start it first.")
-        return await self.driver.logs(info.id, tail=max(1, min(tail, MAX_LOG_TAIL)))
+        return await self.driver_of(record).logs(info.id, tail=max(1, min(tail, MAX_LOG_TAIL)))
 
     async def console(self, name: str, command: str, *, actor: str) -> None:
         """Write a console command to the server's stdin."""
@@ -577,7 +636,7 @@ class ServerService:
             info = await self._current_container(record)
             if info is None or not info.running:
                 raise ServerStateError(f"Server '{name}' is not running.")
-            await self.driver.send_console(info.id, command)
+            await self.driver_of(record).send_console(info.id, command)
 
     # --- update -----------------------------------------------------------------------------
 
@@ -588,7 +647,8 @@ class ServerService:
         async with self._operation(name, "update", actor):
             record = await self.store.get_server(name)
             plan = self._plan_for(record)
-            local = await self.driver.image_info(plan.image)
+            driver = self.driver_of(record)
+            local = await driver.image_info(plan.image)
             pulled = False
             if pull and (local is None or local.repo_digests):
                 # Pull before touching the server: a registry error leaves it as it was.
@@ -597,11 +657,11 @@ class ServerService:
                 async def on_pull(p: PullProgress) -> None:
                     await _emit(progress, p)
 
-                local = await self.driver.pull(plan.image, on_pull)
+                local = await driver.pull(plan.image, on_pull)
                 pulled = True
             elif local is None:
-                await self._ensure_image(plan.image, name, progress)
-                local = await self.driver.image_info(plan.image)
+                await self._ensure_image(driver, plan.image, name, progress)
+                local = await driver.image_info(plan.image)
             if local is None:
                 raise ServerStateError(f"Image '{plan.image}' is not available for '{name}'.")
             info = await self._current_container(record)
@@ -612,7 +672,7 @@ class ServerService:
                 if info.running:
                     await _emit(progress, Phase(name, "stopping"))
                     await self._graceful_stop(record, info)
-                await self.driver.remove(info.id, force=True)
+                await driver.remove(info.id, force=True)
             await self.store.update_server(
                 name, image=plan.image, container_id=None, state=ServerState.STOPPED
             )
@@ -658,13 +718,14 @@ class ServerService:
             return await self._finish_delete(name, purge)
 
     async def _finish_delete(self, name: str, purge: bool) -> DeleteResult:
-        for info in await self.driver.list_containers(labels.instance_filter(self.instance, name)):
-            await self.driver.remove(info.id, force=True)
-        volumes = await self.driver.list_volumes(labels.instance_filter(self.instance, name))
+        driver = self.driver_of(await self.store.get_server(name))
+        for info in await driver.list_containers(labels.instance_filter(self.instance, name)):
+            await driver.remove(info.id, force=True)
+        volumes = await driver.list_volumes(labels.instance_filter(self.instance, name))
         removed: list[str] = []
         if purge:
             for vol in volumes:
-                await self.driver.remove_volume(vol.name)
+                await driver.remove_volume(vol.name)
                 removed.append(vol.name)
         await self.store.delete_server(name)
         kept = tuple(v.name for v in volumes if v.name not in removed)
@@ -682,42 +743,54 @@ class ServerService:
         """
         report = ReconcileReport()
         for name, op in await self.store.stale_leases():
-            if op == "create":
-                await self._rollback_create(name)
-                report.rolled_back.append(name)
-            elif op in ("delete", "purge"):
-                await self._finish_delete(name, purge=op == "purge")
-                report.finished_deletes.append(name)
-            else:
-                await self.store.break_lease(name)
-                report.interrupted.append(f"{name} ({op})")
-            await self.store.audit(actor, "reconcile", name, True, f"interrupted {op}")
-        # Detailed: adoption reads each container's environment and port bindings.
-        containers = await self.driver.list_containers(
-            labels.instance_filter(self.instance), detailed=True
-        )
-        by_server = {c.labels.get(labels.SERVER, ""): c for c in containers}
-        for record in await self.store.list_servers():
-            if record.operation:
-                continue  # a live operation in another process owns this server now
-            info = by_server.pop(record.name, None)
-            if info is None:
-                if record.state not in (ServerState.MISSING, ServerState.CREATING):
-                    await self.store.update_server(record.name, state=ServerState.MISSING)
-                    report.missing.append(record.name)
+            try:
+                if op == "create":
+                    await self._rollback_create(name)
+                    report.rolled_back.append(name)
+                elif op in ("delete", "purge"):
+                    await self._finish_delete(name, purge=op == "purge")
+                    report.finished_deletes.append(name)
+                else:
+                    await self.store.break_lease(name)
+                    report.interrupted.append(f"{name} ({op})")
+            except DockerUnavailable as e:
+                # Its host is down: leave the lease for the next reconcile to finish.
+                report.unreachable.append(f"{name} ({e})")
                 continue
-            state = ServerState.RUNNING if info.running else ServerState.STOPPED
-            if state != record.state or info.id != record.container_id:
-                await self.store.update_server(record.name, state=state, container_id=info.id)
-                report.refreshed.append(record.name)
-        for server, info in by_server.items():
-            if await self._adopt(server, info, actor):
-                report.adopted.append(server)
-            else:
-                report.orphans.append(info.name)
+            await self.store.audit(actor, "reconcile", name, True, f"interrupted {op}")
+        records = await self.store.list_servers()
+        for camp in self.camps:
+            try:
+                # Detailed: adoption reads each container's environment and port bindings.
+                containers = await camp.driver.list_containers(
+                    labels.instance_filter(self.instance), detailed=True
+                )
+            except DockerUnavailable as e:
+                # Nothing is known of its servers: they keep their records as they are.
+                report.unreachable.append(str(e))
+                continue
+            by_server = {c.labels.get(labels.SERVER, ""): c for c in containers}
+            for record in records:
+                if record.host != camp.name or record.operation:
+                    continue  # another host's, or a live operation in another process owns it
+                info = by_server.pop(record.name, None)
+                if info is None:
+                    if record.state not in (ServerState.MISSING, ServerState.CREATING):
+                        await self.store.update_server(record.name, state=ServerState.MISSING)
+                        report.missing.append(record.name)
+                    continue
+                state = ServerState.RUNNING if info.running else ServerState.STOPPED
+                if state != record.state or info.id != record.container_id:
+                    await self.store.update_server(record.name, state=state, container_id=info.id)
+                    report.refreshed.append(record.name)
+            for server, info in by_server.items():
+                if await self._adopt(camp, server, info, actor):
+                    report.adopted.append(server)
+                else:
+                    report.orphans.append(info.name)
         return report
 
-    async def _adopt(self, server: str, info: ContainerInfo, actor: str) -> bool:
+    async def _adopt(self, camp: Camp, server: str, info: ContainerInfo, actor: str) -> bool:
         plan_name = info.labels.get(labels.WARPLAN, "")
         if not NAME_RE.match(server) or plan_name not in self.warplans.names():
             return False
@@ -737,6 +810,7 @@ class ServerService:
                 variables=variables,
                 ports=bindings,
                 created_by="adopted",
+                host=camp.name,
             )
         except (PeonError, sqlite3.IntegrityError):
             return False

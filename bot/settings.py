@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from bot.errors import ConfigError
 from bot.ports import parse_pool
 from bot.schedules import ScheduleError, parse_duration, parse_zone
+from bot.sizes import parse_size
 
 DEFAULT_CONFIG = Path("config/peon.yaml")
 
@@ -38,6 +39,64 @@ class DockerSettings(_Model):
     probe_address: str = Field(
         default="127.0.0.1", description="Where PEON itself reaches published ports (ready checks)."
     )
+
+
+class TLSSettings(_Model):
+    """Client TLS for a tcp:// engine (what `docker --tlsverify` takes)."""
+
+    ca_cert: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    verify: bool = True
+
+
+HOST_NAME = r"^[a-z0-9][a-z0-9-]{0,31}$"
+
+
+class HostSettings(_Model):
+    """One Docker host ("camp") PEON places servers on."""
+
+    name: str = Field(pattern=HOST_NAME)
+    base_url: str | None = Field(
+        default=None,
+        description="unix:///var/run/docker.sock, tcp://host:2376 (with tls) or ssh://user@host; "
+        "unset means DOCKER_HOST or the local socket.",
+    )
+    tls: TLSSettings | None = None
+    timeout: int = Field(default=60, ge=5, le=600)
+    public_address: str | None = Field(
+        default=None, description="Address players connect to for servers on this host."
+    )
+    probe_address: str = Field(
+        default="127.0.0.1", description="Where PEON reaches this host's published ports."
+    )
+    pool: str | None = Field(default=None, description="Port pool; unset means ports.pool.")
+    bind_address: str | None = Field(default=None, description="Unset means ports.bind_address.")
+    memory: str | None = Field(
+        default=None,
+        description="Memory PEON may hand out on this host, e.g. 16g; unset means all of it.",
+    )
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_pool(v)
+        return v
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_size(v)
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("unix://", "tcp://", "ssh://", "npipe://")):
+            raise ValueError("must start with unix://, tcp:// or ssh://")
+        return v
 
 
 class PortSettings(_Model):
@@ -192,6 +251,9 @@ class Settings(_Model):
     data_dir: Path = Path("data")
     warplans_dir: Path = Path("warplans")
     docker: DockerSettings = Field(default_factory=DockerSettings)
+    hosts: list[HostSettings] = Field(
+        default_factory=list, description="Several Docker hosts; unset means one, from docker:."
+    )
     ports: PortSettings = Field(default_factory=PortSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
@@ -199,6 +261,32 @@ class Settings(_Model):
     backups: BackupSettings = Field(default_factory=BackupSettings)
     source: str = Field(default="(defaults)", exclude=True)
     discord_token: SecretStr | None = Field(default=None, exclude=True)
+
+    @field_validator("hosts")
+    @classmethod
+    def _unique_hosts(cls, v: list[HostSettings]) -> list[HostSettings]:
+        names = [h.name for h in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"host names must be unique; '{dupes[0]}' is listed twice")
+        return v
+
+    @property
+    def camps(self) -> list[HostSettings]:
+        """The Docker hosts, in config order: `hosts:`, or the single `docker:` engine, named
+        'local' (the name servers created before hosts existed carry)."""
+        if self.hosts:
+            return list(self.hosts)
+        d = self.docker
+        return [
+            HostSettings(
+                name="local",
+                base_url=d.base_url,
+                timeout=d.timeout,
+                public_address=d.public_address,
+                probe_address=d.probe_address,
+            )
+        ]
 
     @property
     def db_path(self) -> Path:

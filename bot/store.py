@@ -109,10 +109,31 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX backups_server ON backups(server, created_at);
     """,
+    # 4: several Docker hosts. Each server lives on one host; host ports are unique per host
+    # (two hosts may publish the same port), so the ports table is rebuilt with its host.
+    """
+    ALTER TABLE servers ADD COLUMN host TEXT NOT NULL DEFAULT 'local';
+    CREATE TABLE ports_v4 (
+        server TEXT NOT NULL REFERENCES servers(name) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        protocol TEXT NOT NULL CHECK (protocol IN ('tcp', 'udp')),
+        container_port INTEGER NOT NULL,
+        host_port INTEGER NOT NULL,
+        host TEXT NOT NULL DEFAULT 'local',
+        PRIMARY KEY (server, name),
+        UNIQUE (host, host_port, protocol)
+    );
+    INSERT INTO ports_v4 (server, name, protocol, container_port, host_port, host)
+        SELECT p.server, p.name, p.protocol, p.container_port, p.host_port, s.host
+        FROM ports p JOIN servers s ON s.name = p.server;
+    DROP TABLE ports;
+    ALTER TABLE ports_v4 RENAME TO ports;
+    """,
 ]
 
 _SERVER_COLUMNS = (
-    "name, warplan, image, variables, state, container_id, created_at, updated_at, created_by, op"
+    "name, warplan, image, variables, state, container_id, created_at, updated_at, created_by, "
+    "op, host"
 )
 SQL_SERVER = f"SELECT {_SERVER_COLUMNS} FROM servers WHERE name = ?"  # noqa: S608 - constant
 SQL_SERVERS = f"SELECT {_SERVER_COLUMNS} FROM servers ORDER BY name"  # noqa: S608 - constant
@@ -121,10 +142,11 @@ SQL_PORTS = f"{_PORT_COLUMNS} ORDER BY server, rowid"
 SQL_SERVER_PORTS = f"{_PORT_COLUMNS} WHERE server = ? ORDER BY rowid"
 SQL_INSERT_SERVER = (
     "INSERT INTO servers (name, warplan, image, variables, state, created_at, updated_at, "
-    "created_by, op, op_owner, op_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "created_by, op, op_owner, op_started, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 SQL_INSERT_PORT = (
-    "INSERT INTO ports (server, name, protocol, container_port, host_port) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO ports (server, name, protocol, container_port, host_port, host) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
 )
 SQL_ACQUIRE = (
     "UPDATE servers SET op = ?, op_owner = ?, op_started = ? WHERE name = ? AND op IS NULL"
@@ -226,8 +248,10 @@ class Store:
         variables: dict[str, str],
         ports: Iterable[PortBinding],
         created_by: str,
+        host: str = "local",
     ) -> ServerRecord:
-        """Insert a record in state CREATING with its ports reserved, holding the 'create' lease.
+        """Insert a record in state CREATING with its ports reserved (on its host), holding the
+        'create' lease.
 
         Raises ServerExists for a taken name; sqlite3.IntegrityError from the ports table
         means another process reserved one of the ports first.
@@ -255,10 +279,13 @@ class Store:
                     "create",
                     self.owner,
                     now,
+                    host,
                 ),
             )
             for p in ports:
-                await db.execute(SQL_INSERT_PORT, (name, p.name, p.protocol, p.container, p.host))
+                await db.execute(
+                    SQL_INSERT_PORT, (name, p.name, p.protocol, p.container, p.host, host)
+                )
             await db.commit()
         except BaseException:
             await db.rollback()
@@ -290,8 +317,9 @@ class Store:
             out.setdefault(srv, []).append(PortBinding(pname, cport, proto, hport))
         return {k: tuple(v) for k, v in out.items()}
 
-    async def taken_ports(self) -> set[tuple[int, str]]:
-        rows = await (await self.db.execute("SELECT host_port, protocol FROM ports")).fetchall()
+    async def taken_ports(self, host: str = "local") -> set[tuple[int, str]]:
+        sql = "SELECT host_port, protocol FROM ports WHERE host = ?"
+        rows = await (await self.db.execute(sql, (host,))).fetchall()
         return {(int(r[0]), str(r[1])) for r in rows}
 
     async def update_server(self, name: str, **fields: Any) -> None:
@@ -521,6 +549,7 @@ def _record(row: Any, ports: tuple[PortBinding, ...]) -> ServerRecord:
         updated_at=_dt(row[7]),
         created_by=row[8],
         operation=row[9],
+        host=row[10],
         ports=ports,
     )
 

@@ -25,14 +25,13 @@ from pydantic import (
 )
 
 from bot.errors import VariableError, WarplanError, WarplanNotFound
+from bot.sizes import parse_size
 
 SLUG = r"^[a-z0-9][a-z0-9-]{0,31}$"
 VAR_NAME = r"^[a-z][a-z0-9_]{0,47}$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL")
 _TEMPLATE = re.compile(r"\{(server|port:[a-z0-9-]+)\}")
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n"}
 
@@ -50,16 +49,6 @@ def _check_regex(value: str | None) -> str | None:
         except re.error as e:
             raise ValueError(f"not a valid regular expression ({e})") from e
     return value
-
-
-def parse_size(text: str | int) -> int:
-    """Turn '4g', '512m', '1.5GiB' or a byte count into bytes."""
-    if isinstance(text, int):
-        return text
-    m = _SIZE.match(text.strip())
-    if not m:
-        raise ValueError(f"'{text}' is not a size such as 512m or 4g")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
 
 
 class PortSpec(_Model):

@@ -11,7 +11,6 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.client import Access
-from bot.errors import PeonError
 from bot.permissions import ACTIONS, Level, needed_for
 from bot.settings import load_settings
 from cogs.common import INFO, OK, WARN
@@ -48,13 +47,24 @@ class PeonCog(commands.Cog, name="PeonCog"):
         await interaction.response.defer(ephemeral=True, thinking=True)
         services = self.bot.services
         embed = discord.Embed(title="PEON status", colour=OK)
-        try:
-            info = await services.driver.ping()
-            engine = f"🟢 Docker {info.version} · {info.containers_running} containers running"
-        except PeonError as e:
-            engine, embed.colour = f"🔴 {e}", WARN
+        lines = []
+        for h in await services.servers.host_health():
+            if h.engine is None:
+                lines.append(f"🔴 **{h.name}**: {h.error} ({h.servers} servers)")
+                embed.colour = WARN
+                continue
+            e = h.engine
+            lines.append(
+                f"🟢 **{h.name}**: Docker {e.version} · {e.containers_running} containers running"
+                f" · {h.servers} servers · memory {_gib(h.allocated)}/{_gib(e.memory)} GiB "
+                "allocated"
+            )
         servers = await services.store.list_servers()
-        embed.add_field(name="Docker engine", value=engine, inline=False)
+        embed.add_field(
+            name="Docker hosts" if len(lines) > 1 else "Docker engine",
+            value="\n".join(lines)[:1024],
+            inline=False,
+        )
         embed.add_field(name="Servers", value=str(len(servers)))
         embed.add_field(name="War plans", value=str(len(services.warplans.names())))
         embed.add_field(name="Gateway latency", value=f"{self.bot.latency * 1000:.0f} ms")
@@ -111,3 +121,7 @@ class PeonCog(commands.Cog, name="PeonCog"):
         if restart:
             embed.add_field(name="Needs a restart", value=", ".join(restart), inline=False)
         await interaction.response.send_message(embed=embed, ephemeral=True)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f}"

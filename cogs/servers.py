@@ -49,6 +49,7 @@ class CreateSession:
     user_id: int
     plan: WarPlan
     name: str
+    host: str | None = None
     values: dict[str, str] = field(default_factory=dict)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
@@ -222,16 +223,34 @@ class ServersCog(commands.Cog, name="ServersCog"):
 
     # --- create -----------------------------------------------------------------------------
 
+    async def host_autocomplete(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        names = [n for n in self.servers.camps.names if current.lower() in n]
+        return [app_commands.Choice(name=n, value=n) for n in names[:MAX_CHOICES]]
+
     @server.command(name="create", description="Create a game server from a war plan")
-    @app_commands.describe(warplan="The game's war plan", name="Server name: a-z, 0-9, -")
-    @app_commands.autocomplete(warplan=warplan_autocomplete)
-    async def create(self, interaction: discord.Interaction[Any], warplan: str, name: str) -> None:
+    @app_commands.describe(
+        warplan="The game's war plan",
+        name="Server name: a-z, 0-9, -",
+        host="Docker host to run it on (default: the one with the most free memory)",
+    )
+    @app_commands.autocomplete(warplan=warplan_autocomplete, host=host_autocomplete)
+    async def create(
+        self,
+        interaction: discord.Interaction[Any],
+        warplan: str,
+        name: str,
+        host: str | None = None,
+    ) -> None:
         self.access.check(interaction, "create")
         validate_name(name)
         plan = self.warplans.get(warplan)
+        if host is not None:
+            self.servers.camps.get(host)  # an unknown host is refused before any form
         if await self.servers.store.find_server(name) is not None:
             raise ServerExists(name)
-        session = CreateSession(interaction.user.id, plan, name)
+        session = CreateSession(interaction.user.id, plan, name, host)
         if not plan.variables:
             await self.run_create(interaction, session)
             return
@@ -247,6 +266,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
             session.name,
             session.values,
             actor=actor(interaction),
+            host=session.host,
             progress=progress,
         )
         ports = "\n".join(f"`{p.host}/{p.protocol}` ({p.name})" for p in record.ports) or "—"
@@ -256,6 +276,8 @@ class ServersCog(commands.Cog, name="ServersCog"):
             colour=OK,
         )
         embed.add_field(name="Ports", value=ports)
+        if len(self.servers.camps) > 1:
+            embed.add_field(name="Host", value=record.host)
         await progress.finish(embed)
 
     # --- lifecycle --------------------------------------------------------------------------

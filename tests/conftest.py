@@ -45,8 +45,8 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     return Settings(**data)  # type: ignore[arg-type]
 
 
-def cleanup_instance(instance: str) -> None:
-    client = docker.from_env()
+def cleanup_instance(instance: str, base_url: str | None = None) -> None:
+    client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
     flt = {"label": [f"io.peon.instance={instance}"]}
     for c in client.containers.list(all=True, filters=flt):
         c.remove(force=True)

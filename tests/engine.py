@@ -66,9 +66,15 @@ def busybox_binary() -> Path:
     )
 
 
-def build_fakegame(tag: str = FAKEGAME_IMAGE, version: str = "1") -> str:
+def build_fakegame(
+    tag: str = FAKEGAME_IMAGE, version: str = "1", base_url: str | None = None
+) -> str:
     """Build the fake game image FROM scratch + static busybox; returns the image id."""
-    client = docker.from_env(timeout=120)
+    client = (
+        docker.DockerClient(base_url=base_url, timeout=120)
+        if base_url
+        else docker.from_env(timeout=120)
+    )
     with tempfile.TemporaryDirectory() as ctx:
         for name in ("Dockerfile", "game.sh"):
             shutil.copy(FAKEGAME_DIR / name, Path(ctx) / name)
@@ -78,3 +84,85 @@ def build_fakegame(tag: str = FAKEGAME_IMAGE, version: str = "1") -> str:
         )
     client.close()
     return str(image.id)
+
+
+class SecondEngine:
+    """A second dockerd on this machine, the other "host" of the multi-host tests.
+
+    Per ../shared/TESTING.md: its own socket, data root, exec root and pidfile, and its own
+    bridge (created here), never --bridge=none beside the first engine. It leaves iptables to
+    the first engine; published ports still answer on 127.0.0.1 through docker-proxy.
+    """
+
+    BRIDGE = "peon-br2"
+    BRIDGE_ADDRESS = "10.223.0.1/24"
+
+    def __init__(self, root: Path) -> None:
+        # Short paths: containerd's socket lives under the exec root (sun_path is 108 bytes).
+        self.root = root
+        self.socket = root / "docker.sock"
+        self.base_url = f"unix://{self.socket}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = root / "dockerd.log"
+
+    def answers(self) -> bool:
+        try:
+            client = docker.DockerClient(base_url=self.base_url, timeout=5)
+            client.ping()
+            client.close()
+        except docker.errors.DockerException:
+            return False
+        return True
+
+    def _bridge(self) -> None:
+        if subprocess.run(["ip", "link", "show", self.BRIDGE], capture_output=True).returncode:
+            for cmd in (
+                ["ip", "link", "add", self.BRIDGE, "type", "bridge"],
+                ["ip", "addr", "add", self.BRIDGE_ADDRESS, "dev", self.BRIDGE],
+                ["ip", "link", "set", self.BRIDGE, "up"],
+            ):
+                subprocess.run(cmd, check=True, capture_output=True)
+
+    def start(self) -> None:
+        dockerd = shutil.which("dockerd")
+        if dockerd is None or os.geteuid() != 0:
+            raise RuntimeError("A second engine needs dockerd and root.")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._bridge()
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    dockerd,
+                    f"--host={self.base_url}",
+                    f"--data-root={self.root / 'data'}",
+                    f"--exec-root={self.root / 'exec'}",
+                    f"--pidfile={self.root / 'dockerd.pid'}",
+                    f"--bridge={self.BRIDGE}",
+                    "--iptables=false",
+                    "--ip6tables=false",
+                ],
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.answers():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.3)
+        raise RuntimeError(f"the second dockerd did not answer; see {self.log}")
+
+    def stop(self) -> None:
+        """Stop the engine (SIGTERM, as a service manager would). Its containers stop with it
+        and, as on any engine restart, come back only if told to."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
