@@ -28,6 +28,7 @@ from bot.permissions import Level, Member, check, level_of
 from bot.scheduler import Scheduler
 from bot.schedules import format_span
 from bot.settings import DiscordSettings, GuildSettings, Settings
+from bot.watch import Crash, CrashWatch
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,38 @@ class DiscordNotifier:
         parts += [f"{', '.join(left)} left"] if left else []
         await self.announce(f"👋 **{server}**: {'; '.join(parts)} ({online} online)")
 
+    # --- the crash watch's CrashNotifier ----------------------------------------------------
+
+    async def crashed(self, crash: Crash) -> None:
+        code = "" if crash.exit_code is None else f" (exit code {crash.exit_code})"
+        if crash.restart_in is not None:
+            then = (
+                f"Restarting in {format_span(timedelta(seconds=crash.restart_in))} "
+                f"(try {crash.attempt} of {crash.max_attempts})."
+            )
+        elif crash.max_attempts and crash.attempt > crash.max_attempts:
+            then = f"Not restarting: it crashed again after {crash.max_attempts} restarts."
+        else:
+            then = "Restarting crashed servers is off; start it when it is fixed."
+        text = f"💥 **{crash.server}** stopped unexpectedly{code}. {then}"
+        embed = None
+        if crash.logs:
+            # A fence inside the lines would end the code block early.
+            tail = "\n".join(line[:300] for line in crash.logs)[-3900:].replace("```", "`\u200b``")
+            embed = discord.Embed(title="Last log lines", description=f"```\n{tail}\n```")
+        await self.announce(text, embed=embed, mention=True)
+
+    async def recovered(self, server: str, attempt: int, connect: str) -> None:
+        await self.announce(
+            f"🔁 **{server}** is back after a crash (restart {attempt}): `{connect}`"
+        )
+
+    async def gave_up(self, server: str, attempts: int, error: str | None) -> None:
+        why = f": {error}" if error else ""
+        await self.announce(
+            f"🛑 **{server}** stays down after {attempts} failed restarts{why}", mention=True
+        )
+
 
 class PeonBot(commands.Bot):
     services: Services
@@ -255,6 +288,7 @@ class PeonBot(commands.Bot):
         self.discord_settings = services.settings.discord
         self.notifier = DiscordNotifier(self)
         self.automation: Automation | None = None
+        self.crash_watch: CrashWatch | None = None
         self.engine_version = "?"
         self.max_loop_stall = 0.0  # seconds; the worst event-loop stall since start
         self._watchdog: asyncio.Task[None] | None = None
@@ -310,6 +344,10 @@ class PeonBot(commands.Bot):
         await self.sync_commands()
         # After the commands: catching up may start servers and post in the channel.
         await self.automation.start()
+        self.crash_watch = CrashWatch(
+            servers=self.services.servers, settings=self.settings.crash, notifier=self.notifier
+        )
+        self.crash_watch.start()
         self._watchdog = asyncio.create_task(self._watch_loop(), name="loop-watchdog")
 
     async def _watch_loop(self) -> None:
@@ -326,6 +364,8 @@ class PeonBot(commands.Bot):
     async def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self.crash_watch is not None:
+            await self.crash_watch.close()
         if self.automation is not None:
             await self.automation.close()
         await super().close()

@@ -33,6 +33,7 @@ from bot.errors import (
     PeonError,
 )
 from bot.models import (
+    ContainerEvent,
     ContainerInfo,
     EngineInfo,
     ImageInfo,
@@ -516,36 +517,75 @@ class DockerDriver:
         return await self._run(call)
 
     async def follow_logs(self, ref: str, since: datetime | None = None) -> AsyncIterator[str]:
-        """Yield log lines as the container writes them; ends when the container stops.
+        """Yield log lines as the container writes them; ends when the container stops."""
 
-        The stream lives in a worker thread; leaving the iterator closes it, which frees the
-        thread even if the container stays silent.
-        """
+        def open_stream() -> Any:
+            return self._docker().api.logs(
+                ref,
+                stdout=True,
+                stderr=True,
+                stream=True,
+                follow=True,
+                # A float keeps the sub-second part docker-py drops from a datetime: a
+                # confirmation line printed just before `since` must not count.
+                since=since.timestamp() if since is not None else None,
+            )
+
+        buf = [b""]
+
+        def lines(chunk: bytes | None) -> list[str]:
+            if chunk is None:  # end of stream: what is left is the last line
+                return [buf[0].decode(errors="replace")] if buf[0] else []
+            *done, buf[0] = (buf[0] + chunk).split(b"\n")
+            return [line.decode(errors="replace") for line in done]
+
+        async for line in self._stream(ref, open_stream, lines):
+            yield line
+
+    async def events(self, labels: dict[str, str]) -> AsyncIterator[ContainerEvent]:
+        """Yield the engine's container lifecycle events (start, die, ...) for containers
+        with these labels, as they happen, until the engine goes away (DockerUnavailable)."""
+
+        def open_stream() -> Any:
+            flt = {"type": "container", "label": [f"{k}={v}" for k, v in labels.items()]}
+            return self._docker().api.events(filters=flt, decode=True)
+
+        def parse(event: dict[str, Any] | None) -> list[ContainerEvent]:
+            if event is None:
+                return []
+            attrs = (event.get("Actor") or {}).get("Attributes") or {}
+            code = attrs.get("exitCode")
+            return [
+                ContainerEvent(
+                    action=str(event.get("Action") or event.get("status") or ""),
+                    container_id=str((event.get("Actor") or {}).get("ID") or event.get("id")),
+                    labels={str(k): str(v) for k, v in attrs.items()},
+                    exit_code=int(code) if code is not None and str(code).isdigit() else None,
+                )
+            ]
+
+        async for event in self._stream("events", open_stream, parse):
+            yield event
+
+    async def _stream(
+        self, ref: str, open_stream: Callable[[], Any], items: Callable[[Any], list[T]]
+    ) -> AsyncIterator[T]:
+        """Run a blocking docker-py stream in a worker thread and yield what `items` makes of
+        each chunk (and of None, at the end). Leaving the iterator closes the stream, which
+        frees the thread even if the engine stays silent."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        queue: asyncio.Queue[list[T] | BaseException | None] = asyncio.Queue()
         holder: dict[str, Any] = {}
 
         def pump() -> None:
             try:
-                stream = self._docker().api.logs(
-                    ref,
-                    stdout=True,
-                    stderr=True,
-                    stream=True,
-                    follow=True,
-                    # A float keeps the sub-second part docker-py drops from a datetime: a
-                    # confirmation line printed just before `since` must not count.
-                    since=since.timestamp() if since is not None else None,
-                )
+                stream = open_stream()
                 holder["stream"] = stream
-                buf = b""
                 for chunk in stream:
-                    buf += chunk
-                    *lines, buf = buf.split(b"\n")
-                    for line in lines:
-                        loop.call_soon_threadsafe(queue.put_nowait, line.decode(errors="replace"))
-                if buf:
-                    loop.call_soon_threadsafe(queue.put_nowait, buf.decode(errors="replace"))
+                    if out := items(chunk):
+                        loop.call_soon_threadsafe(queue.put_nowait, out)
+                if out := items(None):
+                    loop.call_soon_threadsafe(queue.put_nowait, out)
                 loop.call_soon_threadsafe(queue.put_nowait, None)
             except BaseException as e:
                 if holder.get("closed"):
@@ -556,14 +596,15 @@ class DockerDriver:
         worker = loop.run_in_executor(self._pool, _translate(pump))
         try:
             while True:
-                item = await queue.get()
-                if item is None:
+                batch = await queue.get()
+                if batch is None:
                     return
-                if isinstance(item, docker.errors.NotFound):
-                    raise ContainerMissing(ref) from item
-                if isinstance(item, BaseException):
-                    raise DockerUnavailable(_short(str(item))) from item
-                yield item
+                if isinstance(batch, docker.errors.NotFound):
+                    raise ContainerMissing(ref) from batch
+                if isinstance(batch, BaseException):
+                    raise DockerUnavailable(_short(str(batch)), host=self.host) from batch
+                for item in batch:
+                    yield item
         finally:
             holder["closed"] = True
             stream = holder.get("stream")

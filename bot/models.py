@@ -120,6 +120,16 @@ class EngineInfo:
 
 
 @dataclass(frozen=True)
+class ContainerEvent:
+    """One container lifecycle event from an engine (start, die, stop, ...)."""
+
+    action: str
+    container_id: str
+    labels: dict[str, str]
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
 class ImageInfo:
     id: str
     tags: tuple[str, ...]

@@ -624,7 +624,29 @@ class ServerService:
         info = await self._current_container(record)
         if info is None:
             raise ServerStateError(f"Server '{name}' has no container, so no logs; start it first.")
-        return await self.driver_of(record).logs(info.id, tail=max(1, min(tail, MAX_LOG_TAIL)))
+        lines = await self.driver_of(record).logs(info.id, tail=max(1, min(tail, MAX_LOG_TAIL)))
+        return self.redact(record, lines)
+
+    def redact(self, record: ServerRecord, lines: list[str]) -> list[str]:
+        """Log lines with the values of secret variables masked: a game that echoes its
+        password must not put it in a Discord message."""
+        secret = self._secret_names(record)
+        values = sorted(
+            (v for k, v in record.variables.items() if k in secret and len(v) >= 3),
+            key=len,
+            reverse=True,
+        )
+        if not values:
+            return lines
+        pattern = re.compile("|".join(map(re.escape, values)))
+        return [pattern.sub("••••••", line) for line in lines]
+
+    def _secret_names(self, record: ServerRecord) -> set[str]:
+        try:
+            plan = self.warplans.get(record.warplan)
+        except WarplanNotFound:
+            return set(record.variables)  # unknown plan: treat everything as possibly secret
+        return {v.name for v in plan.variables if v.secret}
 
     async def console(self, name: str, command: str, *, actor: str) -> None:
         """Write a console command to the server's stdin."""
@@ -822,11 +844,7 @@ class ServerService:
 
     def public_variables(self, record: ServerRecord) -> dict[str, str]:
         """The record's variables for display: secrets masked."""
-        try:
-            plan = self.warplans.get(record.warplan)
-            secret = {v.name for v in plan.variables if v.secret}
-        except WarplanNotFound:
-            secret = set(record.variables)  # unknown plan: show nothing that might be secret
+        secret = self._secret_names(record)
         return {k: ("••••••" if k in secret else v) for k, v in record.variables.items()}
 
 

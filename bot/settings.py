@@ -234,6 +234,42 @@ class AutomationSettings(_Model):
         return _span(self.shortest)
 
 
+class CrashSettings(_Model):
+    """Crash watch: what happens when a game server exits without PEON stopping it."""
+
+    restart: bool = Field(default=True, description="Start a crashed server again.")
+    max_restarts: int = Field(default=3, ge=0, le=100, description="Tries before giving up.")
+    backoff_first: str = Field(default="10s", description="Wait before the first restart.")
+    backoff_limit: str = Field(default="5m", description="Longest wait (it doubles each try).")
+    stable_after: str = Field(
+        default="10m", description="Running this long after a restart starts a fresh count."
+    )
+    clean_exit_is_crash: bool = Field(
+        default=True, description="Exit code 0 without a stop from PEON counts as a crash."
+    )
+
+    @field_validator("backoff_first", "backoff_limit", "stable_after")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        try:
+            _span(v)
+        except ScheduleError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @property
+    def backoff(self) -> timedelta:
+        return _span(self.backoff_first)
+
+    @property
+    def backoff_max(self) -> timedelta:
+        return _span(self.backoff_limit)
+
+    @property
+    def stable(self) -> timedelta:
+        return _span(self.stable_after)
+
+
 class BackupSettings(_Model):
     """Where backups go and how many are kept (like restic's forget policy)."""
 
@@ -259,6 +295,7 @@ class Settings(_Model):
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     automation: AutomationSettings = Field(default_factory=AutomationSettings)
     backups: BackupSettings = Field(default_factory=BackupSettings)
+    crash: CrashSettings = Field(default_factory=CrashSettings)
     source: str = Field(default="(defaults)", exclude=True)
     discord_token: SecretStr | None = Field(default=None, exclude=True)
 

@@ -1,0 +1,215 @@
+"""Crash watch: a game server that exits when PEON did not stop it is announced, with its last
+log lines, and started again with exponential backoff, up to a configured number of tries.
+
+It follows each Docker host's event stream (a `die` of one of PEON's containers) and, every
+time a stream (re)connects, sweeps the records for servers that should run but do not, so a
+crash while the stream was down (or the bot was) is not missed. "PEON did not stop it" means:
+no PEON operation holds the server's lease and its record still says running; every stop PEON
+makes (commands, schedules, updates, backups in stop mode) holds the lease and records the
+stop before letting go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot import labels
+from bot.camps import Camp
+from bot.errors import DockerUnavailable, PeonError
+from bot.models import ServerState
+from bot.servers import ServerService
+from bot.settings import CrashSettings
+
+log = logging.getLogger(__name__)
+ACTOR = "peon:crash-watch"
+LOG_LINES = 15
+RECONNECT_MAX = 30.0  # seconds between attempts to reach a host's event stream
+SUBSCRIBE_SETTLE = 0.5
+
+
+class CrashNotifier(Protocol):
+    async def crashed(self, crash: Crash) -> None:
+        """A server exited unexpectedly; `crash.restart_in` says whether and when it restarts."""
+
+    async def recovered(self, server: str, attempt: int, connect: str) -> None: ...
+
+    async def gave_up(self, server: str, attempts: int, error: str | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class Crash:
+    server: str
+    host: str
+    exit_code: int | None
+    logs: list[str]
+    attempt: int  # 1 for the first restart after a (re)start that had held
+    max_attempts: int
+    restart_in: float | None  # seconds; None: no restart (disabled or out of tries)
+
+
+def backoff(attempt: int, first: float, cap: float) -> float:
+    """Seconds before restart number `attempt` (1-based): first, 2x, 4x, ... up to cap."""
+    return float(min(cap, first * 2 ** (attempt - 1)))
+
+
+class CrashWatch:
+    def __init__(
+        self,
+        *,
+        servers: ServerService,
+        settings: CrashSettings,
+        notifier: CrashNotifier,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.servers, self.settings, self.notifier, self.clock = servers, settings, notifier, clock
+        self._tasks: list[asyncio.Task[None]] = []
+        self._handling: dict[str, asyncio.Task[None]] = {}
+        # server -> (restarts so far in the current streak, when the last restart happened)
+        self._streak: dict[str, tuple[int, float]] = {}
+        self.connected: dict[str, bool] = {}
+
+    def start(self) -> None:
+        for camp in self.servers.camps:
+            self._tasks.append(asyncio.create_task(self._follow(camp), name=f"watch-{camp.name}"))
+
+    async def close(self) -> None:
+        tasks = self._tasks + list(self._handling.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        self._handling.clear()
+
+    async def _follow(self, camp: Camp) -> None:
+        delay = 1.0
+        while True:
+            consume = asyncio.create_task(self._consume(camp))
+            try:
+                # Let the subscription reach the engine, then sweep: a crash before the
+                # subscription is found by the sweep, one after it arrives as an event.
+                await asyncio.wait([consume], timeout=SUBSCRIBE_SETTLE)
+                if not consume.done():
+                    if not self.connected.get(camp.name, True):
+                        log.info("crash watch: host %s answers again", camp.name)
+                    self.connected[camp.name] = True
+                    await self.sweep(camp.name)
+                    delay = 1.0
+                await consume
+            except DockerUnavailable as e:
+                if self.connected.get(camp.name, True):
+                    log.warning("crash watch lost host %s: %s", camp.name, e)
+                self.connected[camp.name] = False
+            except PeonError as e:
+                log.warning("crash watch on host %s: %s", camp.name, e)
+            finally:
+                consume.cancel()
+            await asyncio.sleep(delay)
+            delay = min(RECONNECT_MAX, delay * 2)
+
+    async def _consume(self, camp: Camp) -> None:
+        async for event in camp.driver.events({labels.INSTANCE: self.servers.instance}):
+            if event.action == "die":
+                self.suspect(event.labels.get(labels.SERVER, ""), event.exit_code)
+
+    async def sweep(self, host: str) -> None:
+        """Servers on `host` that should be running but whose container is not."""
+        for record in await self.servers.store.list_servers():
+            if record.host != host or record.state != ServerState.RUNNING or record.operation:
+                continue
+            try:
+                running = await self.servers.is_running(record.name)
+            except PeonError:
+                continue
+            if not running:
+                self.suspect(record.name, None)
+
+    def suspect(self, server: str, exit_code: int | None) -> None:
+        """A container of `server` stopped; decide (in a task) whether it was a crash."""
+        if not server or server in self._handling:
+            return
+        task = asyncio.create_task(self._handle(server, exit_code), name=f"crash-{server}")
+        self._handling[server] = task
+        task.add_done_callback(lambda _: self._handling.pop(server, None))
+
+    async def _handle(self, server: str, exit_code: int | None) -> None:
+        try:
+            await self._crash(server, exit_code)
+        except Exception:
+            log.exception("crash watch failed for %s", server)
+
+    async def _crash(self, server: str, exit_code: int | None) -> None:
+        store = self.servers.store
+        record = await store.find_server(server)
+        # PEON's own stops hold the lease, then record the stop: neither is a crash.
+        if record is None or record.operation or record.state != ServerState.RUNNING:
+            return
+        if await self.servers.is_running(server):
+            return  # already back (restarted by someone else)
+        if exit_code == 0 and not self.settings.clean_exit_is_crash:
+            await store.update_server(server, state=ServerState.STOPPED)
+            await store.audit(ACTOR, "exit", server, True, "exited cleanly by itself")
+            return
+        tail = await self._last_lines(server)
+        s = self.settings
+        attempt = self._next_attempt(server)
+        await store.audit(ACTOR, "crash", server, False, f"exit code {exit_code}")
+        delay = self._delay(attempt)
+        await _quiet(self.notifier.crashed(Crash(server, record.host, exit_code, tail, attempt,
+                                                 s.max_restarts, delay)))  # fmt: skip
+        error: str | None = None
+        while delay is not None:
+            await asyncio.sleep(delay)
+            record = await store.find_server(server)
+            if record is None or record.state != ServerState.RUNNING or record.operation:
+                return  # deleted, stopped by someone or in someone's hands meanwhile
+            self._streak[server] = (attempt, self.clock())
+            try:
+                result = await self.servers.start(server, actor=ACTOR)
+            except PeonError as e:
+                error = str(e)
+                log.warning("crash restart %s of %s failed: %s", attempt, server, e)
+                # Still meant to run (a failed start records it stopped): a stop made by
+                # someone during the next wait is then seen as one.
+                await store.update_server(server, state=ServerState.RUNNING)
+                attempt += 1
+                delay = self._delay(attempt)
+                continue
+            await _quiet(self.notifier.recovered(server, attempt, result.connect()))
+            return
+        # No (more) restarts: it stays down until someone starts it, and is not retried.
+        await store.update_server(server, state=ServerState.STOPPED)
+        if s.restart:
+            await _quiet(self.notifier.gave_up(server, s.max_restarts, error))
+
+    def _delay(self, attempt: int) -> float | None:
+        s = self.settings
+        if not s.restart or attempt > s.max_restarts:
+            return None
+        return backoff(attempt, s.backoff.total_seconds(), s.backoff_max.total_seconds())
+
+    def _next_attempt(self, server: str) -> int:
+        count, last = self._streak.get(server, (0, 0.0))
+        if count and self.clock() - last >= self.settings.stable.total_seconds():
+            count = 0  # it ran long enough since the last restart: a fresh streak
+        return count + 1
+
+    async def _last_lines(self, server: str) -> list[str]:
+        try:
+            return (await self.servers.logs(server, tail=LOG_LINES))[-LOG_LINES:]
+        except PeonError:
+            return []
+
+
+async def _quiet(aw: object) -> None:
+    try:
+        await aw  # type: ignore[misc]
+    except Exception:
+        log.warning("crash notice failed", exc_info=True)
