@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sqlite3
 import sys
 from collections.abc import Callable, Coroutine
@@ -35,8 +36,30 @@ async def serve(settings: Settings, *, guild_ready_timeout: float = 2.0) -> None
     point_at(settings.discord)
     async with open_services(settings) as services:
         bot = PeonBot(services=services, guild_ready_timeout=guild_ready_timeout)
+        loop = asyncio.get_running_loop()
+        closing: list[asyncio.Task[None]] = []
+
+        async def shutdown(signame: str) -> None:
+            # Game servers are not touched: they outlive the bot. Operations under way get
+            # `shutdown_grace` to finish; the rest are recorded as interrupted and finished
+            # or undone by the next start's reconcile.
+            log.info("shutting down", extra={"signal": signame})
+            left = await services.servers.drain(settings.shutdown_grace)
+            for item in left:
+                log.warning("operation interrupted by shutdown", extra={"operation": item})
+            await bot.close()
+
+        def on_signal(signame: str) -> None:
+            if not closing:  # a second signal while draining changes nothing
+                closing.append(asyncio.create_task(shutdown(signame)))
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig.name)
         async with bot:
             await bot.start(settings.discord_token.get_secret_value())
+        if closing:
+            await closing[0]
+        log.info("stopped")
 
 
 def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
@@ -50,7 +73,8 @@ def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
 
 
 def run_bot(settings: Settings) -> int:
-    configure_logging(settings.log)
+    token = settings.discord_token
+    configure_logging(settings.log, [token.get_secret_value()] if token else [])
     try:
         _event_loop_runner()(serve(settings))
     except StartupError as e:

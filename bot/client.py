@@ -307,11 +307,15 @@ class PeonBot(commands.Bot):
 
         health = await self.services.servers.host_health()
         up = [h for h in health if h.engine is not None]
-        if not up:
-            detail = "; ".join(f"{h.name}: {h.error}" for h in health)
+        if not up and len(health) == 1:
             raise StartupError(
-                f"No Docker engine answers ({detail}). PEON needs one to run; check DOCKER_HOST, "
-                "the socket or hosts: in the config."
+                f"{health[0].error} PEON needs it to run; check DOCKER_HOST or the socket."
+            )
+        if not up:
+            detail = " ".join(h.error for h in health)
+            raise StartupError(
+                f"No Docker host answers: {detail} PEON needs one to run; check hosts: in the "
+                "config."
             )
         for h in health:
             if h.engine is None:

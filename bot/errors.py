@@ -68,6 +68,11 @@ class ScheduleNotFound(PeonError):
         super().__init__(f"There is no schedule #{schedule_id}.")
 
 
+class ShuttingDown(PeonError):
+    def __init__(self) -> None:
+        super().__init__("PEON is restarting; try again in a minute.")
+
+
 class ServerBusy(PeonError):
     def __init__(self, name: str, operation: str) -> None:
         self.name, self.operation = name, operation

@@ -1,38 +1,78 @@
-"""Logging set-up: one line per event, text or JSON, secrets never formatted in."""
+"""Logging set-up: one line per event, key=value (logfmt) or JSON, secrets never written.
+
+Fields given with `extra=` (server=..., host=..., op=...) become keys of their own, so a log
+shipper can filter on them. A traceback stays inside its event's line (escaped), so one line
+is always one event.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from bot.settings import LogSettings
 
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+REDACTED = "[redacted]"
 
-class JsonFormatter(logging.Formatter):
+
+def _fields(record: logging.LogRecord, formatter: logging.Formatter) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    for key, value in vars(record).items():
+        if key not in _STANDARD and not key.startswith("_"):
+            data[key] = value
+    if record.exc_info:
+        data["exc"] = formatter.formatException(record.exc_info)
+    return data
+
+
+class _Redacting(logging.Formatter):
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def redact(self, line: str) -> str:
+        for secret in self.secrets:
+            line = line.replace(secret, REDACTED)
+        return line
+
+
+class JsonFormatter(_Redacting):
     def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data, ensure_ascii=False)
+        return self.redact(json.dumps(_fields(record, self), ensure_ascii=False, default=str))
 
 
-def configure_logging(settings: LogSettings) -> None:
+class LogfmtFormatter(_Redacting):
+    """ts=... level=info logger=bot.watch msg="..." server=alpha"""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redact(" ".join(f"{k}={_value(v)}" for k, v in _fields(record, self).items()))
+
+
+def _value(v: object) -> str:
+    text = str(v)
+    if text and not any(c in text for c in ' "=\n\t\\'):
+        return text
+    escaped = (
+        text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    )
+    return f'"{escaped}"'
+
+
+def configure_logging(settings: LogSettings, secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler()
-    if settings.format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
-            )
-        )
+    secrets = list(secrets)
+    handler.setFormatter(
+        JsonFormatter(secrets) if settings.format == "json" else LogfmtFormatter(secrets)
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)

@@ -30,6 +30,7 @@ from bot.errors import (
     PeonError,
     ServerExists,
     ServerStateError,
+    ShuttingDown,
     StartFailed,
     WarplanNotFound,
 )
@@ -124,6 +125,9 @@ class ServerService:
         self.instance = settings.instance_id
         # Serialises port choice within this process; the UNIQUE constraint covers others.
         self._allocation = asyncio.Lock()
+        # Operations of this process by server; emptied as they end (graceful shutdown).
+        self.in_flight: dict[str, str] = {}
+        self.draining = False
         # Set by the composition root: backs a server up inside an operation that is about to
         # replace or destroy its data (update, purge). (server, actor, trigger)
         self.backup_hook: Callable[[str, str, str], Awaitable[object]] | None = None
@@ -141,12 +145,14 @@ class ServerService:
     async def _operation(self, name: str, operation: str, actor: str) -> AsyncIterator[None]:
         """Hold the server's lease and write exactly one audit row for the operation."""
         try:
+            self._refuse_when_draining()
             await self.store.acquire(name, operation)
         except PeonError as e:
             await self.store.audit(
                 actor, operation, name if NAME_RE.match(name) else None, False, str(e)
             )
             raise
+        self.in_flight[name] = operation
         try:
             yield
         except BaseException as e:
@@ -157,6 +163,24 @@ class ServerService:
             await self.store.audit(actor, operation, name, True)
         finally:
             await _quiet(self.store.release(name))
+            self.in_flight.pop(name, None)
+
+    def _refuse_when_draining(self) -> None:
+        if self.draining:
+            raise ShuttingDown()
+
+    async def drain(self, timeout: float, actor: str = "peon:shutdown") -> list[str]:
+        """Stop taking operations and wait up to `timeout` seconds for those running to end.
+        What is still running then is recorded as interrupted (its lease stays, so the next
+        start's reconcile finishes or undoes it); returns those, as "name (operation)"."""
+        self.draining = True
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.in_flight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        left = dict(self.in_flight)
+        for name, op in left.items():
+            await _quiet(self.store.audit(actor, op, name, False, "interrupted by shutdown"))
+        return [f"{name} ({op})" for name, op in left.items()]
 
     def operation(self, name: str, operation: str, actor: str) -> AbstractAsyncContextManager[None]:
         """The server's lease plus one audit row, for operations outside this service (backup,
@@ -281,6 +305,7 @@ class ServerService:
         """Create a server from a war plan, on `host` or else on the host with the most free
         memory; on any failure nothing is left behind."""
         try:
+            self._refuse_when_draining()
             validate_name(name)
             plan = self.warplans.get(warplan)
             variables = resolve_variables(plan, values or {}, name)
@@ -289,6 +314,7 @@ class ServerService:
             camp = self.camps.get(host) if host else await self._place(plan)
             await self._ensure_image(camp.driver, plan.image, name, progress)
             record = await self._reserve(camp, plan, name, variables, actor)
+            self.in_flight[name] = "create"
         except PeonError as e:
             await self.store.audit(
                 actor, "create", name if NAME_RE.match(name or "") else None, False, str(e)
@@ -313,10 +339,12 @@ class ServerService:
             await _quiet(self._rollback_create(name))
             detail = str(e) if isinstance(e, PeonError) else type(e).__name__
             await _quiet(self.store.audit(actor, "create", name, False, detail))
+            self.in_flight.pop(name, None)
             raise
         await self.store.release(name)
         where = f" host={camp.name}" if len(self.camps) > 1 else ""
         await self.store.audit(actor, "create", name, True, f"warplan={plan.name}{where}")
+        self.in_flight.pop(name, None)
         return await self.store.get_server(name)
 
     async def allocation(self) -> dict[str, tuple[int, int]]:

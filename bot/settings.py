@@ -116,7 +116,9 @@ class PortSettings(_Model):
 
 class LogSettings(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["text", "json"] = "text"
+    format: Literal["text", "json"] = Field(
+        default="text", description="text: one key=value line per event (logfmt); json: one object."
+    )
 
 
 RoleRef = int | str  # a Discord role id, or its name ("@everyone" for every member)
@@ -296,6 +298,9 @@ class Settings(_Model):
     automation: AutomationSettings = Field(default_factory=AutomationSettings)
     backups: BackupSettings = Field(default_factory=BackupSettings)
     crash: CrashSettings = Field(default_factory=CrashSettings)
+    shutdown_grace: int = Field(
+        default=60, ge=0, le=3600, description="Seconds running operations get on SIGTERM."
+    )
     source: str = Field(default="(defaults)", exclude=True)
     discord_token: SecretStr | None = Field(default=None, exclude=True)
 

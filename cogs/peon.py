@@ -48,14 +48,16 @@ class PeonCog(commands.Cog, name="PeonCog"):
         services = self.bot.services
         embed = discord.Embed(title="PEON status", colour=OK)
         lines = []
-        for h in await services.servers.host_health():
+        health = await services.servers.host_health()
+        for h in health:
+            name = f"**{h.name}**: " if len(health) > 1 else ""
             if h.engine is None:
-                lines.append(f"🔴 **{h.name}**: {h.error} ({h.servers} servers)")
+                lines.append(f"🔴 {name}{h.error} ({h.servers} servers)")
                 embed.colour = WARN
                 continue
             e = h.engine
             lines.append(
-                f"🟢 **{h.name}**: Docker {e.version} · {e.containers_running} containers running"
+                f"🟢 {name}Docker {e.version} · {e.containers_running} containers running"
                 f" · {h.servers} servers · memory {_gib(h.allocated)}/{_gib(e.memory)} GiB "
                 "allocated"
             )
