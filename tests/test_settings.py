@@ -51,3 +51,27 @@ def test_config_path_precedence(tmp_path: Path) -> None:
     assert config_path("/y.yaml", {"PEON_CONFIG": "/x.yaml"}) == Path("/y.yaml")
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "missing.yaml", env={})
+
+
+@pytest.mark.parametrize(
+    ("hosts", "error"),
+    [
+        ("hosts:\n  - {name: a}\n  - {name: a}\n", "c.yaml: hosts: host names must be unique"),
+        ("hosts:\n  - {name: a, base_url: 'http://x'}\n", "c.yaml: hosts.0.base_url: must start"),
+        ("hosts:\n  - {name: a, memory: lots}\n", "c.yaml: hosts.0.memory: 'lots' is not a size"),
+        ("hosts:\n  - {name: a, pool: 9-1}\n", "c.yaml: hosts.0.pool: '9-1' is not within"),
+    ],
+)
+def test_bad_hosts_are_one_line_naming_the_field(tmp_path: Path, hosts: str, error: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(hosts)
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, {})
+    assert str(e.value).replace(str(tmp_path) + "/", "").startswith(error), str(e.value)
+
+
+def test_without_hosts_there_is_one_named_local(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("docker: {public_address: play.example.org}\n")
+    (camp,) = load_settings(path, {}).camps
+    assert (camp.name, camp.public_address) == ("local", "play.example.org")

@@ -164,6 +164,10 @@ async def test_migration_2_upgrades_a_version_1_database(tmp_path: Path) -> None
         "updated_at, created_by) VALUES ('old', 'w', 'i', '{}', 'stopped', "
         "'2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00', 't')"
     )
+    conn.execute(
+        "INSERT INTO ports (server, name, protocol, container_port, host_port) "
+        "VALUES ('old', 'game', 'udp', 2456, 30000)"
+    )
     conn.commit()
     conn.close()
     s = Store(path)
@@ -172,4 +176,21 @@ async def test_migration_2_upgrades_a_version_1_database(tmp_path: Path) -> None
     assert await s.keep_until("old") is None  # the old row gained the new column
     await s.add_schedule("old", "idle", {"minutes": 10}, "t")
     assert await s.list_backups("old") == []  # migration 3
+    # migration 4: the server and its port live on host "local", as before hosts existed
+    old = await s.get_server("old")
+    assert old.host == "local" and old.ports == (PortBinding("game", 2456, "udp", 30000),)
+    assert await s.taken_ports("local") == {(30000, "udp")}
+    assert await s.taken_ports("vps") == set()
     await s.close()
+
+
+async def test_ports_are_unique_per_host(store: Store) -> None:
+    port = [PortBinding("game", 7777, "tcp", 30000)]
+    await store.create_server(name="a", warplan="w", image="i", variables={}, ports=port,
+                              created_by="t", host="one")  # fmt: skip
+    await store.create_server(name="b", warplan="w", image="i", variables={}, ports=port,
+                              created_by="t", host="two")  # fmt: skip
+    assert (await store.get_server("b")).host == "two"
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.create_server(name="c", warplan="w", image="i", variables={}, ports=port,
+                                  created_by="t", host="two")  # fmt: skip
