@@ -1,6 +1,6 @@
 # PEON bot image. Game servers run as sibling containers on the engine(s) PEON is given: mount
 # the Docker socket (see compose.yaml and the README). The bot runs as the unprivileged user
-# "peon", in the group that owns the socket (docker/entrypoint.sh).
+# "peon", in the group that owns the socket (scripts/docker-entrypoint.sh).
 
 # --- build: wheels of PEON and its dependencies in a virtual environment --------------------
 FROM python:3.11-slim-bookworm AS build
@@ -19,7 +19,7 @@ RUN groupadd --system --gid 10001 peon \
 COPY --from=build /venv /venv
 COPY warplans /app/warplans
 COPY config /app/config
-COPY docker/entrypoint.sh /usr/local/bin/docker-entrypoint
+COPY scripts/docker-entrypoint.sh /usr/local/bin/docker-entrypoint
 WORKDIR /app
 ENV PATH=/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

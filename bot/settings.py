@@ -169,6 +169,14 @@ def _span(text: str, lo: timedelta = timedelta(seconds=1)) -> timedelta:
     return parse_duration(text, lo, timedelta(days=30), "A duration")
 
 
+def _check_span(v: str) -> str:
+    try:
+        _span(v)
+    except ScheduleError as e:  # pydantic reports ValueErrors with the field's name
+        raise ValueError(str(e)) from None
+    return v
+
+
 class AutomationSettings(_Model):
     """Schedules: uptime windows, idle shutdown, timers and the warnings before stops."""
 
@@ -195,20 +203,15 @@ class AutomationSettings(_Model):
             raise ValueError(str(e)) from None
         return v
 
-    @field_validator("keep_running", "catch_up_warning", "player_check_interval", "shortest")
-    @classmethod
-    def _duration(cls, v: str) -> str:
-        try:
-            _span(v)
-        except ScheduleError as e:
-            raise ValueError(str(e)) from None
-        return v
+    _durations = field_validator(
+        "keep_running", "catch_up_warning", "player_check_interval", "shortest"
+    )(_check_span)
 
     @field_validator("warn_before")
     @classmethod
     def _leads(cls, v: list[str]) -> list[str]:
         for item in v:
-            cls._duration(item)
+            _check_span(item)
         return v
 
     @property
@@ -250,14 +253,7 @@ class CrashSettings(_Model):
         default=True, description="Exit code 0 without a stop from PEON counts as a crash."
     )
 
-    @field_validator("backoff_first", "backoff_limit", "stable_after")
-    @classmethod
-    def _duration(cls, v: str) -> str:
-        try:
-            _span(v)
-        except ScheduleError as e:
-            raise ValueError(str(e)) from None
-        return v
+    _durations = field_validator("backoff_first", "backoff_limit", "stable_after")(_check_span)
 
     @property
     def backoff(self) -> timedelta:

@@ -15,7 +15,7 @@ from bot.settings import Settings
 from tests.conftest import ROOT
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
-ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
+ENTRYPOINT = ROOT / "scripts" / "docker-entrypoint.sh"
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 
 
@@ -64,7 +64,7 @@ def test_no_remote_adds_no_pip_cache_and_sources_copied() -> None:
     assert not any(op == "ADD" for op, _ in ops)  # COPY only: nothing fetched at build time
     assert "PIP_NO_CACHE_DIR=1" in DOCKERFILE
     copied = " ".join(args for op, args in ops if op == "COPY")
-    for part in ("bot", "cogs", "pyproject.toml", "warplans", "docker/entrypoint.sh"):
+    for part in ("bot", "cogs", "pyproject.toml", "warplans", "scripts/docker-entrypoint.sh"):
         assert part in copied
 
 
