@@ -51,6 +51,7 @@ ARCHIVE_CHUNK = 1 << 20  # bytes per read or write when streaming volume archive
 LOG_MAX_SIZE = "20m"  # game servers are chatty: bound json-file logs per container
 LOG_MAX_FILES = "3"
 ERROR_TEXT_LIMIT = 300
+MIN_API_VERSION = "1.24"  # only to ask an engine its own version (Docker 1.12 and later)
 
 
 class NotFoundInEngine(DockerError):
@@ -205,19 +206,37 @@ class DockerDriver:
         with self._client_lock:
             if self._client is None:
                 if self.base_url:
-                    self._client = docker.DockerClient(
-                        base_url=self.base_url,
-                        timeout=self.timeout,
-                        version="auto",
-                        tls=self._tls_config(),
-                        # ssh:// through the system's ssh client: ~/.ssh/config, agents and
-                        # known_hosts work as they do for `docker -H ssh://`.
-                        use_ssh_client=self.base_url.startswith("ssh://"),
-                    )
+                    self._client = self._remote_client(self.base_url)
                 else:
                     # Honours DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.
                     self._client = docker.from_env(timeout=self.timeout, version="auto")
             return self._client
+
+    def _remote_client(self, url: str) -> docker.DockerClient:
+        tls = self._tls_config()
+        # ssh:// through the system's ssh client: ~/.ssh/config, agents and known_hosts work
+        # as they do for `docker -H ssh://`.
+        common: dict[str, Any] = {
+            "base_url": url,
+            "timeout": self.timeout,
+            "tls": tls,
+            "use_ssh_client": url.startswith("ssh://"),
+        }
+        if not (isinstance(tls, docker.tls.TLSConfig) and tls.ca_cert):
+            return docker.DockerClient(version="auto", **common)
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the CA a session was given
+        # (psf/requests#3829), and version="auto" asks before we could stop it: the host's own
+        # CA must win, so ask its API version with the environment ignored, then build the
+        # client for that version.
+        probe = docker.APIClient(version=MIN_API_VERSION, **common)
+        probe.trust_env = False
+        try:
+            version = str(probe.version(api_version=False)["ApiVersion"])
+        finally:
+            probe.close()
+        client = docker.DockerClient(version=version, **common)
+        client.api.trust_env = False
+        return client
 
     def _tls_config(self) -> docker.tls.TLSConfig | bool:
         t = self.tls

@@ -25,6 +25,7 @@ from bot.camps import Camp, CampHealth, Camps, allocation
 from bot.docker_driver import ContainerSpec, DockerDriver
 from bot.errors import (
     ContainerMissing,
+    DockerError,
     DockerUnavailable,
     InvalidServerName,
     PeonError,
@@ -59,6 +60,7 @@ from bot.warplans import (
 )
 
 log = logging.getLogger(__name__)
+ROLLBACK_SETTLE = 1.0  # seconds; see _rollback_create
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 LOG_TAIL_ON_FAILURE = 20
@@ -399,15 +401,29 @@ class ServerService:
                         raise
         raise AssertionError("unreachable")
 
-    async def _rollback_create(self, name: str) -> None:
+    async def _rollback_create(self, name: str, settle: float = 0.0) -> None:
+        """Remove what a create made. `settle`: for a create whose process died, look again
+        after that many seconds: a request it sent just before dying may still be completing
+        in the engine, and what it makes must not outlive the rollback."""
         record = await self.store.find_server(name)
         if record is None:
             return
         driver = self.driver_of(record)
-        for info in await driver.list_containers(labels.instance_filter(self.instance, name)):
-            await driver.remove(info.id, force=True)
-        for vol in await self.store.pending_volumes(name):
-            await driver.remove_volume(vol)
+        pending = await self.store.pending_volumes(name)
+        passes = 2 if settle else 1
+        for attempt in range(passes):
+            if attempt:
+                await asyncio.sleep(settle)
+            for info in await driver.list_containers(labels.instance_filter(self.instance, name)):
+                await driver.remove(info.id, force=True)
+            for vol in pending:
+                try:
+                    await driver.remove_volume(vol)
+                except DockerError:
+                    # In use by a container the engine was still creating: the last pass
+                    # removes that container first.
+                    if attempt == passes - 1:
+                        raise
         await self.store.delete_server(name)
 
     # --- start / stop / restart ------------------------------------------------------------
@@ -795,7 +811,7 @@ class ServerService:
         for name, op in await self.store.stale_leases():
             try:
                 if op == "create":
-                    await self._rollback_create(name)
+                    await self._rollback_create(name, settle=ROLLBACK_SETTLE)
                     report.rolled_back.append(name)
                 elif op in ("delete", "purge"):
                     await self._finish_delete(name, purge=op == "purge")

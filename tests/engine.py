@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -104,6 +105,10 @@ class SecondEngine:
         self.base_url = f"unix://{self.socket}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "dockerd.log"
+        # Also on TCP with mutual TLS, as a remote engine is reached (`dockerd --tlsverify`).
+        self.tls_dir = root / "tls"
+        self.tcp_port = _free_port()
+        self.tcp_url = f"tcp://127.0.0.1:{self.tcp_port}"
 
     def answers(self) -> bool:
         try:
@@ -123,17 +128,47 @@ class SecondEngine:
             ):
                 subprocess.run(cmd, check=True, capture_output=True)
 
+    def _certificates(self) -> None:
+        """A CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+        d = self.tls_dir
+        if (d / "cert.pem").exists():
+            return
+        d.mkdir(parents=True, exist_ok=True)
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+        (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+        sign = ["-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial", "-days", "2"]
+        for cmd in (
+            ["req", "-x509", *ec, "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=peon-test-ca"],
+            ["req", *ec, "-keyout", "server-key.pem", "-out", "server.csr",
+             "-subj", "/CN=127.0.0.1"],
+            ["x509", "-req", "-in", "server.csr", *sign, "-out", "server-cert.pem",
+             "-extfile", "server.ext"],
+            ["req", *ec, "-keyout", "key.pem", "-out", "client.csr", "-subj", "/CN=peon"],
+            ["x509", "-req", "-in", "client.csr", *sign, "-out", "cert.pem",
+             "-extfile", "client.ext"],
+        ):  # fmt: skip
+            subprocess.run(["openssl", *cmd], cwd=d, check=True, capture_output=True)
+
     def start(self) -> None:
         dockerd = shutil.which("dockerd")
         if dockerd is None or os.geteuid() != 0:
             raise RuntimeError("A second engine needs dockerd and root.")
         self.root.mkdir(parents=True, exist_ok=True)
         self._bridge()
+        self._certificates()
+        t = self.tls_dir
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
                     dockerd,
                     f"--host={self.base_url}",
+                    f"--host={self.tcp_url}",
+                    "--tlsverify",
+                    f"--tlscacert={t / 'ca.pem'}",
+                    f"--tlscert={t / 'server-cert.pem'}",
+                    f"--tlskey={t / 'server-key.pem'}",
                     f"--data-root={self.root / 'data'}",
                     f"--exec-root={self.root / 'exec'}",
                     f"--pidfile={self.root / 'dockerd.pid'}",
@@ -166,3 +201,9 @@ class SecondEngine:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -16,7 +16,7 @@ import pytest
 
 from bot.app import Services, open_services
 from bot.errors import DockerUnavailable, NoHostFits, ServerNotFound
-from bot.settings import HostSettings, Settings
+from bot.settings import HostSettings, Settings, TLSSettings
 from tests.conftest import ADMIN, OPERATOR, PLAYER, cleanup_instance, make_settings
 from tests.discord_emulator import DiscordEmulator
 from tests.engine import FAKEGAME_IMAGE, SecondEngine, build_fakegame
@@ -192,4 +192,43 @@ async def test_engine_restart_under_a_running_bot(
     finally:
         if not engine2.answers():
             engine2.start()
+        cleanup_both(settings.instance_id, engine2)
+
+
+async def test_a_tls_host_is_reached_with_its_certificates_and_refused_without(
+    tmp_path: Path, engine2: SecondEngine, fakegame: str
+) -> None:
+    t = engine2.tls_dir
+    base = make_settings(tmp_path)
+    pool = base.ports.pool_range.start + 20000 if base.ports.pool_range.start < 40000 else 21000
+    hosts = [
+        HostSettings(
+            name="vps",
+            base_url=engine2.tcp_url,
+            public_address="127.0.0.1",
+            pool=f"{pool}-{pool + 99}",
+            tls=TLSSettings(
+                ca_cert=t / "ca.pem", client_cert=t / "cert.pem", client_key=t / "key.pem"
+            ),
+        ),
+        # The engine verifies clients: without a certificate of its CA it refuses the handshake.
+        HostSettings(
+            name="nocert", base_url=engine2.tcp_url, tls=TLSSettings(ca_cert=t / "ca.pem")
+        ),
+    ]
+    settings = base.model_copy(update={"hosts": hosts})
+    try:
+        async with open_services(settings) as svc:
+            health = {h.name: h for h in await svc.servers.host_health()}
+            assert health["vps"].reachable
+            assert not health["nocert"].reachable
+            assert health["nocert"].error.startswith("Docker host 'nocert' is unreachable")
+            record = await svc.servers.create(
+                "fakegame", "secure", {"world": "T"}, actor="test", host="vps"
+            )
+            assert record.host == "vps"
+            await svc.servers.start("secure", actor="test")
+            assert (await svc.servers.status("secure")).state == "running"
+            assert on_engine(engine2.base_url, settings.instance_id) == {"secure"}
+    finally:
         cleanup_both(settings.instance_id, engine2)
