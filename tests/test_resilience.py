@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from bot.app import Services, open_services
+from bot.errors import ShuttingDown
 from bot.models import ServerState
 from bot.settings import Settings
 from tests.conftest import OPERATOR, ROOT, cleanup_instance, make_settings
@@ -193,3 +194,29 @@ async def test_sigterm_lets_the_operation_finish_and_leaves_games_running(
         assert emu.token not in text
     finally:
         cleanup_instance(settings.instance_id)
+
+
+async def test_drain_records_what_outlives_the_grace_and_refuses_new_work(svc: Services) -> None:
+    await svc.servers.create("fakegame", "slow", {"world": "S"}, actor="test")
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def long_operation() -> None:
+        async with svc.servers.operation("slow", "backup", "test"):
+            holding.set()
+            await release.wait()
+
+    task = asyncio.create_task(long_operation())
+    await holding.wait()
+    assert await svc.servers.drain(0.2) == ["slow (backup)"]
+    audit = await svc.store.audit_log("slow")
+    assert (audit[0].actor, audit[0].action, audit[0].ok, audit[0].detail) == (
+        "peon:shutdown",
+        "backup",
+        False,
+        "interrupted by shutdown",
+    )
+    with pytest.raises(ShuttingDown) as e:
+        await svc.servers.start("slow", actor="test")
+    assert str(e.value) == "PEON is restarting; try again in a minute."
+    release.set()
+    await task
