@@ -112,7 +112,11 @@ def when_text(when: datetime, zone: ZoneInfo) -> str:
 
 
 def status_embed(
-    st: ServerStatus, *, players: str | None = None, next_stop: str | None = None
+    st: ServerStatus,
+    *,
+    players: str | None = None,
+    next_stop: str | None = None,
+    show_host: bool = False,
 ) -> discord.Embed:
     now = datetime.now(UTC)
     state = st.state
@@ -121,6 +125,8 @@ def status_embed(
     )
     embed.add_field(name="State", value=state)
     embed.add_field(name="Uptime", value=human_duration(st.uptime(now)))
+    if show_host:
+        embed.add_field(name="Host", value=st.record.host)
     embed.add_field(
         name="Address",
         value="\n".join(f"`{st.address}:{p.host}` {p.protocol} ({p.name})" for p in st.record.ports)
@@ -142,7 +148,7 @@ def status_embed(
     return embed
 
 
-def list_embed(summaries: list[ServerSummary]) -> discord.Embed:
+def list_embed(summaries: list[ServerSummary], *, show_host: bool = False) -> discord.Embed:
     embed = discord.Embed(title="Game servers", colour=INFO)
     if not summaries:
         embed.description = "No servers yet. An admin can create one with `/server create`."
@@ -151,7 +157,8 @@ def list_embed(summaries: list[ServerSummary]) -> discord.Embed:
     for s in summaries:
         ports = ", ".join(f"{p.host}/{p.protocol}" for p in s.record.ports) or "—"
         icon = "🟢" if s.state == "running" else "⚪" if s.state in ("exited", "created") else "🟠"
-        lines.append(f"{icon} **{s.record.name}** · {s.record.warplan} · {s.state} · {ports}")
+        host = f" · on {s.record.host}" if show_host else ""
+        lines.append(f"{icon} **{s.record.name}** · {s.record.warplan} · {s.state} · {ports}{host}")
     embed.description = "\n".join(lines)[:4000]
     return embed
 

@@ -372,7 +372,12 @@ class ServersCog(commands.Cog, name="ServersCog"):
         count = await self.servers.players(st)
         players = format_players(count) if count is not None else None
         await interaction.edit_original_response(
-            embed=status_embed(st, players=players, next_stop=self._next_stop(name))
+            embed=status_embed(
+                st,
+                players=players,
+                next_stop=self._next_stop(name),
+                show_host=len(self.servers.camps) > 1,
+            )
         )
 
     def _next_stop(self, name: str) -> str | None:
@@ -401,7 +406,9 @@ class ServersCog(commands.Cog, name="ServersCog"):
         self.access.check(interaction, "list")
         await interaction.response.defer(thinking=True)
         await interaction.edit_original_response(
-            embed=list_embed(await self.servers.list_servers())
+            embed=list_embed(
+                await self.servers.list_servers(), show_host=len(self.servers.camps) > 1
+            )
         )
 
     @server.command(name="delete", description="Delete a server (asks to confirm)")
@@ -462,7 +469,9 @@ class ServersCog(commands.Cog, name="ServersCog"):
             await interaction.response.defer(ephemeral=True, thinking=True)
             st = await self.servers.status(name)
             await interaction.edit_original_response(
-                embed=status_embed(st, next_stop=self._next_stop(name))
+                embed=status_embed(
+                    st, next_stop=self._next_stop(name), show_host=len(self.servers.camps) > 1
+                )
             )
             return
         await self._precheck(name)

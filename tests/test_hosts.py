@@ -20,7 +20,7 @@ from bot.settings import HostSettings, Settings, TLSSettings
 from tests.conftest import ADMIN, OPERATOR, PLAYER, cleanup_instance, make_settings
 from tests.discord_emulator import DiscordEmulator
 from tests.engine import FAKEGAME_IMAGE, SecondEngine, build_fakegame
-from tests.test_discord_e2e import bot_settings, finished, running_bot, slash
+from tests.test_discord_e2e import bot_settings, final_text, finished, running_bot, slash
 
 pytestmark = pytest.mark.docker
 ANSWER = 30  # seconds: far above "a few", only so a hang fails instead of blocking the run
@@ -183,6 +183,9 @@ async def test_engine_restart_under_a_running_bot(
             i = await slash(emu, PLAYER, "status", name="gamma")
             text = await finished(emu, i, "unreachable")
             assert text.startswith("Docker host 'two' is unreachable"), text
+            i = await slash(emu, PLAYER, "list")
+            assert "**gamma** · fakegame · unreachable" in await finished(emu, i, "gamma")
+            assert "on two" in final_text(i)
             i = await slash(emu, PLAYER, "status", command="peon")
             assert "🔴 **two**: Docker host 'two' is unreachable" in await finished(emu, i, "🔴")
 
