@@ -3,6 +3,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import docker
@@ -60,13 +61,20 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
 
 
-@pytest.fixture
-async def services(settings: Settings, fakegame: str) -> AsyncIterator[Services]:
+@asynccontextmanager
+async def services_for(settings: Settings) -> AsyncIterator[Services]:
+    """Services on real parts; the instance's containers and volumes removed afterwards."""
     try:
         async with open_services(settings) as svc:
             yield svc
     finally:
         cleanup_instance(settings.instance_id)
+
+
+@pytest.fixture
+async def services(settings: Settings, fakegame: str) -> AsyncIterator[Services]:
+    async with services_for(settings) as svc:
+        yield svc
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ from typing import Any
 import docker
 import pytest
 
-from bot.app import Services, open_services
+from bot.app import Services
 from bot.automation import HEARTBEAT_KEY, Automation, Warning
 from bot.scheduler import Scheduler
 from bot.settings import AutomationSettings
-from tests.conftest import cleanup_instance, make_settings
+from tests.conftest import make_settings, services_for
 
 pytestmark = pytest.mark.docker
 
@@ -73,12 +73,8 @@ class Recorder:
 
 @pytest.fixture
 async def svc(tmp_path: Path, fakegame: str) -> AsyncIterator[Services]:
-    settings = make_settings(tmp_path, automation=FAST)
-    try:
-        async with open_services(settings) as s:
-            yield s
-    finally:
-        cleanup_instance(settings.instance_id)
+    async with services_for(make_settings(tmp_path, automation=FAST)) as s:
+        yield s
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from bot.app import Services, open_services
 from bot.errors import ShuttingDown
 from bot.models import ServerState
 from bot.settings import Settings
-from tests.conftest import OPERATOR, ROOT, cleanup_instance, make_settings
+from tests.conftest import OPERATOR, ROOT, cleanup_instance, make_settings, services_for
 from tests.discord_emulator import DiscordEmulator
 from tests.test_discord_e2e import bot_settings, slash
 
@@ -55,12 +55,8 @@ CHILD = textwrap.dedent(
 
 @pytest.fixture
 async def svc(tmp_path: Path, fakegame: str) -> AsyncIterator[Services]:
-    settings = make_settings(tmp_path)
-    try:
-        async with open_services(settings) as s:
-            yield s
-    finally:
-        cleanup_instance(settings.instance_id)
+    async with services_for(make_settings(tmp_path)) as s:
+        yield s
 
 
 def lease_of(db: Path, name: str) -> str | None:

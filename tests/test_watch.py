@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import Services, open_services
+from bot.app import Services
 from bot.models import ServerState
 from bot.settings import CrashSettings
 from bot.watch import Crash, CrashWatch, backoff
-from tests.conftest import cleanup_instance, make_settings
+from tests.conftest import make_settings, services_for
 
 WAIT = 60
 
@@ -54,12 +54,8 @@ class Recorder:
 @pytest.fixture
 async def svc(tmp_path: Path, fakegame: str) -> AsyncIterator[Services]:
     crash = CrashSettings(max_restarts=2, backoff_first="1s", backoff_limit="2s", stable_after="1h")
-    settings = make_settings(tmp_path, crash=crash)
-    try:
-        async with open_services(settings) as s:
-            yield s
-    finally:
-        cleanup_instance(settings.instance_id)
+    async with services_for(make_settings(tmp_path, crash=crash)) as s:
+        yield s
 
 
 async def crash_it(svc: Services, name: str) -> None:
