@@ -13,7 +13,7 @@ from bot.backups import BackupService
 from bot.client import Access, timestamp
 from bot.models import Backup
 from bot.servers import ServerService
-from cogs.common import INFO, MAX_CHOICES, OK, ConfirmView, actor, server_choices
+from cogs.common import INFO, MAX_CHOICES, OK, ConfirmView, actor, server_autocomplete
 
 if TYPE_CHECKING:
     from bot.client import PeonBot
@@ -37,11 +37,6 @@ class BackupsCog(commands.Cog, name="BackupsCog"):
         self.servers: ServerService = bot.services.servers
         self.access: Access = bot.access
         self.confirm_timeout = bot.discord_settings.confirm_timeout
-
-    async def server_autocomplete(
-        self, interaction: discord.Interaction[Any], current: str
-    ) -> list[app_commands.Choice[str]]:
-        return await server_choices(self.servers, current)
 
     async def backup_autocomplete(
         self, interaction: discord.Interaction[Any], current: str

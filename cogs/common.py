@@ -6,13 +6,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import discord
 from discord import app_commands
 
-from bot.client import render_error, timestamp
+from bot.client import PeonBot, render_error, timestamp
 from bot.models import (
     Phase,
     ProgressEvent,
@@ -21,7 +21,7 @@ from bot.models import (
     StartResult,
     human_duration,
 )
-from bot.servers import ServerService, ServerSummary
+from bot.servers import ServerSummary
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +184,14 @@ def logs_block(lines: list[str]) -> str:
     return f"```\n{text or '(no output yet)'}\n```"
 
 
-async def server_choices(servers: ServerService, current: str) -> list[app_commands.Choice[str]]:
-    """Server names for autocomplete: prefix matches first, then the other matches."""
+async def server_autocomplete(
+    interaction: discord.Interaction[Any], current: str
+) -> list[app_commands.Choice[str]]:
+    """Server names for any command's server option: prefix matches first, then the other
+    matches. A free function (discord.py passes no cog), shared by every cog."""
+    bot = cast(PeonBot, interaction.client)
     current = current.lower()
-    names = [r.name for r in await servers.store.list_servers()]
+    names = [r.name for r in await bot.services.store.list_servers()]
     hits = [n for n in names if n.startswith(current)] + [
         n for n in names if current in n and not n.startswith(current)
     ]

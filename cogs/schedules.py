@@ -15,7 +15,7 @@ from bot.client import Access, render_error
 from bot.rules import CRON_ACTIONS
 from bot.schedules import format_span
 from bot.servers import ServerService
-from cogs.common import INFO, MAX_CHOICES, OK, actor, server_choices, when_text
+from cogs.common import INFO, MAX_CHOICES, OK, actor, server_autocomplete, when_text
 
 if TYPE_CHECKING:
     from bot.client import PeonBot
@@ -94,11 +94,6 @@ class SchedulesCog(commands.Cog, name="SchedulesCog"):
         self.servers: ServerService = bot.services.servers
         self.access: Access = bot.access
         self.zone = bot.settings.automation.timezone
-
-    async def server_autocomplete(
-        self, interaction: discord.Interaction[Any], current: str
-    ) -> list[app_commands.Choice[str]]:
-        return await server_choices(self.servers, current)
 
     async def schedule_autocomplete(
         self, interaction: discord.Interaction[Any], current: str

@@ -28,7 +28,7 @@ from cogs.common import (
     actor,
     list_embed,
     logs_block,
-    server_choices,
+    server_autocomplete,
     started_embed,
     status_embed,
     when_text,
@@ -204,11 +204,6 @@ class ServersCog(commands.Cog, name="ServersCog"):
         await self._precheck(name)
         await interaction.response.defer(thinking=True)
         return ProgressMessage(interaction, title, self.interval)
-
-    async def server_autocomplete(
-        self, interaction: discord.Interaction[Any], current: str
-    ) -> list[app_commands.Choice[str]]:
-        return await server_choices(self.servers, current)
 
     async def warplan_autocomplete(
         self, interaction: discord.Interaction[Any], current: str
