@@ -21,6 +21,7 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from bot import rules
+from bot.aio import quietly
 from bot.backups import BackupService
 from bot.errors import PeonError, ServerBusy, ServerNotFound
 from bot.models import Schedule
@@ -42,6 +43,8 @@ from bot.settings import AutomationSettings
 from bot.store import Store
 
 log = logging.getLogger(__name__)
+# Jobs report through the notifier; an error there must not kill the job.
+_quiet = functools.partial(quietly, what="automation step", logger=log)
 
 HEARTBEAT_KEY = "automation.last_seen"
 BUSY_RETRY = timedelta(minutes=1)  # an automatic action that met a running operation retries
@@ -231,7 +234,7 @@ class Automation:
         if new is None:
             self._pending.pop(server, None)
             if current is not None and running and current.due.action in rules.STOPPING:
-                await self._quiet(
+                await _quiet(
                     self.notifier.cancelled(server, current.due.action, self._cancel_why(current))
                 )
             return None
@@ -270,7 +273,7 @@ class Automation:
             return  # nothing to warn about: a stopped server (a restart would just start it)
         zone = p.due.zone or self.zone
         warning = Warning(server, p.due.action, p.at, left, p.due.why, zone, self.settings.keep_for)
-        await self._quiet(self.notifier.warn(warning))
+        await _quiet(self.notifier.warn(warning))
         verb = "stops" if p.due.action == "stop" else "restarts"
         text = f"This server {verb} in {format_span(left)} ({p.due.why})."
         try:
@@ -292,7 +295,7 @@ class Automation:
             with contextlib.suppress(PeonError):  # removed meanwhile
                 await self.store.remove_schedule(p.due.schedule_id)
         await self._beat()
-        await self._quiet(self.replan(server))
+        await _quiet(self.replan(server))
 
     async def _act(
         self,
@@ -309,17 +312,17 @@ class Automation:
         try:
             if action == "stop":
                 if await self.servers.stop(server, actor=actor):
-                    await self._quiet(self.notifier.acted(server, "stop", why, None))
+                    await _quiet(self.notifier.acted(server, "stop", why, None))
             elif action == "restart":
                 if skip_if_down and not await self.servers.is_running(server):
                     log.info("%s: restart skipped, the server is not running", server)
                     return
                 result = await self.servers.restart(server, actor=actor)
-                await self._quiet(self.notifier.acted(server, "restart", why, result.connect()))
+                await _quiet(self.notifier.acted(server, "restart", why, result.connect()))
             else:
                 started = await self.servers.start(server, actor=actor)
                 if not started.already_running:
-                    await self._quiet(self.notifier.acted(server, "start", why, started.connect()))
+                    await _quiet(self.notifier.acted(server, "start", why, started.connect()))
         except ServerBusy:
             if due is not None:
                 retry = Due(
@@ -336,7 +339,7 @@ class Automation:
         except ServerNotFound:
             self._forget(server)
         except PeonError as e:
-            await self._quiet(self.notifier.failed(server, action, why, str(e)))
+            await _quiet(self.notifier.failed(server, action, why, str(e)))
         finally:
             if tracker is not None:
                 tracker.reset()
@@ -361,7 +364,7 @@ class Automation:
     async def _auto_start(self, server: str, why: str) -> None:
         await self._act(server, "start", why, None, actor="peon:window")
         await self._beat()
-        await self._quiet(self.replan(server))
+        await _quiet(self.replan(server))
 
     async def _cron(self, schedule_id: int) -> None:
         try:
@@ -383,10 +386,10 @@ class Automation:
                 elif rule.command:
                     await self.servers.console(s.server, rule.command, actor="peon:cron")
             except PeonError as e:
-                await self._quiet(self.notifier.failed(s.server, rule.action, why, str(e)))
+                await _quiet(self.notifier.failed(s.server, rule.action, why, str(e)))
             return
         await self._act(s.server, rule.action, why, None, actor="peon:cron")
-        await self._quiet(self.replan(s.server))
+        await _quiet(self.replan(s.server))
 
     async def tick(self) -> None:
         """Every check interval: record that PEON is up, count players where an idle limit or
@@ -404,7 +407,7 @@ class Automation:
             if server in watched:
                 rule = idle.get(server)
                 await self._watch(server, rule if isinstance(rule, IdleRule) else None)
-            await self._quiet(self.replan(server))
+            await _quiet(self.replan(server))
         for gone in set(self._idle) - set(idle):
             del self._idle[gone]
 
@@ -437,7 +440,7 @@ class Automation:
         if before is None or before == names:
             return
         joined, left = sorted(names - before), sorted(before - names)
-        await self._quiet(self.notifier.players(server, joined, left, count.online))
+        await _quiet(self.notifier.players(server, joined, left, count.online))
 
     # --- what members do --------------------------------------------------------------------
 
@@ -474,7 +477,7 @@ class Automation:
     async def touch(self, server: str) -> None:
         """A member started or stopped the server: its automatic stop may have changed."""
         self._idle.pop(server, None)
-        await self._quiet(self.replan(server))
+        await _quiet(self.replan(server))
 
     # --- managing schedules -----------------------------------------------------------------
 
@@ -605,16 +608,8 @@ class Automation:
 
     def _spawn(self, aw: Awaitable[None]) -> None:
         async def run() -> None:
-            await self._quiet(aw)
+            await _quiet(aw)
 
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _quiet(aw: Awaitable[object]) -> None:
-        """Jobs report through the notifier; an error there must not kill the job."""
-        try:
-            await aw
-        except Exception:
-            log.exception("automation step failed")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import sqlite3
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from bot import labels
+from bot.aio import quietly
 from bot.camps import Camp, CampHealth, Camps, allocation
 from bot.docker_driver import ContainerSpec, DockerDriver
 from bot.errors import (
@@ -60,6 +62,8 @@ from bot.warplans import (
 )
 
 log = logging.getLogger(__name__)
+# Best-effort cleanup step: logged, never masking the original error.
+_quiet = functools.partial(quietly, what="cleanup step", logger=log)
 ROLLBACK_SETTLE = 1.0  # seconds; see _rollback_create
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -900,14 +904,6 @@ async def _emit(progress: Progress | None, event: ProgressEvent) -> None:
         await progress(event)
     except Exception:
         log.warning("progress callback failed", exc_info=True)
-
-
-async def _quiet(aw: Awaitable[object]) -> None:
-    """Best-effort cleanup step: log, never mask the original error."""
-    try:
-        await aw
-    except Exception:
-        log.exception("cleanup step failed")
 
 
 async def _quiet_logs(driver: DockerDriver, cid: str) -> list[str]:

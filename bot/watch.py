@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bot import labels
+from bot.aio import quietly
 from bot.camps import Camp
 from bot.errors import DockerUnavailable, PeonError
 from bot.models import ServerState
@@ -27,6 +29,8 @@ from bot.servers import ServerService
 from bot.settings import CrashSettings
 
 log = logging.getLogger(__name__)
+# A notice that cannot be posted must not stop the restart.
+_quiet = functools.partial(quietly, what="crash notice", logger=log)
 ACTOR = "peon:crash-watch"
 LOG_LINES = 15
 RECONNECT_MAX = 30.0  # seconds between attempts to reach a host's event stream
@@ -206,10 +210,3 @@ class CrashWatch:
             return (await self.servers.logs(server, tail=LOG_LINES))[-LOG_LINES:]
         except PeonError:
             return []
-
-
-async def _quiet(aw: object) -> None:
-    try:
-        await aw  # type: ignore[misc]
-    except Exception:
-        log.warning("crash notice failed", exc_info=True)
