@@ -65,7 +65,7 @@ class Camps:
                 driver=DockerDriver(
                     h.base_url, h.timeout, host=h.name if several else None, tls=h.tls
                 ),
-                pool=parse_pool_of(h, settings),
+                pool=parse_pool(h.pool) if h.pool else settings.ports.pool_range,
                 bind_address=h.bind_address or settings.ports.bind_address,
                 address=h.public_address or _default_address(h),
                 probe_address=h.probe_address,
@@ -80,7 +80,7 @@ class Camps:
         return next(iter(self._camps.values()))
 
     def __iter__(self) -> Iterator[Camp]:
-        return iter(list(self._camps.values()))
+        return iter(self._camps.values())
 
     def __len__(self) -> int:
         return len(self._camps)
@@ -115,27 +115,20 @@ class Camps:
         if len(self._camps) == 1:
             return self.default
         health = await self.health(allocated)
-        fits: list[tuple[int, int, Camp]] = []
-        for order, h in enumerate(health):
-            if not h.reachable:
-                continue
-            camp = self._camps[h.name]
-            cap = camp.memory_cap or h.capacity
-            free = cap - h.allocated
-            if memory is None or free >= memory:
-                fits.append((-free, order, camp))
+        fits: list[tuple[int, Camp]] = []  # (free memory, host), in config order
+        for h in health:
+            if h.reachable:
+                camp = self._camps[h.name]
+                free = (camp.memory_cap or h.capacity) - h.allocated
+                if memory is None or free >= memory:
+                    fits.append((free, camp))
         if not fits:
-            down = [h.name for h in health if not h.reachable]
-            raise NoHostFits(memory, down)
-        return min(fits, key=lambda f: (f[0], f[1]))[2]
+            raise NoHostFits(memory, [h.name for h in health if not h.reachable])
+        return max(fits, key=lambda f: f[0])[1]  # max keeps the first of equals
 
     async def close(self) -> None:
         for camp in self._camps.values():
             await camp.driver.close()
-
-
-def parse_pool_of(host: HostSettings, settings: Settings) -> range:
-    return parse_pool(host.pool) if host.pool else settings.ports.pool_range
 
 
 def _default_address(h: HostSettings) -> str:

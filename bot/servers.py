@@ -145,7 +145,7 @@ class ServerService:
         return self.camps.get(record.host)
 
     def driver_of(self, record: ServerRecord) -> DockerDriver:
-        return self.camps.get(record.host).driver
+        return self.camp_of(record).driver
 
     @asynccontextmanager
     async def _operation(self, name: str, operation: str, actor: str) -> AsyncIterator[None]:
