@@ -52,8 +52,19 @@ class ServerRecord:
     created_at: datetime
     updated_at: datetime
     created_by: str
-    operation: str | None = None
+    operation: str | None = None  # held by a live process
     host: str = "local"  # the Docker host ("camp") the server lives on
+    interrupted: str | None = None  # the operation of a dead process that still holds the lease
+    restoring: dict[str, Any] | None = None  # an unfinished restore: {"backup", "safety"}
+
+
+@dataclass(frozen=True)
+class StaleLease:
+    """A lease whose owner process is gone."""
+
+    name: str
+    operation: str
+    owner: str
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,7 @@ class Backup:
     warplan: str
     image: str
     volumes: tuple[BackupVolume, ...]
+    owner: str | None = None  # the process writing it, while incomplete
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from bot.errors import (
     DockerUnavailable,
     InvalidServerName,
     PeonError,
+    ServerBusy,
     ServerExists,
     ServerStateError,
     ShuttingDown,
@@ -47,6 +48,7 @@ from bot.models import (
     ServerRecord,
     ServerState,
     ServerStatus,
+    StaleLease,
     StartResult,
 )
 from bot.players import LogPlayerTracker, PlayerCount, count_players
@@ -137,6 +139,9 @@ class ServerService:
         # Set by the composition root: backs a server up inside an operation that is about to
         # replace or destroy its data (update, purge). (server, actor, trigger)
         self.backup_hook: Callable[[str, str, str], Awaitable[object]] | None = None
+        # Set by the composition root: clean up after a dead process's operation on a server
+        # (its partial backups, an unfinished restore). Run with the taken-over lease held.
+        self.recovery_hooks: list[Callable[[ServerRecord], Awaitable[None]]] = []
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -152,7 +157,7 @@ class ServerService:
         """Hold the server's lease and write exactly one audit row for the operation."""
         try:
             self._refuse_when_draining()
-            await self.store.acquire(name, operation)
+            await self._acquire(name, operation, actor)
         except PeonError as e:
             await self.store.audit(
                 actor, operation, name if NAME_RE.match(name) else None, False, str(e)
@@ -170,6 +175,49 @@ class ServerService:
         finally:
             await _quiet(self.store.release(name))
             self.in_flight.pop(name, None)
+
+    async def _acquire(self, name: str, operation: str, actor: str) -> None:
+        """Take the lease. One held by a dead process does not block: what that process left
+        is finished or undone first (as a restart's reconcile would), then the lease is ours."""
+        try:
+            await self.store.acquire(name, operation)
+            return
+        except ServerBusy:
+            stale = await self.store.stale_leases(name)
+            if not stale or not await self.recover(stale[0], actor):
+                raise
+        await self.store.acquire(name, operation)  # ServerNotFound when a create was undone
+
+    async def recover(self, lease: StaleLease, actor: str) -> str | None:
+        """Finish or undo what a dead process's operation left, then free its lease. Returns
+        the report line's kind, or None when another process took it over first. On failure
+        (its host is down, say) the lease goes back to the dead owner for the next attempt."""
+        if not await self.store.take_over(lease):
+            return None
+        name, op = lease.name, lease.operation
+        try:
+            record = await self.store.get_server(name)
+            if op == "create":
+                await self._rollback_create(name, settle=ROLLBACK_SETTLE)
+                kind, detail = "rolled_back", "interrupted create undone"
+            elif op in ("delete", "purge") and record.state == ServerState.DELETING:
+                # Past its point of no return (a purge only once its last copy is complete).
+                await self._finish_delete(name, purge=op == "purge")
+                kind, detail = "finished_deletes", f"interrupted {op} finished"
+            else:
+                for hook in self.recovery_hooks:
+                    await hook(record)
+                kind = "interrupted"
+                detail = f"interrupted {op} released" + (
+                    "; the data was kept" if op in ("delete", "purge") else ""
+                )
+                await self.store.release(name)
+        except BaseException:
+            await _quiet(self.store.hand_back(lease))
+            raise
+        await self.store.audit(actor, "recover", name, True, detail)
+        log.warning("%s: %s (its process died)", name, detail)
+        return kind
 
     def _refuse_when_draining(self) -> None:
         if self.draining:
@@ -315,7 +363,7 @@ class ServerService:
             validate_name(name)
             plan = self.warplans.get(warplan)
             variables = resolve_variables(plan, values or {}, name)
-            if await self.store.find_server(name) is not None:
+            if await self._existing(name, actor):
                 raise ServerExists(name)
             camp = self.camps.get(host) if host else await self._place(plan)
             await self._ensure_image(camp.driver, plan.image, name, progress)
@@ -352,6 +400,15 @@ class ServerService:
         await self.store.audit(actor, "create", name, True, f"warplan={plan.name}{where}")
         self.in_flight.pop(name, None)
         return await self.store.get_server(name)
+
+    async def _existing(self, name: str, actor: str) -> bool:
+        """Whether the name is taken; a create whose process died does not take it."""
+        record = await self.store.find_server(name)
+        if record is not None and record.interrupted:
+            for lease in await self.store.stale_leases(name):
+                await self.recover(lease, actor)
+            record = await self.store.find_server(name)
+        return record is not None
 
     async def allocation(self) -> dict[str, tuple[int, int]]:
         """Per host: (servers, bytes of their plans' memory limits)."""
@@ -812,22 +869,20 @@ class ServerService:
         Nothing with data is deleted silently.
         """
         report = ReconcileReport()
-        for name, op in await self.store.stale_leases():
+        for lease in await self.store.stale_leases():
             try:
-                if op == "create":
-                    await self._rollback_create(name, settle=ROLLBACK_SETTLE)
-                    report.rolled_back.append(name)
-                elif op in ("delete", "purge"):
-                    await self._finish_delete(name, purge=op == "purge")
-                    report.finished_deletes.append(name)
-                else:
-                    await self.store.break_lease(name)
-                    report.interrupted.append(f"{name} ({op})")
+                kind = await self.recover(lease, actor)
             except DockerUnavailable as e:
-                # Its host is down: leave the lease for the next reconcile to finish.
-                report.unreachable.append(f"{name} ({e})")
+                # Its host is down: the lease stays for the next reconcile to finish.
+                report.unreachable.append(f"{lease.name} ({e})")
                 continue
-            await self.store.audit(actor, "reconcile", name, True, f"interrupted {op}")
+            except PeonError as e:
+                report.unreachable.append(f"{lease.name} ({lease.operation}): {e}")
+                continue
+            if kind == "interrupted":
+                report.interrupted.append(f"{lease.name} ({lease.operation})")
+            elif kind is not None:
+                getattr(report, kind).append(lease.name)
         records = await self.store.list_servers()
         for camp in self.camps:
             try:

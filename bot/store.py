@@ -32,6 +32,7 @@ from bot.models import (
     Schedule,
     ServerRecord,
     ServerState,
+    StaleLease,
 )
 
 MIGRATIONS: list[str] = [
@@ -129,11 +130,18 @@ MIGRATIONS: list[str] = [
     DROP TABLE ports;
     ALTER TABLE ports_v4 RENAME TO ports;
     """,
+    # 5: crash safety. A backup row names the process writing it, so only a dead writer's
+    # partial backup is removed; a server being restored records what it restores from, so a
+    # restore cut short is finished (or rolled back) instead of leaving a half-written world.
+    """
+    ALTER TABLE backups ADD COLUMN owner TEXT;
+    ALTER TABLE servers ADD COLUMN restoring TEXT;
+    """,
 ]
 
 _SERVER_COLUMNS = (
     "name, warplan, image, variables, state, container_id, created_at, updated_at, created_by, "
-    "op, host"
+    "op, host, op_owner, restoring"
 )
 SQL_SERVER = f"SELECT {_SERVER_COLUMNS} FROM servers WHERE name = ?"  # noqa: S608 - constant
 SQL_SERVERS = f"SELECT {_SERVER_COLUMNS} FROM servers ORDER BY name"  # noqa: S608 - constant
@@ -155,10 +163,12 @@ SQL_RELEASE = (
     "UPDATE servers SET op = NULL, op_owner = NULL, op_started = NULL "
     "WHERE name = ? AND op_owner = ?"
 )
+# Compare-and-swap: of several processes that find the same dead lease, one takes it over.
+SQL_TAKE_OVER = "UPDATE servers SET op_owner = ?, op_started = ? WHERE name = ? AND op_owner = ?"
 SQL_SCHEDULES = "SELECT id, server, kind, spec, paused, created_by, created_at FROM schedules"
 SQL_BACKUPS = (
     "SELECT id, server, dir, created_at, complete, size, seconds, trigger, actor, locked, "
-    "warplan, image, volumes FROM backups"
+    "warplan, image, volumes, owner FROM backups"
 )
 SQL_AUDIT = "INSERT INTO audit (at, actor, action, server, ok, detail) VALUES (?, ?, ?, ?, ?, ?)"
 
@@ -367,19 +377,63 @@ class Store:
         await self.db.execute(SQL_RELEASE, (name, self.owner))
         await self.db.commit()
 
-    async def stale_leases(self) -> list[tuple[str, str]]:
-        """Leases whose owner process is gone: (server, operation)."""
-        rows = await (
-            await self.db.execute("SELECT name, op, op_owner FROM servers WHERE op IS NOT NULL")
-        ).fetchall()
-        return [(r[0], r[1]) for r in rows if r[2] != self.owner and not _owner_alive(r[2])]
+    async def stale_leases(self, name: str | None = None) -> list[StaleLease]:
+        """Leases whose owner process is gone (all, or the one server's)."""
+        sql = "SELECT name, op, op_owner FROM servers WHERE op IS NOT NULL"
+        args: tuple[str, ...] = ()
+        if name is not None:
+            sql, args = sql + " AND name = ?", (name,)
+        rows = await (await self.db.execute(sql, args)).fetchall()
+        return [
+            StaleLease(r[0], r[1], r[2] or "")
+            for r in rows
+            if r[2] != self.owner and not _owner_alive(r[2])
+        ]
 
-    async def break_lease(self, name: str) -> None:
-        await self.db.execute(
-            "UPDATE servers SET op = NULL, op_owner = NULL, op_started = NULL WHERE name = ?",
-            (name,),
+    async def take_over(self, lease: StaleLease) -> bool:
+        """Make a dead process's lease ours (its operation kept, so others still see the
+        server busy while we finish or undo it). False when another process was first."""
+        cur = await self.db.execute(
+            SQL_TAKE_OVER, (self.owner, _ts(utcnow()), lease.name, lease.owner)
+        )
+        if cur.rowcount == 0 and lease.owner == "":  # NULL owner (written by a very old PEON)
+            cur = await self.db.execute(
+                "UPDATE servers SET op_owner = ?, op_started = ? "
+                "WHERE name = ? AND op_owner IS NULL AND op IS NOT NULL",
+                (self.owner, _ts(utcnow()), lease.name),
+            )
+        await self.db.commit()
+        return cur.rowcount == 1
+
+    async def hand_back(self, lease: StaleLease) -> None:
+        """Give a taken-over lease back to its dead owner: what we could not finish stays for
+        the next attempt to find."""
+        await self.db.execute(SQL_TAKE_OVER, (lease.owner or None, None, lease.name, self.owner))
+        await self.db.commit()
+
+    # --- restores in progress ---------------------------------------------------------------
+
+    async def set_restoring(self, name: str, marker: dict[str, Any] | None) -> None:
+        """What a restore is writing into the server's volumes (None: nothing). Set before
+        the first volume is touched and cleared after the last is written."""
+        cur = await self.db.execute(
+            "UPDATE servers SET restoring = ? WHERE name = ?",
+            (json.dumps(marker, sort_keys=True) if marker is not None else None, name),
         )
         await self.db.commit()
+        if cur.rowcount == 0:
+            raise ServerNotFound(name)
+
+    async def restoring_backups(self) -> set[int]:
+        """Backups that an unfinished restore reads from or falls back to: never pruned."""
+        rows = await (
+            await self.db.execute("SELECT restoring FROM servers WHERE restoring IS NOT NULL")
+        ).fetchall()
+        held: set[int] = set()
+        for (text,) in rows:
+            marker = json.loads(text)
+            held.update(int(marker[k]) for k in ("backup", "safety") if marker.get(k))
+        return held
 
     # --- schedules --------------------------------------------------------------------------
 
@@ -442,9 +496,9 @@ class Store:
         self, server: str, directory: str, *, trigger: str, actor: str, warplan: str, image: str
     ) -> int:
         cur = await self.db.execute(
-            "INSERT INTO backups (server, dir, created_at, trigger, actor, warplan, image) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (server, directory, _ts(utcnow()), trigger, actor, warplan, image),
+            "INSERT INTO backups (server, dir, created_at, trigger, actor, warplan, image, owner) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (server, directory, _ts(utcnow()), trigger, actor, warplan, image, self.owner),
         )
         return int(cur.lastrowid or 0)
 
@@ -476,6 +530,19 @@ class Store:
             await self.db.execute(f"{sql} ORDER BY created_at DESC, id DESC", args)
         ).fetchall()
         return [_backup(r) for r in rows]
+
+    async def unfinished_backups(
+        self, server: str | None = None
+    ) -> tuple[list[Backup], list[Backup]]:
+        """Backups not completed, as (abandoned, in progress): abandoned when the writing
+        process is gone (killed, or the machine restarted), what `BackupService.recover`
+        removes; a live writer's are left alone."""
+        abandoned: list[Backup] = []
+        live: list[Backup] = []
+        for b in await self.list_backups(server, complete=False):
+            dead = b.owner != self.owner and not _owner_alive(b.owner)
+            (abandoned if dead else live).append(b)
+        return abandoned, live
 
     async def delete_backup(self, backup_id: int) -> None:
         await self.db.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
@@ -522,6 +589,7 @@ def _backup(row: Any) -> Backup:
         warplan=row[10],
         image=row[11],
         volumes=tuple(BackupVolume(**v) for v in json.loads(row[12])),
+        owner=row[13],
     )
 
 
@@ -538,6 +606,9 @@ def _schedule(row: Any) -> Schedule:
 
 
 def _record(row: Any, ports: tuple[PortBinding, ...]) -> ServerRecord:
+    # A dead process's lease is not an operation under way: the record says what it left
+    # (`interrupted`), and the next operation on the server finishes or undoes it.
+    alive = row[9] is not None and _owner_alive(row[11])
     return ServerRecord(
         name=row[0],
         warplan=row[1],
@@ -548,7 +619,9 @@ def _record(row: Any, ports: tuple[PortBinding, ...]) -> ServerRecord:
         created_at=_dt(row[6]),
         updated_at=_dt(row[7]),
         created_by=row[8],
-        operation=row[9],
+        operation=row[9] if alive else None,
+        interrupted=None if alive else row[9],
+        restoring=json.loads(row[12]) if row[12] else None,
         host=row[10],
         ports=ports,
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.errors import ServerBusy, ServerExists, ServerNotFound
-from bot.models import PortBinding, ServerState
+from bot.models import PortBinding, ServerState, StaleLease
 from bot.store import MIGRATIONS, Store
 
 
@@ -107,9 +107,24 @@ async def test_dead_owner_lease_is_stale(store: Store) -> None:
         "UPDATE servers SET op='start', op_owner=? WHERE name='a'",
         (f"{socket.gethostname()}:999999:x",),
     )
-    assert await store.stale_leases() == [("a", "start")]
-    await store.break_lease("a")
-    assert await store.stale_leases() == []
+    dead = f"{socket.gethostname()}:999999:x"
+    assert await store.stale_leases() == [StaleLease("a", "start", dead)]
+    record = await store.get_server("a")
+    # Not shown as under way: it is what a dead process left.
+    assert (record.operation, record.interrupted) == (None, "start")
+    # Of two processes that find it, one takes it over; then it is alive (ours) again.
+    other = Store(store.path)
+    await other.open()
+    try:
+        lease = (await store.stale_leases())[0]
+        assert await other.take_over(lease)
+        assert not await store.take_over(lease)
+        assert await store.stale_leases() == []
+        assert (await store.get_server("a")).operation == "start"
+        await other.hand_back(lease)  # could not finish it: dead again for the next try
+        assert await store.stale_leases() == [StaleLease("a", "start", dead)]
+    finally:
+        await other.close()
 
 
 async def test_update_and_audit(store: Store) -> None:
