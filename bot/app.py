@@ -45,6 +45,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             return await backups.create_held(server, actor=actor, trigger=trigger)
 
         servers.backup_hook = backup_first
+        servers.recovery_hooks.append(backups.after_interrupted)
         yield Services(settings, store, camps, warplans, servers, backups)
     finally:
         await camps.close()

@@ -11,6 +11,8 @@ never listed, and `recover()` removes what it left at the next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -20,7 +22,8 @@ import shutil
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -29,7 +32,7 @@ from typing import IO, Any, BinaryIO
 import zstandard
 
 from bot.docker_driver import DockerDriver
-from bot.errors import BackupError, PeonError
+from bot.errors import BackupError, BackupNotFound, PeonError
 from bot.models import Backup, BackupVolume, ServerRecord
 from bot.servers import ServerService
 from bot.settings import Settings
@@ -127,14 +130,6 @@ def _check_member(m: tarfile.TarInfo, top: str) -> None:
         raise BackupError(f"{refuse} is a device or special file; the archive was refused.")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(READ_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class _ArchiveFile:
     """The end of the backup pipeline: hashes (SHA-256) and writes compressed blocks in a
     thread of its own. On CPUs without SHA extensions the hash costs as much CPU as the
@@ -189,15 +184,21 @@ class _ArchiveFile:
                 raise self._error
             self.f.flush()
             os.fsync(self.f.fileno())
-        finally:
-            self.f.close()
+        except BaseException:
+            with contextlib.suppress(OSError):  # a second error of the same full disk
+                self.f.close()
+            raise
+        self.f.close()
         return self.size, self.digest.hexdigest()
 
     def abort(self) -> None:
         self._error = self._error or BackupError("The backup was cancelled.")
         self._queue.put(None)
         self._thread.join()
-        self.f.close()
+        # Closing flushes Python's buffer; on a full disk that fails again, and the file is
+        # removed anyway: the first error is the one to report.
+        with contextlib.suppress(OSError):
+            self.f.close()
 
 
 def _human(n: int) -> str:
@@ -218,20 +219,37 @@ class BackupService:
         self.root = settings.backup_dir
         b = settings.backups
         self.policy = Retention(b.keep_last, b.keep_daily, b.keep_weekly, b.keep_monthly)
+        # Backups this process has open for a restore: never pruned or deleted under it.
+        self._holding: set[int] = set()
 
-    async def recover(self) -> list[str]:
-        """At startup: remove what interrupted backups left (rows never completed, partial
-        directories). Returns what was removed, for the log."""
+    async def recover(self, server: str | None = None) -> list[str]:
+        """Remove what interrupted backups left (of every server, or of one): rows never
+        completed whose writing process is gone, and their directories. A backup another
+        live process is writing is left alone. Returns what was removed, for the log."""
+        pattern = f"{server}/*{PARTIAL}" if server else f"*/*{PARTIAL}"
+        # Directories first, rows second: a writer inserts its row before it makes its
+        # directory, so a directory seen here without a live row is nobody's.
+        dirs = await asyncio.to_thread(lambda: list(self.root.glob(pattern)))
+        abandoned, live = await self.store.unfinished_backups(server)
         removed = []
-        for b in await self.store.list_backups(complete=False):
+        for b in abandoned:
             for d in (self.root / b.dir, self.root / (b.dir + PARTIAL)):
                 await asyncio.to_thread(shutil.rmtree, d, True)
             await self.store.delete_backup(b.id)
             removed.append(f"interrupted backup of {b.server} from {b.created_at:%Y-%m-%d %H:%M}")
-        for d in await asyncio.to_thread(lambda: list(self.root.glob(f"*/*{PARTIAL}"))):
-            await asyncio.to_thread(shutil.rmtree, d, True)
-            removed.append(str(d))
+        keep = {self.root / (b.dir + PARTIAL) for b in live}
+        for d in dirs:
+            if d not in keep and await asyncio.to_thread(d.exists):
+                await asyncio.to_thread(shutil.rmtree, d, True)
+                removed.append(str(d))
         return removed
+
+    async def after_interrupted(self, record: ServerRecord) -> None:
+        """What a dead process's operation on the server left: its partial backups, and a
+        restore it did not finish (finished now, from the verified archive)."""
+        await self.recover(record.name)
+        if record.restoring is not None:
+            await self._finish_restore(record.name, record.restoring)
 
     async def list(self, server: str | None = None) -> list[Backup]:
         return await self.store.list_backups(server)
@@ -251,16 +269,17 @@ class BackupService:
         info = await self.servers.container_of(record)
         if info is None:
             raise BackupError(f"Server '{name}' has no container; start it once, then back it up.")
-        await self._check_space(name)
+        free = await self._check_space(name)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         rel = f"{name}/{stamp}"
         final, partial = self.root / rel, self.root / (rel + PARTIAL)
-        await asyncio.to_thread(partial.mkdir, parents=True)
+        # The row first: a partial directory without a live row is known to be abandoned.
         backup_id = await self.store.begin_backup(
             name, rel, trigger=trigger, actor=actor, warplan=plan.name, image=record.image
         )
         started = time.monotonic()
         try:
+            await asyncio.to_thread(partial.mkdir, parents=True)
             async with _Consistency(self, record, plan, info.id, info.running):
                 driver = self.servers.driver_of(record)
                 made = [
@@ -272,16 +291,24 @@ class BackupService:
             backup = await self.store.finish_backup(
                 backup_id, size, time.monotonic() - started, [v.__dict__ for v in made]
             )
-        except BaseException:
+        except BaseException as e:
+            written = await asyncio.to_thread(_du, partial)
             # Nothing half-written stays: not the directory, not the row.
             await asyncio.to_thread(shutil.rmtree, partial, True)
             await asyncio.to_thread(shutil.rmtree, final, True)
             await _quiet(self.store.delete_backup(backup_id))
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise BackupError(
+                    f"Not enough disk space for a backup of {name}: {self.root} filled up "
+                    f"after {_human(written)}, so the backup needs more than the "
+                    f"{_human(free)} that was free there; nothing of it was kept."
+                ) from None
             raise
         await self._prune(name)
         return backup
 
-    async def _check_space(self, name: str) -> None:
+    async def _check_space(self, name: str) -> int:
+        """Refuse a backup that cannot fit; returns the free bytes."""
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
         free = (await asyncio.to_thread(shutil.disk_usage, self.root)).free
         last = await self.store.list_backups(name)
@@ -291,6 +318,7 @@ class BackupService:
                 f"Not enough disk space for a backup of {name}: {_human(free)} free in "
                 f"{self.root}, {_human(need)} needed."
             )
+        return free
 
     async def _archive(
         self, driver: DockerDriver, cid: str, volume: str, path: str, into: Path
@@ -322,7 +350,10 @@ class BackupService:
         return BackupVolume(volume, path, target.name, size, digest)
 
     async def _prune(self, name: str) -> None:
+        held = await self._held_ids()
         for b in to_prune(await self.store.list_backups(name), self.policy):
+            if b.id in held:
+                continue  # a restore reads it (or falls back to it): never pruned under it
             await self._remove(b)
             log.info("pruned backup #%s of %s (%s)", b.id, name, b.created_at.isoformat())
 
@@ -334,6 +365,10 @@ class BackupService:
         b = await self.store.get_backup(backup_id)
         if b.locked:
             raise BackupError(f"Backup #{backup_id} is locked; unlock it first.")
+        if b.id in await self._held_ids():
+            raise BackupError(
+                f"Backup #{backup_id} is being restored; delete it once the restore is done."
+            )
         await self._remove(b)
         await self.store.audit(actor, "backup-delete", b.server, True, f"#{b.id}")
         return b
@@ -347,21 +382,42 @@ class BackupService:
 
     # --- restore ----------------------------------------------------------------------------
 
+    async def _held_ids(self) -> set[int]:
+        return self._holding | await self.store.restoring_backups()
+
     async def verify(self, b: Backup) -> None:
-        """Checksum every file, then read every archive through and check its members: all
-        before anything of the server is touched."""
+        """Checksum every file, then read every archive through and check its members."""
+        async with self._opened(b):
+            pass
+
+    @asynccontextmanager
+    async def _opened(self, b: Backup) -> AsyncIterator[dict[str, BinaryIO]]:
+        """The backup's archives, open and verified (checksums, then every member read
+        through), by volume; held against pruning and deletion while open. Restores read
+        from these handles, so even a file removed by another process stays readable."""
         directory = self.root / b.dir
-        for v in b.volumes:
-            path = directory / v.file
-            if not await asyncio.to_thread(path.is_file):
-                raise BackupError(f"Backup #{b.id} is missing {v.file}; it cannot be restored.")
-            if await asyncio.to_thread(sha256_file, path) != v.sha256:
-                raise BackupError(
-                    f"Backup #{b.id} is corrupt ({v.file} does not match its checksum); "
-                    "it was not restored."
-                )
-            top = PurePosixPath(v.path).name
-            await asyncio.to_thread(_check_file, path, top)
+        files: dict[str, BinaryIO] = {}
+        self._holding.add(b.id)
+        try:
+            for v in b.volumes:
+                try:
+                    files[v.name] = await asyncio.to_thread((directory / v.file).open, "rb")
+                except FileNotFoundError:
+                    raise BackupError(
+                        f"Backup #{b.id} is missing {v.file}; it cannot be restored."
+                    ) from None
+                f = files[v.name]
+                if await asyncio.to_thread(_sha256_of, f) != v.sha256:
+                    raise BackupError(
+                        f"Backup #{b.id} is corrupt ({v.file} does not match its checksum); "
+                        "it was not restored."
+                    )
+                await asyncio.to_thread(_check_open, f, PurePosixPath(v.path).name)
+            yield files
+        finally:
+            self._holding.discard(b.id)
+            for f in files.values():
+                await asyncio.to_thread(f.close)
 
     async def get_for(self, name: str, backup_id: int) -> Backup:
         """The backup, refused when it is another server's."""
@@ -373,10 +429,13 @@ class BackupService:
     async def restore(self, name: str, backup_id: int, *, actor: str) -> Backup | None:
         """Replace the server's backed-up volumes with a backup's contents; the server is
         stopped for it and started again if it was running. A backup of the current state is
-        taken first. Returns that safety backup."""
+        taken first. Returns that safety backup.
+
+        Nothing of the server is touched before the archives are open and verified. From
+        the first volume removed to the last written, the server records what it restores
+        from: a restore cut short there is finished by the next operation on the server."""
         b = await self.get_for(name, backup_id)
-        async with self.servers.operation(name, "restore", actor):
-            await self.verify(b)
+        async with self.servers.operation(name, "restore", actor), self._opened(b) as files:
             record = await self.store.get_server(name)
             info = await self.servers.container_of(record)
             safety = None
@@ -385,17 +444,43 @@ class BackupService:
             was_running = info is not None and info.running
             if was_running:
                 await self.servers.stop_held(name)
-            fresh = await self.servers.recreate_held(name, [v.name for v in b.volumes])
-            for v in b.volumes:
-                parent = str(PurePosixPath(v.path).parent)
-                reader = await asyncio.to_thread(_open_reader, self.root / b.dir / v.file)
-                try:
-                    await self.servers.driver_of(record).write_archive(fresh.id, parent, reader)
-                finally:
-                    await asyncio.to_thread(reader.close)
+            await self._write_back(name, b, files, safety.id if safety else None)
             if was_running:
                 await self.servers.start_held(name)
             return safety
+
+    async def _write_back(
+        self, name: str, b: Backup, files: dict[str, BinaryIO], safety: int | None
+    ) -> None:
+        await self.store.set_restoring(name, {"backup": b.id, "safety": safety})
+        fresh = await self.servers.recreate_held(name, [v.name for v in b.volumes])
+        driver = self.servers.driver_of(await self.store.get_server(name))
+        for v in b.volumes:
+            parent = str(PurePosixPath(v.path).parent)
+            reader = await asyncio.to_thread(_reader_at_start, files[v.name])
+            await driver.write_archive(fresh.id, parent, reader)
+        await self.store.set_restoring(name, None)
+
+    async def _finish_restore(self, name: str, marker: dict[str, Any]) -> None:
+        """A restore whose process died while writing: write the backup it restored from
+        again (or, if that one is gone or damaged, the safety backup taken before it). The
+        server is left stopped."""
+        reasons = []
+        for key in ("backup", "safety"):
+            if not marker.get(key):
+                continue
+            try:
+                b = await self.store.get_backup(int(marker[key]))
+                async with self._opened(b) as files:
+                    await self._write_back(name, b, files, marker.get("safety"))
+            except (BackupError, BackupNotFound) as e:
+                reasons.append(str(e))
+                continue
+            log.warning("%s: interrupted restore finished from backup #%s", name, b.id)
+            return
+        raise BackupError(
+            f"The interrupted restore of {name} cannot be finished: {' '.join(reasons)}"
+        )
 
 
 class _Consistency:
@@ -456,15 +541,30 @@ class _Consistency:
             await self.svc.servers.start_held(self.record.name)
 
 
-def _open_reader(path: Path) -> BinaryIO:
-    f = path.open("rb")
-    reader: BinaryIO = zstandard.ZstdDecompressor().stream_reader(f, closefd=True)
+def _reader_at_start(f: BinaryIO) -> BinaryIO:
+    """A decompressing reader over an open archive, from its first byte (the file stays
+    open for the next reader)."""
+    f.seek(0)
+    reader: BinaryIO = zstandard.ZstdDecompressor().stream_reader(f, closefd=False)
     return reader
 
 
-def _check_file(path: Path, top: str) -> None:
-    with _open_reader(path) as reader:
+def _sha256_of(f: BinaryIO) -> str:
+    f.seek(0)
+    digest = hashlib.sha256()
+    while block := f.read(READ_CHUNK):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_open(f: BinaryIO, top: str) -> None:
+    with _reader_at_start(f) as reader:
         check_members(reader, top)
+
+
+def _du(path: Path) -> int:
+    """Bytes in the files below a directory (0 when it is gone)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _fsync_dir(path: Path) -> None:
