@@ -396,6 +396,11 @@ class Automation:
         announcements need them, and replan every scheduled server (a server started or
         stopped by hand gets, or loses, its automatic stop here)."""
         await self._beat()
+        # What a killed `peon` process left (a lease, a partial backup) is cleaned up here,
+        # not at the bot's next restart.
+        await _quiet(self.servers.recover_interrupted("peon:tick"))
+        if self.backups is not None:
+            await _quiet(self.backups.recover())
         schedules = await self.store.list_schedules()
         idle = {s.server: rules.rule_of(s) for s in schedules if s.kind == "idle" and not s.paused}
         watched = set(idle)

@@ -205,6 +205,9 @@ class ServerService:
                 await self._finish_delete(name, purge=op == "purge")
                 kind, detail = "finished_deletes", f"interrupted {op} finished"
             else:
+                info = await self._current_container(record)
+                if info is not None and info.status == "paused":
+                    await self.driver_of(record).unpause(info.id)  # a backup's pause, cut short
                 for hook in self.recovery_hooks:
                     await hook(record)
                 kind = "interrupted"
@@ -860,20 +863,16 @@ class ServerService:
 
     # --- reconcile --------------------------------------------------------------------------
 
-    async def reconcile(self, actor: str = "peon") -> ReconcileReport:
-        """Make the records and the engine agree after a crash or outside changes.
-
-        Unfinished creates are rolled back, unfinished deletes finished, other interrupted
-        operations released; records whose container vanished are marked missing; labelled
-        containers without a record are adopted when their war plan is loaded, else reported.
-        Nothing with data is deleted silently.
-        """
+    async def recover_interrupted(self, actor: str) -> ReconcileReport:
+        """Finish or undo the operations of dead processes (all servers): what a restart's
+        reconcile does first, and a running bot does every check interval, so what a killed
+        CLI left never waits for a restart."""
         report = ReconcileReport()
         for lease in await self.store.stale_leases():
             try:
                 kind = await self.recover(lease, actor)
             except DockerUnavailable as e:
-                # Its host is down: the lease stays for the next reconcile to finish.
+                # Its host is down: the lease stays for the next attempt to finish.
                 report.unreachable.append(f"{lease.name} ({e})")
                 continue
             except PeonError as e:
@@ -883,6 +882,17 @@ class ServerService:
                 report.interrupted.append(f"{lease.name} ({lease.operation})")
             elif kind is not None:
                 getattr(report, kind).append(lease.name)
+        return report
+
+    async def reconcile(self, actor: str = "peon") -> ReconcileReport:
+        """Make the records and the engine agree after a crash or outside changes.
+
+        Unfinished creates are rolled back, unfinished deletes finished, other interrupted
+        operations released; records whose container vanished are marked missing; labelled
+        containers without a record are adopted when their war plan is loaded, else reported.
+        Nothing with data is deleted silently.
+        """
+        report = await self.recover_interrupted(actor)
         records = await self.store.list_servers()
         for camp in self.camps:
             try:
