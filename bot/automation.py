@@ -201,6 +201,7 @@ class Automation:
             rows = await self.store.list_schedules(server)
             running = await self.servers.is_running(server)
             keep = await self.store.keep_until(server)
+            kept = await self.store.kept_due(server)
         except ServerNotFound:
             self._forget(server)
             return None
@@ -226,8 +227,18 @@ class Automation:
         ):
             dues.append(current.due)  # its time has come (or it is held): keep it
         new = rules.choose(
-            dues, now, keep_until=keep, current=current, overdue_lead=self.settings.catch_up_lead
+            dues,
+            now,
+            keep_until=keep,
+            current=current,
+            overdue_lead=self.settings.catch_up_lead,
+            kept=kept,
         )
+        if keep is not None and (new is None or new.hold is None):
+            # The stop it held is gone (fired, stopped by hand, schedule changed) or it ran
+            # out: a stale hold must not postpone a later stop, nor stop the server after a
+            # restart as "the end of the time kept".
+            await self.store.set_keep_until(server, None)
         if new is current:
             return new
         self.scheduler.cancel_prefix(f"auto:stop:{server}:")
@@ -460,7 +471,7 @@ class Automation:
         until = max(p.at, self.clock()) + self.settings.keep_for
         # Whole seconds: what is stored (and shown) is exactly what is planned.
         until = until.replace(microsecond=0) + timedelta(seconds=1 if until.microsecond else 0)
-        await self.store.set_keep_until(server, until)
+        await self.store.set_keep_until(server, until, p.due.key)
         await self.store.audit(actor, "postpone", server, True, f"until {until.isoformat()}")
         new = await self.replan(server)
         if new is None:  # the stop went away meanwhile (schedule removed, server stopped)

@@ -137,6 +137,11 @@ class Due:
     schedule_id: int | None = None
     zone: ZoneInfo | None = None
 
+    @property
+    def key(self) -> str:
+        """Identifies this stop across restarts: what a Keep running hold is bound to."""
+        return f"{self.reason}:{self.schedule_id or 0}:{self.action}:{self.at.isoformat()}"
+
 
 @dataclass(frozen=True)
 class Pending:
@@ -221,14 +226,17 @@ def choose(
     keep_until: datetime | None,
     current: Pending | None,
     overdue_lead: timedelta,
+    kept: str | None = None,
 ) -> Pending | None:
-    """The next automatic stop: the earliest due one, held until `keep_until`. The current
+    """The next automatic stop: the earliest due one, held until `keep_until` when that hold
+    was given for it (`kept`: the held stop's key; None, a hold given for whichever). The current
     pending stop is returned unchanged when nothing about it changed (its jobs stay as they
     are); a stop already overdue is moved to `now + overdue_lead`, so it is still warned."""
     first = min(dues, key=lambda d: (d.at, d.schedule_id or 0), default=None)
     if first is None:
         return None
-    hold = keep_until if keep_until is not None and keep_until > first.at else None
+    applies = keep_until is not None and keep_until > first.at and kept in (None, first.key)
+    hold = keep_until if applies else None
     if current is not None and current.due == first and current.hold == hold:
         return current
     at = hold or first.at

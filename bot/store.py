@@ -136,6 +136,7 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE backups ADD COLUMN owner TEXT;
     ALTER TABLE servers ADD COLUMN restoring TEXT;
+    ALTER TABLE servers ADD COLUMN keep_due TEXT;
     """,
 ]
 
@@ -475,13 +476,24 @@ class Store:
         if cur.rowcount == 0:
             raise ScheduleNotFound(schedule_id)
 
-    async def set_keep_until(self, server: str, until: datetime | None) -> None:
+    async def set_keep_until(
+        self, server: str, until: datetime | None, due: str | None = None
+    ) -> None:
+        """A Keep running hold: until when, and the key of the automatic stop it holds (a
+        hold applies to that stop only, never to one planned after it)."""
         cur = await self.db.execute(
-            "UPDATE servers SET keep_until = ? WHERE name = ?",
-            (_ts(until) if until else None, server),
+            "UPDATE servers SET keep_until = ?, keep_due = ? WHERE name = ?",
+            (_ts(until) if until else None, due if until else None, server),
         )
         if cur.rowcount == 0:
             raise ServerNotFound(server)
+
+    async def kept_due(self, server: str) -> str | None:
+        cur = await self.db.execute("SELECT keep_due FROM servers WHERE name = ?", (server,))
+        row = await cur.fetchone()
+        if row is None:
+            raise ServerNotFound(server)
+        return str(row[0]) if row[0] else None
 
     async def keep_until(self, server: str) -> datetime | None:
         cur = await self.db.execute("SELECT keep_until FROM servers WHERE name = ?", (server,))

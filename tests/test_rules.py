@@ -122,6 +122,19 @@ def test_keep_running_holds_the_stop_and_survives_its_due_time() -> None:
     assert not rules.still_valid(held.due, by_id, running=False, empty_since=None)
 
 
+def test_a_hold_postpones_only_the_stop_it_was_given_for() -> None:
+    held_stop = Due("alpha", T0 + timedelta(minutes=10), "stop", "timer", "timer", 1)
+    keep = T0 + timedelta(hours=1)
+    p = rules.choose([held_stop], T0, keep_until=keep, current=None, overdue_lead=LEAD,
+                     kept=held_stop.key)  # fmt: skip
+    assert p is not None and p.at == keep and p.held
+    # A stop planned later (a new timer), before the hold runs out: not postponed by it.
+    other = Due("alpha", T0 + timedelta(minutes=20), "stop", "timer", "timer", 2)
+    p = rules.choose([other], T0, keep_until=keep, current=None, overdue_lead=LEAD,
+                     kept=held_stop.key)  # fmt: skip
+    assert p is not None and p.at == other.at and not p.held
+
+
 def test_an_overdue_stop_is_warned_shortly_not_at_once() -> None:
     timer = sched(3, "timer", rules.timer_spec(T0 - timedelta(minutes=5)))
     p = plan([timer], T0)
