@@ -37,7 +37,7 @@ from bot.models import Backup, BackupVolume, ServerRecord
 from bot.servers import ServerService
 from bot.settings import Settings
 from bot.store import Store
-from bot.warplans import WarPlan
+from bot.warplans import SaveSpec, WarPlan
 
 log = logging.getLogger(__name__)
 
@@ -485,8 +485,9 @@ class BackupService:
 
 class _Consistency:
     """Makes the world on disk consistent for the length of the archive, per the plan's
-    `save`: a save command (waiting for its confirmation line), a pause, or a stop. The
-    server is put back in its previous state afterwards, also when the backup fails."""
+    `save`: a save command (waiting for its confirmation), a pause, or a stop. The server is
+    put back in its previous state afterwards, also when the backup fails: unpaused,
+    started, or given the plan's `after` command (e.g. Minecraft's save-on)."""
 
     def __init__(
         self, svc: BackupService, record: ServerRecord, plan: WarPlan, cid: str, running: bool
@@ -505,40 +506,67 @@ class _Consistency:
         elif save.mode == "stop":
             await self.svc.servers.stop_held(self.record.name)
             self.undo = "start"
-        elif save.mode == "exec":
+        else:
+            try:
+                await self._save(save)
+            except BaseException:
+                # The save command may have turned autosave off (save-off) before the step
+                # that failed: `after` turns it back on (__aexit__ does not run here).
+                if save.after:
+                    await _quiet(self._after(save))
+                raise
+            self.undo = "after"
+
+    async def _save(self, save: SaveSpec) -> None:
+        driver = self.svc.servers.driver_of(self.record)
+        since = datetime.now(UTC)
+        output = ""
+        if save.mode == "exec":
             command = save.command if isinstance(save.command, list) else [str(save.command)]
-            code, _ = await driver.exec(self.cid, command, timeout=save.timeout)
+            code, output = await driver.exec(self.cid, command, timeout=save.timeout)
             if code != 0:
                 raise BackupError(
                     f"The save command of {self.record.name} failed (exit {code}); no backup made."
                 )
         else:
-            await self._console_save(str(save.command), save.done, save.timeout)
-
-    async def _console_save(self, command: str, done: str | None, timeout: int) -> None:
-        since = datetime.now(UTC)
-        driver = self.svc.servers.driver_of(self.record)
-        await driver.send_console(self.cid, command)
-        if done is None:
-            await asyncio.sleep(min(timeout, 5))  # no confirmation line: give it a moment
+            await driver.send_console(self.cid, str(save.command))
+        if save.done is None:
+            await asyncio.sleep(min(save.timeout, 5))  # no confirmation line: give it a moment
             return
-        pattern = re.compile(done)
+        pattern = re.compile(save.done)
+        if pattern.search(output):
+            return  # the command itself answered (rcon-cli prints the server's reply)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(save.timeout):
                 async for line in driver.follow_logs(self.cid, since=since):
                     if pattern.search(line):
                         return
         except TimeoutError:
             pass
         raise BackupError(
-            f"{self.record.name} did not confirm its save within {timeout} s; no backup made."
+            f"{self.record.name} did not confirm its save within {save.timeout} s; no backup made."
         )
+
+    async def _after(self, save: SaveSpec) -> None:
+        driver = self.svc.servers.driver_of(self.record)
+        if save.mode == "exec":
+            command = save.after if isinstance(save.after, list) else [str(save.after)]
+            code, _ = await driver.exec(self.cid, command, timeout=save.timeout)
+            if code != 0:
+                raise BackupError(
+                    f"The command run after the backup of {self.record.name} failed (exit "
+                    f"{code}); run it by hand: {' '.join(command)}."
+                )
+        else:
+            await driver.send_console(self.cid, str(save.after))
 
     async def __aexit__(self, *exc: object) -> None:
         if self.undo == "unpause":
             await self.svc.servers.driver_of(self.record).unpause(self.cid)
         elif self.undo == "start":
             await self.svc.servers.start_held(self.record.name)
+        elif self.undo == "after" and self.plan.save is not None and self.plan.save.after:
+            await self._after(self.plan.save)
 
 
 def _reader_at_start(f: BinaryIO) -> BinaryIO:

@@ -28,6 +28,8 @@ from bot.warplans import (
     import_peon_plan,
     load_catalog,
     load_warplan,
+    plan_warnings,
+    unverified_facts,
     warplan_json_schema,
 )
 
@@ -51,8 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     wsub.add_parser("list", help="list loaded plans and files that failed")
     s = wsub.add_parser("show", help="show one plan")
     s.add_argument("name")
-    s = wsub.add_parser("validate", help="validate a plan file or a folder of them")
+    s = wsub.add_parser(
+        "validate", help="validate a plan file or a folder of them; warn about risky patterns"
+    )
     s.add_argument("path")
+    s.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     s = wsub.add_parser("import", help="convert a PEON plan.json into a war plan")
     s.add_argument("path")
     s.add_argument("-o", "--output", help="write here (default: warplans/<name>.yaml)")
@@ -202,14 +207,23 @@ async def _warplan(args: argparse.Namespace, settings: Settings, out: IO[str]) -
         path = Path(args.path)
         if path.is_dir():
             catalog = load_catalog(path)
-            for name in catalog.names():
-                out.write(f"ok: {catalog.sources[name]}\n")
-            for err in catalog.errors:
-                out.write(f"error: {err}\n")
-            return 1 if catalog.errors or not catalog.plans else 0
-        plan = load_warplan(path)
-        out.write(f"ok: {path} ({plan.title})\n")
-        return 0
+            checked = [(catalog.sources[n], catalog.plans[n]) for n in catalog.names()]
+            errors = list(catalog.errors)
+        else:
+            checked, errors = [(path, load_warplan(path))], []
+        warned = 0
+        for source, plan in checked:
+            notes = plan_warnings(plan)
+            unverified = unverified_facts(plan)
+            extra = f", {len(unverified)} unverified" if unverified else ""
+            out.write(f"ok: {source} ({plan.title}{extra})\n")
+            for note in notes:
+                out.write(f"warning: {source}: {note}\n")
+            warned += len(notes)
+        for err in errors:
+            out.write(f"error: {err}\n")
+        failed = bool(errors) or not checked or (args.strict and warned > 0)
+        return 1 if failed else 0
     if args.action == "schema":
         out.write(json.dumps(warplan_json_schema(), indent=2) + "\n")
         return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ VAR_NAME = r"^[a-z][a-z0-9_]{0,47}$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL")
 _TEMPLATE = re.compile(r"\{(server|port:[a-z0-9-]+)\}")
+GENERATED_BYTES = 18  # a generated secret: 24 URL-safe characters
 _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n"}
 
@@ -80,6 +82,10 @@ class VariableSpec(_Model):
     min: int | None = None
     max: int | None = None
     choices: list[str] | None = None
+    generate: bool = Field(
+        default=False,
+        description="A secret left empty at create gets a random value, stored as the secret.",
+    )
 
     _pattern_ok = field_validator("pattern")(_check_regex)
 
@@ -95,6 +101,10 @@ class VariableSpec(_Model):
             raise ValueError("'min' is larger than 'max'")
         if self.pattern is not None and self.type != "string":
             raise ValueError("'pattern' only applies to type 'string'")
+        if self.generate and not (self.secret and self.type == "string"):
+            raise ValueError("'generate' only applies to a secret string")
+        if self.generate and (self.required or self.default not in (None, "")):
+            raise ValueError("a generated secret has neither 'required' nor a 'default'")
         if self.default is not None and "{server}" not in str(self.default):
             # A default must itself be acceptable, or every create with defaults would fail.
             try:
@@ -166,11 +176,25 @@ class StopSpec(_Model):
         return self
 
 
+class UncountedWhen(_Model):
+    """A configuration in which the plan's player count is known to be wrong."""
+
+    env: Annotated[str, Field(pattern=ENV_NAME)]
+    pattern: str = Field(description="Regex searched in the server's value of `env`.")
+    reason: str = Field(min_length=1, description="One sentence: why players cannot be counted.")
+
+    _pattern_ok = field_validator("pattern")(_check_regex)
+
+
 class PlayersSpec(_Model):
     protocol: Literal["a2s", "minecraft", "log"]
     port: str | None = Field(default=None, description="Name of the port to query.")
     join: str | None = None
     leave: str | None = None
+    uncounted_when: list[UncountedWhen] = Field(
+        default_factory=list,
+        description="Configurations in which the count is wrong: idle schedules are refused.",
+    )
 
     _join_ok = field_validator("join")(_check_regex)
     _leave_ok = field_validator("leave")(_check_regex)
@@ -187,7 +211,14 @@ class PlayersSpec(_Model):
 class SaveSpec(_Model):
     mode: Literal["console", "exec", "pause", "stop", "none"] = "console"
     command: str | list[str] | None = None
-    done: str | None = Field(default=None, description="Regex on the log confirming the save.")
+    done: str | None = Field(
+        default=None,
+        description="Regex confirming the save, on the log (and, for exec, the command's output).",
+    )
+    after: str | list[str] | None = Field(
+        default=None,
+        description="Run after the archive, also when the backup fails (e.g. save-on).",
+    )
     timeout: int = Field(default=60, ge=1, le=3600)
 
     _done_ok = field_validator("done")(_check_regex)
@@ -196,7 +227,44 @@ class SaveSpec(_Model):
     def _fits(self) -> SaveSpec:
         if self.mode in ("console", "exec") and not self.command:
             raise ValueError(f"mode '{self.mode}' needs 'command'")
+        if self.after is not None and self.mode not in ("console", "exec"):
+            raise ValueError("'after' only applies to modes 'console' and 'exec'")
+        for what, value in (("command", self.command), ("after", self.after)):
+            if self.mode == "exec" and isinstance(value, str):
+                raise ValueError(f"mode 'exec' needs '{what}' as a list (program and arguments)")
+            if self.mode == "console" and isinstance(value, list):
+                raise ValueError(f"mode 'console' needs '{what}' as one line of text")
         return self
+
+
+FACTS = ("ready", "stop", "save", "volumes", "ports", "players", "say", "entrypoint", "command")
+
+
+class Evidence(_Model):
+    """Where the plan's facts about its image were checked: per fact a short note with its
+    source, or one that starts with "unverified" and says what could not be checked."""
+
+    version: str = Field(min_length=1, description="Image version, tag or source commit read.")
+    date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$", description="When it was checked.")
+    links: list[str] = Field(default_factory=list, description="Sources read.")
+    version_tags: bool = Field(
+        default=True, description="Whether the image publishes version-pinned tags."
+    )
+    image_volumes: list[str] = Field(
+        default_factory=list, description="The image's own VOLUME paths (image inspect)."
+    )
+    facts: dict[str, str] = Field(default_factory=dict, description="Per fact: the evidence.")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Per environment variable: where the image reads it."
+    )
+
+    @field_validator("facts")
+    @classmethod
+    def _known_facts(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(FACTS))
+        if unknown:
+            raise ValueError(f"unknown facts {unknown}; known: {', '.join(FACTS)}")
+        return v
 
 
 class WarPlan(_Model):
@@ -220,6 +288,9 @@ class WarPlan(_Model):
         description="Console command that shows {message} to the players in game (warnings).",
     )
     links: list[str] = Field(default_factory=list, description="Documentation of the image.")
+    verified: Evidence | None = Field(
+        default=None, description="Where the plan's facts about the image were checked."
+    )
 
     @field_validator("env", mode="before")
     @classmethod
@@ -261,6 +332,11 @@ class WarPlan(_Model):
                 raise ValueError("ready.port: a port check needs a tcp port")
         if self.players and self.players.port and self.players.port not in port_names:
             raise ValueError(f"players.port: no port named '{self.players.port}'")
+        if self.players is not None:
+            envs = set(self.env) | {v.env for v in self.variables}
+            for rule in self.players.uncounted_when:
+                if rule.env not in envs:
+                    raise ValueError(f"players.uncounted_when: the plan never sets {rule.env}")
         if self.say is not None and "{message}" not in self.say:
             raise ValueError("say: must contain {message}, where the warning text goes")
         texts = [
@@ -344,6 +420,10 @@ def resolve_variables(plan: WarPlan, given: Mapping[str, str], server: str) -> d
         raw = given.get(spec.name)
         if raw is None or (raw.strip() == "" and spec.type != "string"):
             raw = spec.default_text(server)
+        if spec.generate and (raw is None or raw.strip() == ""):
+            # Never the image's own default (a remote-admin password everyone knows): a
+            # random one, kept as the server's secret like a typed one.
+            raw = secrets.token_urlsafe(GENERATED_BYTES)
         if raw is None or (spec.required and raw.strip() == ""):
             if spec.required:
                 raise VariableError(spec.name, "is required.")
@@ -377,6 +457,134 @@ def render_environment(
 
 def secret_names(plan: WarPlan) -> set[str]:
     return {v.name for v in plan.variables if v.secret}
+
+
+def uncounted_reason(plan: WarPlan, env: Mapping[str, str]) -> str | None:
+    """Why the plan's player count is wrong for a server with this environment, or None."""
+    if plan.players is None:
+        return None
+    for rule in plan.players.uncounted_when:
+        if re.search(rule.pattern, env.get(rule.env, "")):
+            return rule.reason
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Review: risky patterns and missing evidence
+
+_ADMIN_SECRET = re.compile(r"(RCON|ADMIN|SUPERUSER|OWNER).*(PASS|PW|PWD|SECRET|TOKEN)", re.I)
+_ADMIN_PORT = re.compile(r"rcon|telnet|admin", re.I)
+
+
+def image_tag(image: str) -> str | None:
+    """The tag of an image reference (None when untagged; a digest counts as pinned)."""
+    if "@" in image:
+        return "@" + image.split("@", 1)[1]
+    last = image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+def _is_admin_secret(env: str, name: str = "") -> bool:
+    return bool(_ADMIN_SECRET.search(env) or _ADMIN_SECRET.search(name.replace("_", "")))
+
+
+def plan_warnings(plan: WarPlan) -> list[str]:
+    """Risky patterns a review of the shipped plans found; each one sentence, safe to print."""
+    out: list[str] = []
+    ev = plan.verified
+    tag = image_tag(plan.image)
+    if tag in (None, "latest") and (ev is None or ev.version_tags):
+        out.append(
+            f"image: '{plan.image}' follows 'latest'; pin one of the image's version tags (or "
+            "set verified.version_tags: false if it publishes none)."
+        )
+    for key, value in plan.env.items():
+        if _is_admin_secret(key) and value:
+            out.append(f"env.{key}: a remote-admin password is fixed in the plan; make it a "
+                       "required or generated secret variable.")  # fmt: skip
+    for var in plan.variables:
+        if not _is_admin_secret(var.env, var.name):
+            continue
+        if var.default not in (None, ""):
+            out.append(f"variables.{var.name}: a remote-admin password has a default; make it "
+                       "required or generated.")  # fmt: skip
+        elif not (var.required or var.generate):
+            out.append(
+                f"variables.{var.name}: a remote-admin password may be left empty, so the "
+                "image's own default may apply; make it required or generated."
+            )
+        elif not var.secret:
+            out.append(f"variables.{var.name}: a remote-admin password is not secret.")
+    for port in plan.ports:
+        if _ADMIN_PORT.search(f"{port.name} {port.description}"):
+            out.append(
+                f"ports.{port.name}: a remote-admin port is published; use it from inside the "
+                "container (exec) instead."
+            )
+    save = plan.save
+    if save is not None and save.mode in ("console", "exec") and save.done is None:
+        out.append(
+            "save: no 'done' regex, so a backup cannot tell the save finished and archives "
+            "after a fixed pause."
+        )
+    if any(v.backup for v in plan.volumes) and (save is None or save.mode == "none"):
+        out.append(
+            "save: backups of a running server copy files the game may be writing; give a save "
+            "command with 'done', or mode pause or stop."
+        )
+    evidenced = set(ev.env) if ev else set()
+    for env in [*plan.env, *(v.env for v in plan.variables)]:
+        if env not in evidenced:
+            out.append(f"env {env}: the plan's evidence does not show the image reading it "
+                       "(verified.env).")  # fmt: skip
+    paths = {v.path for v in plan.volumes}
+    for path in ev.image_volumes if ev else []:
+        if path not in paths:
+            out.append(f"volumes: the image declares VOLUME {path} and the plan does not name "
+                       "it; PEON keeps it as a named volume that is never backed up.")  # fmt: skip
+    return out
+
+
+def needed_facts(plan: WarPlan) -> list[str]:
+    """The facts about its image that this plan relies on, each needing evidence."""
+    facts = ["volumes", "ports", "stop"]
+    if plan.ready.log or plan.ready.port:
+        facts.append("ready")
+    if plan.save is not None:
+        facts.append("save")
+    if plan.players is not None:
+        facts.append("players")
+    if plan.say is not None:
+        facts.append("say")
+    if plan.entrypoint:
+        facts.append("entrypoint")
+    if plan.command:
+        facts.append("command")
+    return facts
+
+
+def evidence_gaps(plan: WarPlan) -> list[str]:
+    """Facts and variables the plan relies on without evidence, as field names."""
+    ev = plan.verified
+    if ev is None:
+        return ["verified"]
+    gaps = [f"verified.facts.{f}" for f in needed_facts(plan) if not ev.facts.get(f, "").strip()]
+    for env in [*plan.env, *(v.env for v in plan.variables)]:
+        if not ev.env.get(env, "").strip():
+            gaps.append(f"verified.env.{env}")
+    if not ev.links:
+        gaps.append("verified.links")
+    return gaps
+
+
+def unverified_facts(plan: WarPlan) -> list[str]:
+    """Evidence entries that say they could not be verified."""
+    ev = plan.verified
+    if ev is None:
+        return []
+    items = [*(("facts." + k, v) for k, v in ev.facts.items()),
+             *(("env." + k, v) for k, v in ev.env.items())]  # fmt: skip
+    return [k for k, v in items if v.strip().lower().startswith("unverified")]
 
 
 # ---------------------------------------------------------------------------------------------

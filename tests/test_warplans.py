@@ -9,12 +9,15 @@ from bot.errors import VariableError, WarplanError
 from bot.warplans import (
     WarplanLibrary,
     coerce_value,
+    image_tag,
     import_peon_plan,
     load_catalog,
     load_warplan,
     parse_warplan,
+    plan_warnings,
     render_environment,
     resolve_variables,
+    uncounted_reason,
     warplan_json_schema,
 )
 
@@ -275,3 +278,165 @@ def test_import_refuses_plan_without_image(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(WarplanError, match="line 1"):
         import_peon_plan(path)
+
+
+# --- review: warnings, evidence, generated secrets, uncounted players ---------------------
+
+EVIDENCE = {"version": "1.0", "date": "2026-12-02", "links": ["https://example.org/src"]}
+SAFE = {
+    **MINIMAL,
+    "image": "vendor/game:1.2.3",
+    "volumes": [{"name": "data", "path": "/data"}],
+    "save": {"mode": "exec", "command": ["save"], "done": "Saved"},
+    "verified": EVIDENCE,
+}
+
+
+def warnings_of(**changes: object) -> list[str]:
+    return plan_warnings(parse_warplan({**SAFE, **changes}, "warplans/g.yaml"))
+
+
+def test_a_reviewed_plan_has_no_warnings() -> None:
+    assert warnings_of() == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"image": "vendor/game"}, "image: 'vendor/game' follows 'latest'"),
+        ({"image": "vendor/game:latest"}, "follows 'latest'"),
+        (
+            {
+                "variables": [
+                    {
+                        "name": "rcon_password",
+                        "env": "RCON_PASSWORD",
+                        "secret": True,
+                        "default": "changeme",
+                    }
+                ]
+            },
+            "variables.rcon_password: a remote-admin password has a default",
+        ),
+        (
+            {"variables": [{"name": "rcon_password", "env": "CS2_RCONPW", "secret": True}]},
+            "may be left empty, so the image's own default may apply",
+        ),
+        ({"env": {"ADMIN_PASSWORD": "hunter2"}}, "env.ADMIN_PASSWORD: a remote-admin password"),
+        (
+            {"ports": [{"name": "rcon", "container": 27015}]},
+            "ports.rcon: a remote-admin port is published",
+        ),
+        (
+            {"ports": [{"name": "tcp", "container": 27015, "description": "RCON (TCP)"}]},
+            "ports.tcp: a remote-admin port is published",
+        ),
+        ({"save": {"mode": "console", "command": "save"}}, "save: no 'done' regex"),
+        ({"save": {"mode": "exec", "command": ["x"]}}, "save: no 'done' regex"),
+        ({"save": {"mode": "none"}}, "backups of a running server copy files"),
+        ({"save": None}, "backups of a running server copy files"),
+        (
+            {"variables": [{"name": "x", "env": "X"}]},
+            "env X: the plan's evidence does not show the image reading it",
+        ),
+        ({"env": {"DEAD": "1"}}, "env DEAD: the plan's evidence does not show"),
+        (
+            {"verified": {**EVIDENCE, "image_volumes": ["/data", "/cache"]}},
+            "the image declares VOLUME /cache and the plan does not name it",
+        ),
+    ],
+)
+def test_risky_patterns_are_warned(changes: dict, expected: str) -> None:
+    data = {**SAFE, **changes}
+    data = {k: v for k, v in data.items() if v is not None}  # None: the field left out
+    found = plan_warnings(parse_warplan(data, "warplans/g.yaml"))
+    assert any(expected in w for w in found), found
+
+
+def test_what_is_not_risky_is_not_warned() -> None:
+    # A required or generated admin secret; evidence for each env; an image without version
+    # tags that says so; a backup with nothing to back up and no save.
+    ok = warnings_of(
+        image="vendor/game:latest",
+        verified={**EVIDENCE, "version_tags": False, "env": {"A": "x", "B": "y"}},
+        variables=[
+            {"name": "admin_password", "env": "A", "secret": True, "required": True},
+            {"name": "rcon_password", "env": "B", "secret": True, "generate": True},
+        ],
+    )
+    assert ok == []
+    no_backup = {**SAFE, "volumes": [{"name": "d", "path": "/d", "backup": False}]}
+    del no_backup["save"]
+    assert plan_warnings(parse_warplan(no_backup, "warplans/g.yaml")) == []
+
+
+def test_generated_secret_is_random_per_server_and_kept_when_given() -> None:
+    plan = parse_warplan(
+        {
+            **MINIMAL,
+            "variables": [{"name": "rcon", "env": "RCON", "secret": True, "generate": True}],
+        },
+        "warplans/g.yaml",
+    )
+    a = resolve_variables(plan, {}, "a")["rcon"]
+    b = resolve_variables(plan, {"rcon": ""}, "b")["rcon"]
+    assert len(a) >= 20 and a != b
+    assert resolve_variables(plan, {"rcon": "mine"}, "c")["rcon"] == "mine"
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        {"name": "x", "env": "X", "generate": True},
+        {"name": "x", "env": "X", "secret": True, "generate": True, "required": True},
+        {"name": "x", "env": "X", "secret": True, "generate": True, "default": "changeme"},
+    ],
+)
+def test_generate_only_for_optional_secret_strings(variable: dict) -> None:
+    with pytest.raises(WarplanError):
+        parse_warplan({**MINIMAL, "variables": [variable]}, "warplans/g.yaml")
+
+
+def test_save_after_and_command_shapes() -> None:
+    for bad, reason in [
+        ({"mode": "pause", "after": "save-on"}, "'after' only applies"),
+        ({"mode": "exec", "command": "save-all"}, "needs 'command' as a list"),
+        ({"mode": "exec", "command": ["a"], "after": "save-on"}, "needs 'after' as a list"),
+        ({"mode": "console", "command": ["save"]}, "needs 'command' as one line"),
+    ]:
+        with pytest.raises(WarplanError, match=reason):
+            parse_warplan({**MINIMAL, "save": bad}, "warplans/g.yaml")
+
+
+def test_uncounted_players_by_setting() -> None:
+    plan = parse_warplan(
+        {
+            **MINIMAL,
+            "ports": [{"name": "q", "container": 1, "protocol": "udp"}],
+            "variables": [{"name": "crossplay", "env": "CROSSPLAY", "type": "bool"}],
+            "players": {
+                "protocol": "a2s",
+                "port": "q",
+                "uncounted_when": [
+                    {"env": "CROSSPLAY", "pattern": "^true$", "reason": "A2S says 0."}
+                ],
+            },
+        },
+        "warplans/g.yaml",
+    )
+    assert uncounted_reason(plan, {"CROSSPLAY": "true"}) == "A2S says 0."
+    assert uncounted_reason(plan, {"CROSSPLAY": "false"}) is None
+    with pytest.raises(WarplanError, match="never sets NOPE"):
+        parse_warplan(
+            {**MINIMAL, "players": {"protocol": "log", "join": "j", "leave": "l",
+                                    "uncounted_when": [{"env": "NOPE", "pattern": "x",
+                                                        "reason": "r"}]}},
+            "warplans/g.yaml",
+        )  # fmt: skip
+
+
+def test_image_tag() -> None:
+    assert image_tag("itzg/minecraft-server") is None
+    assert image_tag("localhost:5000/game") is None
+    assert image_tag("localhost:5000/game:2.1") == "2.1"
+    assert image_tag("game@sha256:abc") == "@sha256:abc"
