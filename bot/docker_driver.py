@@ -313,6 +313,36 @@ class DockerDriver:
 
         return await self._run(call)
 
+    async def image_volumes(self, image: str) -> tuple[str, ...]:
+        """The paths the image declares as VOLUME; empty when the image is missing."""
+
+        def call() -> tuple[str, ...]:
+            try:
+                img = self._docker().images.get(image)
+            except docker.errors.ImageNotFound:
+                return ()
+            config = img.attrs.get("Config") or {}
+            return tuple(sorted(config.get("Volumes") or {}))
+
+        return await self._run(call)
+
+    async def unnamed_mounts(self, ref: str, prefix: str) -> dict[str, str]:
+        """Container path -> volume name of the container's volumes not named `prefix`...:
+        the anonymous volumes Docker made for image VOLUMEs."""
+
+        def call() -> dict[str, str]:
+            try:
+                attrs = self._docker().api.inspect_container(ref)
+            except docker.errors.NotFound:
+                return {}
+            return {
+                str(m.get("Destination")): str(m.get("Name"))
+                for m in attrs.get("Mounts") or []
+                if m.get("Type") == "volume" and not str(m.get("Name", "")).startswith(prefix)
+            }
+
+        return await self._run(call)
+
     async def pull(
         self, image: str, progress: Callable[[PullProgress], Awaitable[None]] | None = None
     ) -> ImageInfo:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import re
 import sqlite3
@@ -61,6 +62,7 @@ from bot.warplans import (
     fill_template,
     render_environment,
     resolve_variables,
+    uncounted_reason,
 )
 
 log = logging.getLogger(__name__)
@@ -281,7 +283,21 @@ class ServerService:
                 "restore the plan file or run 'peon check'."
             ) from None
 
-    def _container_spec(self, record: ServerRecord, plan: WarPlan) -> ContainerSpec:
+    async def _mounts(self, driver: DockerDriver, server: str, plan: WarPlan) -> dict[str, str]:
+        """Volume id -> container path: the plan's volumes, plus one named volume for every
+        VOLUME the image declares at a path the plan does not name. Docker would make those
+        anonymous volumes, left behind at every recreate (update, restore) with their data
+        out of reach; named, they follow the server like its other volumes."""
+        mounts = {v.name: v.path for v in plan.volumes}
+        named = set(mounts.values())
+        for path in await driver.image_volumes(plan.image):
+            if path not in named:
+                mounts[image_volume_id(path)] = path
+        return mounts
+
+    def _container_spec(
+        self, record: ServerRecord, plan: WarPlan, mounts: dict[str, str]
+    ) -> ContainerSpec:
         host_ports = {p.name: p.host for p in record.ports}
         bind = self.camp_of(record).bind_address
         return ContainerSpec(
@@ -296,7 +312,7 @@ class ServerService:
             if plan.entrypoint
             else None,
             ports={f"{p.container}/{p.protocol}": (bind, p.host) for p in record.ports},
-            volumes={labels.volume_name(record.name, v.name): v.path for v in plan.volumes},
+            volumes={labels.volume_name(record.name, vid): path for vid, path in mounts.items()},
             memory=plan.resources.memory_bytes,
             cpus=plan.resources.cpus,
             stop_signal=plan.stop.signal,
@@ -334,12 +350,13 @@ class ServerService:
         if info is None:
             await self._ensure_image(driver, plan.image, record.name, progress)
             await _emit(progress, Phase(record.name, "creating", "container was missing"))
-            for vol in plan.volumes:
+            mounts = await self._mounts(driver, record.name, plan)
+            for vid in mounts:
                 await driver.ensure_volume(
-                    labels.volume_name(record.name, vol.name),
-                    labels.volume_labels(self.instance, record.name, plan.name, vol.name),
+                    labels.volume_name(record.name, vid),
+                    labels.volume_labels(self.instance, record.name, plan.name, vid),
                 )
-            cid = await driver.create_container(self._container_spec(record, plan))
+            cid = await driver.create_container(self._container_spec(record, plan, mounts))
             info = await driver.inspect(cid)
             if info is None:
                 raise ContainerMissing(cid)
@@ -381,10 +398,11 @@ class ServerService:
             await _emit(progress, Phase(name, "creating"))
             volumes = await camp.driver.list_volumes(labels.instance_filter(self.instance, name))
             existing = {v.name for v in volumes}
+            mounts = await self._mounts(camp.driver, name, plan)
             new = [
-                labels.volume_name(name, v.name)
-                for v in plan.volumes
-                if labels.volume_name(name, v.name) not in existing
+                labels.volume_name(name, vid)
+                for vid in mounts
+                if labels.volume_name(name, vid) not in existing
             ]
             # Written before the volumes exist, so a crash mid-create knows what to remove.
             await self.store.update_server(name, pending_volumes=new)
@@ -677,11 +695,24 @@ class ServerService:
         return info is not None and info.running
 
     def counts_players(self, record: ServerRecord) -> bool:
-        """Whether the server's war plan says how to count its players."""
+        """Whether the server's war plan says how to count its players, and the count is right
+        for the server's settings (see `uncounted_reason`)."""
         try:
-            return self.warplans.get(record.warplan).players is not None
+            plan = self.warplans.get(record.warplan)
         except WarplanNotFound:
             return False
+        return plan.players is not None and self.uncounted_reason(record) is None
+
+    def uncounted_reason(self, record: ServerRecord) -> str | None:
+        """One sentence saying why this server's players cannot be counted with its settings
+        (e.g. Valheim with crossplay: A2S always reports 0), or None."""
+        try:
+            plan = self.warplans.get(record.warplan)
+        except WarplanNotFound:
+            return None
+        host_ports = {p.name: p.host for p in record.ports}
+        env = render_environment(plan, record.variables, record.name, host_ports)
+        return uncounted_reason(plan, env)
 
     async def _players(
         self, record: ServerRecord, info: ContainerInfo | None
@@ -692,6 +723,8 @@ class ServerService:
             return None
         if plan.players is None or info is None or not info.running:
             return None
+        if self.uncounted_reason(record) is not None:
+            return None  # a wrong count (0 on a full server) must never feed an idle stop
         spec = plan.players
         try:
             if spec.protocol == "log":
@@ -802,6 +835,14 @@ class ServerService:
                 if info.running:
                     await _emit(progress, Phase(name, "stopping"))
                     await self._graceful_stop(record, info)
+                for path, vol in (await driver.unnamed_mounts(info.id, "peon-")).items():
+                    # A container made before PEON named image VOLUMEs: its anonymous volume
+                    # stays (data is never thrown away), and is said out loud.
+                    log.warning(
+                        "%s: anonymous volume %s (image VOLUME %s) is left behind by this "
+                        "recreate; copy what you need from it, then 'docker volume rm' it",
+                        name, vol, path,
+                    )  # fmt: skip
                 await driver.remove(info.id, force=True)
             await self.store.update_server(
                 name, image=plan.image, container_id=None, state=ServerState.STOPPED
@@ -959,6 +1000,13 @@ class ServerService:
         """The record's variables for display: secrets masked."""
         secret = self._secret_names(record)
         return {k: ("••••••" if k in secret else v) for k, v in record.variables.items()}
+
+
+def image_volume_id(path: str) -> str:
+    """A stable volume id for an image VOLUME path the plan does not name: readable, and
+    unique (two paths that slug alike differ in the hash)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")[:16].strip("-") or "root"
+    return f"image-{slug}-{hashlib.sha256(path.encode()).hexdigest()[:6]}"
 
 
 async def _emit(progress: Progress | None, event: ProgressEvent) -> None:
