@@ -41,6 +41,87 @@ LOOP_PROBE_INTERVAL = 0.05  # seconds between event-loop lateness probes
 LOOP_STALL_WARNING = 0.1  # a stall this long delays interactions noticeably: log it
 
 
+# Discord's message limits (discord-api-docs, resources/message "Embed Limits"; content 2000).
+CONTENT_MAX = 2000
+TITLE_MAX, DESCRIPTION_MAX, FIELDS_MAX = 256, 4096, 25
+FIELD_NAME_MAX, FIELD_VALUE_MAX, FOOTER_MAX, AUTHOR_MAX = 256, 1024, 2048, 256
+EMBED_TOTAL_MAX = 6000
+LOG_EMBED_CHARS = 3900  # log lines in an embed description, with room for the fences
+
+
+def escape(text: str) -> str:
+    """Text from outside (player names, log lines) shown as typed: no markdown, no pings."""
+    return str(discord.utils.escape_mentions(discord.utils.escape_markdown(text)))
+
+
+def code_block(lines: list[str], limit: int) -> str:
+    """Lines as a code block of at most `limit` characters in all, the newest kept. Fences
+    inside are broken up first, so the cut can never leave the block open."""
+    text = "\n".join(lines).replace("```", "`\u200b``")
+    text = str(discord.utils.escape_mentions(text))
+    room = limit - len("```\n\n```")
+    if len(text) > room:
+        text = "…" + text[-(room - 1) :]
+    return f"```\n{text or '(no output yet)'}\n```"
+
+
+def clip(text: str, limit: int) -> str:
+    """Text cut to `limit` characters, an ellipsis marking the cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Embed(discord.Embed):
+    """Every embed PEON sends: discord.py serialises embeds with to_dict(), so fitting them
+    there caps each part to Discord's limits whatever data (players, logs, plans) they were
+    built from, instead of a 400 and an apology."""
+
+    def to_dict(self) -> Any:
+        return fit_embed_dict(dict(super().to_dict()))
+
+
+def fit_embed_dict(d: dict[str, Any]) -> dict[str, Any]:
+    """Cap each part, then the total: the description is shortened first, then fields are
+    dropped from the end (the last kept one says how many more there were)."""
+    for key, limit in (("title", TITLE_MAX), ("description", DESCRIPTION_MAX)):
+        if key in d:
+            d[key] = clip(str(d[key]), limit)
+    for key, sub, limit in (("footer", "text", FOOTER_MAX), ("author", "name", AUTHOR_MAX)):
+        if key in d and sub in d[key]:
+            d[key] = {**d[key], sub: clip(str(d[key][sub]), limit)}
+    fields = [
+        {**f, "name": clip(str(f["name"]), FIELD_NAME_MAX),
+         "value": clip(str(f["value"]), FIELD_VALUE_MAX)}
+        for f in d.get("fields", [])
+    ][:FIELDS_MAX]  # fmt: skip
+
+    def total() -> int:
+        parts = [
+            d.get("title", ""),
+            d.get("description", ""),
+            d.get("footer", {}).get("text", ""),
+            d.get("author", {}).get("name", ""),
+        ]
+        return sum(map(len, parts)) + sum(len(f["name"]) + len(f["value"]) for f in fields)
+
+    over = total() - EMBED_TOTAL_MAX
+    if over > 0 and d.get("description"):
+        keep = max(len(d["description"]) - over, min(len(d["description"]), 200))
+        d["description"] = clip(d["description"], keep)
+    dropped = 0
+    while total() > EMBED_TOTAL_MAX and fields:
+        fields.pop()
+        dropped += 1
+    if dropped and fields:
+        last = fields[-1]
+        note = f"\n… and {dropped} more not shown"
+        fields[-1] = {**last, "value": clip(last["value"], FIELD_VALUE_MAX - len(note)) + note}
+        while total() > EMBED_TOTAL_MAX and len(fields) > 1:
+            fields.pop(-2)
+    if "fields" in d or fields:
+        d["fields"] = fields
+    return d
+
+
 class StartupError(Exception):
     """The bot cannot start; str() is one sentence for the admin's terminal."""
 
@@ -73,7 +154,7 @@ async def render_error(interaction: discord.Interaction[Any], error: BaseExcepti
     if text is None:
         log.error("unexpected error in %s", _describe(interaction), exc_info=error)
         text = APOLOGY
-    embed = discord.Embed(description=text, colour=ERROR_COLOUR)
+    embed = Embed(description=text, colour=ERROR_COLOUR)
     try:
         if not interaction.response.is_done():
             await interaction.response.send_message(embed=embed, ephemeral=True)
@@ -175,14 +256,23 @@ class DiscordNotifier:
             if guild.notification_channel is None:
                 continue
             content = text
+            # Nothing pings but the role the admin chose for notices, whatever names or log
+            # text the message holds.
+            allowed = discord.AllowedMentions.none()
             if mention and guild.mention_role is not None:
                 content = f"<@&{guild.mention_role}> {text}"
+                allowed = discord.AllowedMentions(
+                    everyone=False, users=False, roles=[discord.Object(guild.mention_role)]
+                )
             try:
                 channel = self.bot.get_channel(guild.notification_channel) or (
                     await self.bot.fetch_channel(guild.notification_channel)
                 )
                 if isinstance(channel, discord.abc.Messageable):
-                    kwargs: dict[str, Any] = {"content": content}
+                    kwargs: dict[str, Any] = {
+                        "content": clip(content, CONTENT_MAX),
+                        "allowed_mentions": allowed,
+                    }
                     if embed is not None:
                         kwargs["embed"] = embed
                     if view is not None:
@@ -229,8 +319,8 @@ class DiscordNotifier:
         await self.announce(f"✅ **{server}** will not {action} after all: {why}.")
 
     async def players(self, server: str, joined: list[str], left: list[str], online: int) -> None:
-        parts = [f"{', '.join(joined)} joined"] if joined else []
-        parts += [f"{', '.join(left)} left"] if left else []
+        parts = [f"{', '.join(map(escape, joined))} joined"] if joined else []
+        parts += [f"{', '.join(map(escape, left))} left"] if left else []
         await self.announce(f"👋 **{server}**: {'; '.join(parts)} ({online} online)")
 
     # --- the crash watch's CrashNotifier ----------------------------------------------------
@@ -249,9 +339,8 @@ class DiscordNotifier:
         text = f"💥 **{crash.server}** stopped unexpectedly{code}. {then}"
         embed = None
         if crash.logs:
-            # A fence inside the lines would end the code block early.
-            tail = "\n".join(line[:300] for line in crash.logs)[-3900:].replace("```", "`\u200b``")
-            embed = discord.Embed(title="Last log lines", description=f"```\n{tail}\n```")
+            block = code_block([line[:300] for line in crash.logs], LOG_EMBED_CHARS)
+            embed = Embed(title="Last log lines", description=block)
         await self.announce(text, embed=embed, mention=True)
 
     async def recovered(self, server: str, attempt: int, connect: str) -> None:
@@ -281,7 +370,8 @@ class PeonBot(commands.Bot):
             tree_cls=PeonTree,
             help_command=None,
             guild_ready_timeout=guild_ready_timeout,
-            allowed_mentions=discord.AllowedMentions(everyone=False, users=True, roles=True),
+            # Nothing pings unless a message says so (announce() allows the notice role).
+            allowed_mentions=discord.AllowedMentions.none(),
         )
         self.services = services
         self.settings = services.settings

@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.backups import BackupService
-from bot.client import Access, timestamp
+from bot.client import Access, Embed, timestamp
 from bot.models import Backup
 from bot.servers import ServerService
 from cogs.common import INFO, MAX_CHOICES, OK, ConfirmView, actor, server_autocomplete
@@ -60,7 +60,7 @@ class BackupsCog(commands.Cog, name="BackupsCog"):
         await interaction.response.defer(thinking=True)
         b = await self.backups.create(server, actor=actor(interaction))
         await interaction.edit_original_response(
-            embed=discord.Embed(
+            embed=Embed(
                 description=f"Backed up **{server}**: backup #{b.id}, {b.size / 2**20:.1f} MiB "
                 f"in {b.seconds:.1f} s.",
                 colour=OK,
@@ -73,7 +73,7 @@ class BackupsCog(commands.Cog, name="BackupsCog"):
         self.access.check(interaction, "list")
         await self.servers.store.get_server(server)
         backups = await self.backups.list(server)
-        embed = discord.Embed(title=f"Backups of {server}", colour=INFO)
+        embed = Embed(title=f"Backups of {server}", colour=INFO)
         embed.description = (
             "\n".join(backup_line(b) for b in backups)[:4000]
             or "No backups yet. Make one with `/backup create`."
@@ -102,7 +102,7 @@ class BackupsCog(commands.Cog, name="BackupsCog"):
             action=run,
             timeout=self.confirm_timeout,
         )
-        embed = discord.Embed(
+        embed = Embed(
             title=f"Restore {server}?",
             description=f"<@{interaction.user.id}>, confirm replacing the data of **{server}** "
             f"with backup #{b.id} from {timestamp(b.created_at, 'f')}. The server is stopped "
@@ -120,9 +120,7 @@ class BackupsCog(commands.Cog, name="BackupsCog"):
         self.access.check(interaction, "restore", b.server)
         await self.backups.delete(backup, actor(interaction))
         await interaction.response.send_message(
-            embed=discord.Embed(
-                description=f"Deleted backup #{backup} of **{b.server}**.", colour=OK
-            )
+            embed=Embed(description=f"Deleted backup #{backup} of **{b.server}**.", colour=OK)
         )
 
     @backup.command(name="lock", description="Lock or unlock a backup (locked: never pruned)")
@@ -134,7 +132,5 @@ class BackupsCog(commands.Cog, name="BackupsCog"):
         b = await self.backups.set_locked(backup, locked, actor(interaction))
         state = "locked: it is never pruned" if b.locked else "unlocked"
         await interaction.response.send_message(
-            embed=discord.Embed(
-                description=f"Backup #{b.id} of **{b.server}** is {state}.", colour=OK
-            )
+            embed=Embed(description=f"Backup #{b.id} of **{b.server}** is {state}.", colour=OK)
         )

@@ -12,7 +12,16 @@ from zoneinfo import ZoneInfo
 import discord
 from discord import app_commands
 
-from bot.client import PeonBot, render_error, timestamp
+from bot.client import (
+    CONTENT_MAX,
+    FIELD_VALUE_MAX,
+    Embed,
+    PeonBot,
+    code_block,
+    escape,
+    render_error,
+    timestamp,
+)
 from bot.models import (
     Phase,
     ProgressEvent,
@@ -21,6 +30,7 @@ from bot.models import (
     StartResult,
     human_duration,
 )
+from bot.players import PlayerCount
 from bot.servers import ServerSummary
 
 log = logging.getLogger(__name__)
@@ -36,7 +46,6 @@ STATE_COLOURS = {
     "missing": discord.Colour.red(),
 }
 MAX_CHOICES = 25  # Discord shows at most 25 autocomplete choices
-LOG_CHARS = 1900  # a message holds 2000 characters; leave room for the code fence
 
 
 def actor(interaction: discord.Interaction[Any]) -> str:
@@ -76,7 +85,7 @@ class ProgressMessage:
         lines = [f"✅ {s}" for s in self.steps[:-1]] + [f"⏳ {s}" for s in self.steps[-1:]]
         if self.bar:
             lines.append(self.bar)
-        return discord.Embed(title=self.title, description="\n".join(lines) or "…", colour=INFO)
+        return Embed(title=self.title, description="\n".join(lines) or "…", colour=INFO)
 
     async def __call__(self, event: ProgressEvent) -> None:
         if isinstance(event, PullProgress):
@@ -105,6 +114,20 @@ class ProgressMessage:
         await self.interaction.edit_original_response(**kwargs)
 
 
+def players_text(count: PlayerCount, limit: int = FIELD_VALUE_MAX) -> str:
+    """'2/10 (alice, bob)' with names escaped, and as many names as fit in a field; the rest
+    counted ("… and 40 more")."""
+    total = f"{count.online}/{count.max}" if count.max is not None else str(count.online)
+    names = [escape(n) for n in count.names]
+    for shown in range(len(names), -1, -1):
+        more = f", … and {len(names) - shown} more" if shown < len(names) else ""
+        listed = ", ".join(names[:shown]) + more
+        text = f"{total} ({listed})" if names else total
+        if len(text) <= limit:
+            return text
+    return total
+
+
 def when_text(when: datetime, zone: ZoneInfo) -> str:
     """A time in a schedule's zone, with Discord's relative rendering after it."""
     local = when.astimezone(zone)
@@ -120,7 +143,7 @@ def status_embed(
 ) -> discord.Embed:
     now = datetime.now(UTC)
     state = st.state
-    embed = discord.Embed(
+    embed = Embed(
         title=f"{st.record.name} · {st.record.warplan}", colour=STATE_COLOURS.get(state, WARN)
     )
     embed.add_field(name="State", value=state)
@@ -149,7 +172,7 @@ def status_embed(
 
 
 def list_embed(summaries: list[ServerSummary], *, show_host: bool = False) -> discord.Embed:
-    embed = discord.Embed(title="Game servers", colour=INFO)
+    embed = Embed(title="Game servers", colour=INFO)
     if not summaries:
         embed.description = "No servers yet. An admin can create one with `/server create`."
         return embed
@@ -165,12 +188,12 @@ def list_embed(summaries: list[ServerSummary], *, show_host: bool = False) -> di
 
 def started_embed(result: StartResult) -> discord.Embed:
     if result.already_running:
-        return discord.Embed(
+        return Embed(
             title=f"{result.name} is already running",
             description=f"Connect to `{result.connect()}`",
             colour=OK,
         )
-    return discord.Embed(
+    return Embed(
         title=f"{result.name} is ready to join",
         description=f"Connect to `{result.connect()}` (ready in {result.seconds:.0f} s)",
         colour=OK,
@@ -178,10 +201,7 @@ def started_embed(result: StartResult) -> discord.Embed:
 
 
 def logs_block(lines: list[str]) -> str:
-    text = "\n".join(lines).replace("```", "`\u200b``")
-    if len(text) > LOG_CHARS:
-        text = "…" + text[-LOG_CHARS:]
-    return f"```\n{text or '(no output yet)'}\n```"
+    return code_block(lines, CONTENT_MAX)
 
 
 async def server_autocomplete(
@@ -233,11 +253,11 @@ class ConfirmView(discord.ui.View):
         self.done = True
         self.stop()
         await interaction.response.edit_message(
-            embed=discord.Embed(title=self.doing, colour=INFO), view=None
+            embed=Embed(title=self.doing, colour=INFO), view=None
         )
         text = await self.action(interaction)
         await interaction.edit_original_response(
-            embed=discord.Embed(description=text, colour=OK), view=None
+            embed=Embed(description=text, colour=OK), view=None
         )
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, custom_id="cancel")
@@ -247,7 +267,7 @@ class ConfirmView(discord.ui.View):
         self.done = True
         self.stop()
         await interaction.response.edit_message(
-            embed=discord.Embed(description=f"Cancelled; {self.undone}.", colour=INFO), view=None
+            embed=Embed(description=f"Cancelled; {self.undone}.", colour=INFO), view=None
         )
 
     async def on_timeout(self) -> None:
@@ -255,9 +275,7 @@ class ConfirmView(discord.ui.View):
             return
         try:
             await self.message.edit(
-                embed=discord.Embed(
-                    description=f"Confirmation expired; {self.undone}.", colour=INFO
-                ),
+                embed=Embed(description=f"Confirmation expired; {self.undone}.", colour=INFO),
                 view=None,
             )
         except discord.HTTPException:

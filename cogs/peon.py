@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.client import Access
+from bot.client import Access, Embed
 from bot.permissions import ACTIONS, Level, needed_for
 from bot.settings import load_settings
 from cogs.common import INFO, OK, WARN
@@ -46,7 +46,7 @@ class PeonCog(commands.Cog, name="PeonCog"):
         self.access.check(interaction, "list")
         await interaction.response.defer(ephemeral=True, thinking=True)
         services = self.bot.services
-        embed = discord.Embed(title="PEON status", colour=OK)
+        embed = Embed(title="PEON status", colour=OK)
         lines = []
         health = await services.servers.host_health()
         for h in health:
@@ -88,7 +88,7 @@ class PeonCog(commands.Cog, name="PeonCog"):
         for usage, action in HELP:
             mark = "✅" if level >= needed_for(guild, action) else "🔒"
             lines.append(f"{mark} `{usage}` ({ACTIONS[action].name.lower()})")
-        embed = discord.Embed(
+        embed = Embed(
             title="PEON: game servers from Discord",
             colour=INFO,
             description=f"Your PEON role here: **{level.name.lower()}**.\n\n" + "\n".join(lines),
@@ -106,7 +106,7 @@ class PeonCog(commands.Cog, name="PeonCog"):
         self.bot.discord_settings = fresh.discord
         self.access.settings = fresh.discord
         result = await asyncio.to_thread(services.warplans.reload)
-        embed = discord.Embed(title="Reloaded", colour=OK)
+        embed = Embed(title="Reloaded", colour=OK)
         embed.add_field(name="War plans", value=f"{len(result.plans)} valid")
         if result.errors:
             embed.colour = WARN

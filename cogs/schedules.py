@@ -11,7 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.automation import Automation, ScheduleView
-from bot.client import Access, render_error
+from bot.client import Access, Embed, render_error
 from bot.rules import CRON_ACTIONS
 from bot.schedules import format_span
 from bot.servers import ServerService
@@ -33,7 +33,7 @@ def schedule_line(view: ScheduleView) -> str:
 
 
 def schedules_embed(views: list[ScheduleView], title: str) -> discord.Embed:
-    embed = discord.Embed(title=title, colour=INFO)
+    embed = Embed(title=title, colour=INFO)
     if not views:
         embed.description = "No schedules. Add one with `/schedule add window|idle|cron`."
     else:
@@ -107,7 +107,7 @@ class SchedulesCog(commands.Cog, name="SchedulesCog"):
         return out[:MAX_CHOICES]
 
     async def _added(self, interaction: discord.Interaction[Any], view: ScheduleView) -> None:
-        embed = discord.Embed(
+        embed = Embed(
             title=f"Schedule #{view.schedule.id} added", description=schedule_line(view), colour=OK
         )
         await interaction.response.send_message(embed=embed)
@@ -201,7 +201,7 @@ class SchedulesCog(commands.Cog, name="SchedulesCog"):
         self.access.check(interaction, "schedule", s.server)
         await self.automation.remove(id, actor(interaction))
         text = f"Removed schedule #{id} of **{s.server}**."
-        await interaction.response.send_message(embed=discord.Embed(description=text, colour=OK))
+        await interaction.response.send_message(embed=Embed(description=text, colour=OK))
 
     @schedule.command(name="pause", description="Pause a schedule without removing it")
     @app_commands.autocomplete(id=schedule_autocomplete)
@@ -221,7 +221,7 @@ class SchedulesCog(commands.Cog, name="SchedulesCog"):
         view = await self.automation.set_paused(schedule_id, paused, actor(interaction))
         title = f"Schedule #{schedule_id} {'paused' if paused else 'resumed'}"
         await interaction.response.send_message(
-            embed=discord.Embed(title=title, description=schedule_line(view), colour=OK)
+            embed=Embed(title=title, description=schedule_line(view), colour=OK)
         )
 
     # --- warning buttons --------------------------------------------------------------------

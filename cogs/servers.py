@@ -13,9 +13,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.automation import Automation
-from bot.client import Access, mention_actors, render_error
+from bot.client import Access, Embed, mention_actors, render_error
 from bot.errors import ServerBusy, ServerExists
-from bot.players import format_players
 from bot.schedules import format_span
 from bot.servers import ServerService, validate_name
 from bot.warplans import VariableSpec, WarPlan, WarplanLibrary, coerce_value
@@ -28,6 +27,7 @@ from cogs.common import (
     actor,
     list_embed,
     logs_block,
+    players_text,
     server_autocomplete,
     started_embed,
     status_embed,
@@ -265,7 +265,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
             progress=progress,
         )
         ports = "\n".join(f"`{p.host}/{p.protocol}` ({p.name})" for p in record.ports) or "—"
-        embed = discord.Embed(
+        embed = Embed(
             title=f"Created {record.name}",
             description=f"{session.plan.title}. Start it with `/server start name:{record.name}`.",
             colour=OK,
@@ -306,7 +306,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
         progress = await self._long(interaction, "stop", name, f"Stopping {name}")
         stopped = await self.servers.stop(name, actor=actor(interaction), progress=progress)
         text = f"**{name}** stopped." if stopped else f"**{name}** was not running."
-        await progress.finish(discord.Embed(description=text, colour=OK))
+        await progress.finish(Embed(description=text, colour=OK))
         await self.reschedule(name)
 
     async def _stop_later(
@@ -323,7 +323,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
             f"**{name}** stops at {when_text(when, view.zone)}; the channel is warned "
             f"{leads} before. Cancel with `/schedule remove id:{view.schedule.id}`."
         )
-        await interaction.response.send_message(embed=discord.Embed(description=text, colour=OK))
+        await interaction.response.send_message(embed=Embed(description=text, colour=OK))
 
     def _automation(self) -> Automation:
         if self.automation is None:
@@ -352,9 +352,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
         what = "a new image" if result.changed else "the same image (already up to date)"
         again = " It was running and is ready again." if result.restarted else ""
         await progress.finish(
-            discord.Embed(
-                description=f"**{name}** now runs {what}; its data is kept.{again}", colour=OK
-            )
+            Embed(description=f"**{name}** now runs {what}; its data is kept.{again}", colour=OK)
         )
 
     @server.command(name="status", description="State, address, uptime, CPU and memory")
@@ -365,7 +363,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
         await interaction.response.defer(thinking=True)  # CPU sampling takes about a second
         st = await self.servers.status(name)
         count = await self.servers.players(st)
-        players = format_players(count) if count is not None else None
+        players = players_text(count) if count is not None else None
         await interaction.edit_original_response(
             embed=status_embed(
                 st,
@@ -434,7 +432,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
             timeout=self.confirm_timeout,
         )
         what = "and **all its data**" if purge else "(its data volumes are kept)"
-        embed = discord.Embed(
+        embed = Embed(
             title=f"Delete {name}?",
             description=f"<@{interaction.user.id}>, confirm deleting **{name}** {what}. "
             f"This expires in {self.confirm_timeout} s.",
@@ -448,7 +446,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
     async def panel(self, interaction: discord.Interaction[Any], name: str) -> None:
         self.access.check(interaction, "panel", name)
         record = await self.servers.store.get_server(name)
-        embed = discord.Embed(
+        embed = Embed(
             title=f"{record.name} control panel",
             description=f"War plan: {record.warplan}",
             colour=INFO,
@@ -476,7 +474,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
         if action == "stop":
             stopped = await self.servers.stop(name, actor=actor(interaction), progress=progress)
             text = f"**{name}** stopped." if stopped else f"**{name}** was not running."
-            await progress.finish(discord.Embed(description=text, colour=OK))
+            await progress.finish(Embed(description=text, colour=OK))
             await self.reschedule(name)
             return
         call = self.servers.start if action == "start" else self.servers.restart

@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.client import Access
+from bot.client import Access, Embed
 from bot.warplans import WarplanLibrary
 from cogs.common import INFO
 
@@ -38,7 +38,7 @@ class WarplansCog(commands.Cog, name="WarplansCog"):
         self.access.check(interaction, "warplan")
         plans = self.warplans.catalog.plans.values()
         lines = [f"**{p.title}** · `{p.name}` · {p.image}" for p in plans]
-        embed = discord.Embed(
+        embed = Embed(
             title="War plans",
             colour=INFO,
             description="\n".join(lines)[:4000] or "No war plans loaded.",
@@ -50,7 +50,7 @@ class WarplansCog(commands.Cog, name="WarplansCog"):
     async def show(self, interaction: discord.Interaction[Any], name: str) -> None:
         self.access.check(interaction, "warplan")
         plan = self.warplans.get(name)
-        embed = discord.Embed(
+        embed = Embed(
             title=f"{plan.title} (`{plan.name}`)",
             description=plan.description[:4000] or None,
             colour=INFO,
