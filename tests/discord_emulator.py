@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import secrets
 import socket
@@ -32,6 +33,9 @@ DISCORD_EPOCH_MS = 1_420_070_400_000
 EPHEMERAL = 1 << 6
 LOADING = 1 << 7  # the "Bot is thinking..." state of a deferred (type 5) response
 ADMINISTRATOR = 1 << 3
+VIEW_CHANNEL, SEND_MESSAGES, EMBED_LINKS = 1 << 10, 1 << 11, 1 << 14
+MENTION_EVERYONE = 1 << 17
+IS_COMPONENTS_V2 = 1 << 15
 ALL_PERMISSIONS = discord.Permissions.all().value
 BASIC_PERMISSIONS = discord.Permissions(
     view_channel=True, send_messages=True, read_message_history=True, embed_links=True,
@@ -42,6 +46,16 @@ HEARTBEAT_MS = 41_250
 # answers our barrier op 1 through that limiter: past it, its receive loop stalls for seconds.
 BARRIER_BUDGET = 100
 NOT_FOUND = {"message": "404: Not Found", "code": 0}
+# The interaction callback types, named as Discord names them in its BASE_TYPE_CHOICES error
+# (seen in Rapptz/discord.py#9187: a modal answering a modal submit).
+CALLBACK_TYPES = {1: "PONG", 4: "CHANNEL_MESSAGE_WITH_SOURCE",
+                  5: "DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE", 6: "DEFERRED_UPDATE_MESSAGE",
+                  7: "UPDATE_MESSAGE", 8: "APPLICATION_COMMAND_AUTOCOMPLETE_RESULT", 9: "MODAL",
+                  10: "PREMIUM_UPSELL"}  # fmt: skip
+# Which callback types each interaction type accepts (interactions/receiving-and-responding:
+# MODAL is "not available for MODAL_SUBMIT and PING interactions"; autocomplete answers with 8).
+ALLOWED_CALLBACKS = {2: (4, 5, 9, 10), 3: (4, 5, 6, 7, 9, 10), 4: (8,), 5: (4, 5, 6, 7, 10)}
+MENTION = re.compile(r"<@(!|&)?(\d+)>|@(everyone|here)")
 
 
 def _iso_from_snowflake(snowflake: int) -> str:
@@ -57,6 +71,144 @@ def _walk(components: list[JSONDict]) -> Iterator[JSONDict]:
         yield from _walk([x for x in (c.get("accessory"), c.get("component")) if x])
 
 
+def _walk_paths(
+    components: list[JSONDict], path: tuple[str, ...]
+) -> Iterator[tuple[tuple[str, ...], JSONDict]]:
+    """`_walk` with each component's path in the body (`("components", "0", "components", "1")`),
+    as Discord names fields in its form errors."""
+    for n, c in enumerate(components):
+        here = (*path, str(n))
+        yield here, c
+        yield from _walk_paths(c.get("components") or [], (*here, "components"))
+        for key in ("accessory", "component"):
+            if c.get(key):
+                yield (*here, key), c[key]
+                yield from _walk_paths(c[key].get("components") or [], (*here, key, "components"))
+
+
+class FormErrors:
+    """Discord's 400 "Invalid Form Body" (code 50035): `errors` nests the JSON path of each bad
+    field down to `_errors: [{code, message}]`, array indices as strings (developers/reference
+    "Error Messages"; e.g. {"embeds": {"_errors": [{"code": "MAX_EMBED_SIZE_EXCEEDED", ...}]}}
+    quoted in NelsonDane/auto-rsa#451, "components[N].components[BASE_TYPE_BAD_LENGTH]" for a
+    row of six buttons)."""
+
+    def __init__(self, prefix: tuple[str, ...] = ()) -> None:
+        self.prefix = prefix
+        self.errors: JSONDict = {}
+
+    def add(self, path: tuple[str, ...], code: str, message: str) -> None:
+        node = self.errors
+        for key in (*self.prefix, *path):
+            node = node.setdefault(key, {})
+        node.setdefault("_errors", []).append({"code": code, "message": message})
+
+    def node(self) -> JSONDict:
+        """The errors under the prefix so far."""
+        node = self.errors
+        for key in self.prefix:
+            node = node.get(key, {})
+        return node
+
+    def max_len(self, path: tuple[str, ...], value: Any, limit: int) -> None:
+        """A string or array longer than `limit`."""
+        if isinstance(value, (str, list)) and len(value) > limit:
+            self.add(path, "BASE_TYPE_MAX_LENGTH", f"Must be {limit} or fewer in length.")
+
+    def bad_len(self, path: tuple[str, ...], value: Any, low: int, high: int) -> None:
+        """A string or array outside low..high."""
+        if isinstance(value, (str, list)) and not low <= len(value) <= high:
+            self.add(path, "BASE_TYPE_BAD_LENGTH", f"Must be between {low} and {high} in length.")
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise ApiError(400, 50035, "Invalid Form Body", errors=self.errors)
+
+
+def _check_message(body: JSONDict, errors: FormErrors) -> None:
+    """The size limits of a message body (create or edit): resources/message "Embed Limits" and
+    create-message params, components/reference. `errors` carries the path prefix ("data" for
+    an interaction callback)."""
+    errors.max_len(("content",), body.get("content"), 2000)
+    embeds = body.get("embeds") or []
+    errors.max_len(("embeds",), embeds, 10)
+    total = 0
+    for n, e in enumerate(embeds):
+        at = ("embeds", str(n))
+        footer, author = e.get("footer") or {}, e.get("author") or {}
+        texts = [
+            (("title",), e.get("title"), 256),
+            (("description",), e.get("description"), 4096),
+            (("footer", "text"), footer.get("text"), 2048),
+            (("author", "name"), author.get("name"), 256),
+        ]
+        fields = e.get("fields") or []
+        errors.max_len((*at, "fields"), fields, 25)
+        for k, f in enumerate(fields):
+            texts.append((("fields", str(k), "name"), f.get("name"), 256))
+            texts.append((("fields", str(k), "value"), f.get("value"), 1024))
+        for path, text, limit in texts:
+            errors.max_len((*at, *path), text, limit)
+            total += len(text) if isinstance(text, str) else 0
+    # All embeds of the message together; checked once each field is within its own limit
+    # (discord.py's error flattening shows only a node's `_errors`, not its children).
+    if total > 6000 and "embeds" not in errors.node():
+        message = "Embed size exceeds maximum size of 6000"
+        errors.add(("embeds",), "MAX_EMBED_SIZE_EXCEEDED", message)
+    components = body.get("components") or []
+    if not int(body.get("flags") or 0) & IS_COMPONENTS_V2:
+        errors.max_len(("components",), components, 5)  # "Legacy messages allow up to 5 rows"
+    for path, c in _walk_paths(components, ("components",)):
+        _check_component(path, c, errors)
+
+
+def _check_component(path: tuple[str, ...], c: JSONDict, errors: FormErrors) -> None:
+    """One component of a message or a modal (components/reference)."""
+    kind = c.get("type")
+    if "custom_id" in c:
+        errors.bad_len((*path, "custom_id"), c["custom_id"], 1, 100)
+    if kind == 1:  # action row: up to 5 buttons or one select
+        errors.bad_len((*path, "components"), c.get("components") or [], 1, 5)
+    elif kind == 2:
+        errors.max_len((*path, "label"), c.get("label"), 80)
+    elif kind in (3, 5, 6, 7, 8):  # selects
+        errors.max_len((*path, "placeholder"), c.get("placeholder"), 150)
+        if kind == 3:
+            options = c.get("options") or []
+            errors.bad_len((*path, "options"), options, 1, 25)
+            for n, o in enumerate(options):
+                for key in ("label", "value", "description"):
+                    errors.max_len((*path, "options", str(n), key), o.get(key), 100)
+    elif kind == 4:  # text input (modals)
+        errors.max_len((*path, "label"), c.get("label"), 45)
+        errors.max_len((*path, "placeholder"), c.get("placeholder"), 100)
+        errors.max_len((*path, "value"), c.get("value"), 4000)
+    elif kind == 18:  # label (modals)
+        errors.max_len((*path, "label"), c.get("label"), 45)
+        errors.max_len((*path, "description"), c.get("description"), 100)
+
+
+def _check_modal(data: JSONDict, errors: FormErrors) -> None:
+    """interactions/receiving-and-responding "Modal": custom_id 1-100, title 45, 1-5
+    components; text inputs and labels per components/reference."""
+    errors.bad_len(("custom_id",), data.get("custom_id"), 1, 100)
+    errors.max_len(("title",), data.get("title"), 45)
+    components = data.get("components") or []
+    errors.bad_len(("components",), components, 1, 5)
+    for path, c in _walk_paths(components, ("components",)):
+        _check_component(path, c, errors)
+
+
+def _check_choices(data: JSONDict, errors: FormErrors) -> None:
+    """Autocomplete result: at most 25 choices, name 1-100, a string value up to 100
+    (application-commands "Application Command Option Choice Structure")."""
+    choices = data.get("choices") or []
+    errors.max_len(("choices",), choices, 25)
+    for n, ch in enumerate(choices):
+        errors.bad_len(("choices", str(n), "name"), ch.get("name"), 1, 100)
+        errors.max_len(("choices", str(n), "value"), ch.get("value"), 100)
+
+
 def _route_pattern(template: str) -> re.Pattern[str]:
     """'/channels/{channel}' -> a regex with named groups; ids are digits."""
     special = {"token": r"[^/]+", "message": r"@original|\d+"}
@@ -67,21 +219,29 @@ def _route_pattern(template: str) -> re.Pattern[str]:
     return re.compile(re.sub(r"\{(\w+)\}", group, template))
 
 
-def _json(status: int, payload: Any) -> web.Response:
+def _json(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> web.Response:
     if payload is None:
-        return web.Response(status=204)
+        return web.Response(status=204, headers=headers)
     # Exactly "application/json": discord.http.json_or_text compares the header verbatim and
     # web.json_response would append "; charset=utf-8".
     body = json.dumps(payload).encode()
-    return web.Response(status=status, body=body, headers={"Content-Type": "application/json"})
+    all_headers = {**(headers or {}), "Content-Type": "application/json"}
+    return web.Response(status=status, body=body, headers=all_headers)
 
 
 class ApiError(Exception):
-    """Raised by route handlers; becomes a Discord-style JSON error response."""
+    """Raised by route handlers; becomes a Discord-style JSON error response
+    ({"message", "code"} and, for form errors, "errors"; topics/opcodes-and-status-codes)."""
 
-    def __init__(self, status: int, code: int, message: str) -> None:
+    def __init__(self, status: int, code: int, message: str, *, errors: JSONDict | None = None,
+                 payload: JSONDict | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:  # fmt: skip
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.payload = payload or {"message": message, "code": code}
+        if errors:
+            self.payload["errors"] = errors
+        self.headers = dict(headers or {})
 
 
 @dataclass
@@ -94,6 +254,9 @@ class Recorded:
     json: Any
     at: float  # time.monotonic() at arrival
     files: dict[str, bytes] = field(default_factory=dict)  # multipart uploads, filename -> bytes
+    status: int | None = None  # what the emulator answered
+    response: Any = field(default=None, repr=False)  # the JSON it answered
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # extra response headers
 
 
 @dataclass
@@ -110,6 +273,9 @@ class Message:
     attachments: list[JSONDict] = field(default_factory=list)
     edited_timestamp: str | None = None
     deleted: bool = False
+    allowed_mentions: JSONDict | None = None  # as sent with the body that made this state
+    pings: frozenset[str] = frozenset()  # who it notifies: "user:42", "role:4001", "everyone"...
+    reply_to: int | None = None  # message_reference.message_id
 
     @property
     def ephemeral(self) -> bool:
@@ -179,8 +345,27 @@ class DiscordEmulator:
 
     def __init__(self, *, guild_id: int = 1000, app_id: int = 2000, bot_user_id: int = 2000,
                  channels: dict[str, int] | None = None,
-                 roles: dict[str, int] | None = None) -> None:  # fmt: skip
+                 roles: dict[str, int] | None = None,
+                 response_deadline: float = 3.0, token_lifetime: float = 900.0,
+                 rate_limit: tuple[int, float] | None = (5, 5.0),
+                 bot_permissions: int = ALL_PERMISSIONS & ~ADMINISTRATOR) -> None:  # fmt: skip
+        """`response_deadline`: seconds from INTERACTION_CREATE to the first callback (else 404
+        10062). `token_lifetime`: seconds an interaction token works for webhooks (else 401
+        50027). `rate_limit`: (requests, seconds) per channel for message posts, and separately
+        for message edits; None disables. `bot_permissions`: the bot's role in the guild (every
+        permission but Administrator by default, so channel overwrites apply to it). All four can
+        be changed on the instance at any time."""
         self.guild_id, self.app_id, self.bot_user_id = guild_id, app_id, bot_user_id
+        self.response_deadline, self.token_lifetime = response_deadline, token_lifetime
+        self.rate_limit = rate_limit
+        self._bot_permissions = bot_permissions
+        # Every answer that is Discord refusing a request for breaking a rule: (status, code,
+        # method, path). GET 404s (lookups of unknown things) are not listed.
+        self.rejected: list[tuple[int, int, str, str]] = []
+        self._denied: dict[int, int] = {}  # channel -> permission bits denied to the bot's role
+        self._mentionable: set[int] = set()  # role ids
+        self._buckets: dict[tuple[str, int], tuple[float, int]] = {}  # -> (window start, count)
+        self._pending: set[asyncio.Task[int]] = set()  # dispatches started by sync methods
         self.channels = dict(channels or {"general": 3000, "peon": 3001})
         self.roles = dict(roles or {"admin": 4001, "operator": 4002, "player": 4003})
         self.token = "emu." + secrets.token_urlsafe(24)
@@ -288,6 +473,69 @@ class DiscordEmulator:
         """The current state of any stored message."""
         return self._messages.get(message_id)
 
+    @property
+    def bot_permissions(self) -> int:
+        """The permission bits of the bot's role (guild-wide); setting it sends
+        GUILD_ROLE_UPDATE."""
+        return self._bot_permissions
+
+    @bot_permissions.setter
+    def bot_permissions(self, value: int | discord.Permissions) -> None:
+        self._bot_permissions = value.value if isinstance(value, discord.Permissions) else value
+        self._role_updated(self._bot_role)
+
+    def deny(self, channel: str | int, *names: str) -> None:
+        """Deny the bot's role permissions in a channel ("view_channel", "send_messages",
+        "embed_links", or any discord.Permissions name), as a permission overwrite that the
+        channel JSON carries (CHANNEL_UPDATE is sent to a connected bot) and that the routes
+        enforce: no View Channel -> 403 50001 on every channel route; no Send Messages -> 403
+        50013 on posts; no Embed Links -> 403 50013 on a post or edit with embeds."""
+        cid = self._channel_id(channel)
+        self._channel_json(cid)  # unknown channel -> ApiError
+        bits = discord.Permissions(**dict.fromkeys(names, True)).value
+        self._denied[cid] = self._denied.get(cid, 0) | bits
+        self._channel_updated(cid)
+
+    def allow(self, channel: str | int, *names: str) -> None:
+        """Undo `deny` for these permissions (no names: all of them)."""
+        cid = self._channel_id(channel)
+        bits = discord.Permissions(**dict.fromkeys(names, True)).value if names else -1
+        self._denied[cid] = self._denied.get(cid, 0) & ~bits
+        self._channel_updated(cid)
+
+    def set_mentionable(self, role: str | int, mentionable: bool = True) -> None:
+        """Let anyone ping a role (roles JSON `mentionable`); sends GUILD_ROLE_UPDATE."""
+        rid = role if isinstance(role, int) else self.roles[role]
+        if mentionable:
+            self._mentionable.add(rid)
+        else:
+            self._mentionable.discard(rid)
+        self._role_updated(rid)
+
+    def channel_permissions(self, channel: str | int) -> int:
+        """The bot's permission bits in a channel, computed as Discord does for one role
+        overwrite: Administrator means everything, else @everyone | bot role, minus denials."""
+        base = BASIC_PERMISSIONS | self._bot_permissions
+        if base & ADMINISTRATOR:
+            return ALL_PERMISSIONS
+        return base & ~self._denied.get(self._channel_id(channel), 0)
+
+    def _channel_updated(self, channel_id: int) -> None:
+        event = {**self._channel_json(channel_id), "guild_id": str(self.guild_id)}
+        self._notify("CHANNEL_UPDATE", event)
+
+    def _role_updated(self, role_id: int) -> None:
+        role = next(r for r in self._roles_json() if r["id"] == str(role_id))
+        self._notify("GUILD_ROLE_UPDATE", {"guild_id": str(self.guild_id), "role": role})
+
+    def _notify(self, event: str, data: JSONDict) -> None:
+        """Dispatch from a synchronous method: started as a task; settle() waits for it."""
+        if not self.identified.is_set():
+            return  # GUILD_CREATE will carry the current state
+        task = asyncio.get_running_loop().create_task(self._dispatch(event, data))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10) -> None:
         """Poll `predicate` every 10 ms until true (for bots that sleep between edits)."""
         deadline = time.monotonic() + timeout
@@ -303,6 +551,8 @@ class DiscordEmulator:
         done: it registers a View only after parsing the response."""
         deadline = time.monotonic() + timeout
         while True:
+            if self._pending:
+                await asyncio.wait(list(self._pending), timeout=max(0, deadline - time.monotonic()))
             seq = self._seq
             await self._barrier(deadline)
             parsed = time.monotonic()  # the bot may only now start a request for what it parsed
@@ -436,9 +686,13 @@ class DiscordEmulator:
         return self._members.get(user_id, ("", []))[1]
 
     def _permissions(self, user_id: int) -> int:
-        """Administrators (the "admin" role, the bot) get every bit, as Discord computes it."""
+        """Administrators (the "admin" role) get every bit, as Discord computes it; the bot has
+        @everyone's and its role's."""
         admin = self.roles.get("admin")
-        if user_id == self.bot_user_id or admin in self._member_roles(user_id):
+        if user_id == self.bot_user_id:
+            base = BASIC_PERMISSIONS | self._bot_permissions
+            return ALL_PERMISSIONS if base & ADMINISTRATOR else base
+        if admin in self._member_roles(user_id):
             return ALL_PERMISSIONS
         return BASIC_PERMISSIONS
 
@@ -462,8 +716,9 @@ class DiscordEmulator:
             bot = rid == self._bot_role
             out.append({
                 "id": str(rid), "name": name, "position": position, "color": 0, "hoist": False,
-                "permissions": str(ALL_PERMISSIONS if bot else perms), "managed": bot,
-                "mentionable": False, "icon": None, "unicode_emoji": None, "flags": 0,
+                "permissions": str(self._bot_permissions if bot else perms), "managed": bot,
+                "mentionable": rid in self._mentionable, "icon": None, "unicode_emoji": None,
+                "flags": 0,
                 **({"tags": {"bot_id": str(self.bot_user_id)}} if bot else {}),
             })
         return out
@@ -472,10 +727,13 @@ class DiscordEmulator:
         names = {cid: n for n, cid in self.channels.items()}
         if channel_id not in names:
             raise ApiError(404, 10003, "Unknown Channel")
+        denied = self._denied.get(channel_id, 0)
+        overwrites = [{"id": str(self._bot_role), "type": 0, "allow": "0", "deny": str(denied)}]
         return {
             "id": str(channel_id), "type": 0, "guild_id": str(self.guild_id),
             "name": names[channel_id], "position": list(names).index(channel_id),
-            "permission_overwrites": [], "topic": None, "nsfw": False, "parent_id": None,
+            "permission_overwrites": overwrites if denied else [], "topic": None, "nsfw": False,
+            "parent_id": None,
             "rate_limit_per_user": 0, "last_message_id": None,
         }
 
@@ -489,13 +747,22 @@ class DiscordEmulator:
         }
 
     def _message_json(self, m: Message) -> JSONDict:
-        return {
+        users = [int(p[5:]) for p in sorted(m.pings) if p.startswith("user:")]
+        roles = [p[5:] for p in sorted(m.pings) if p.startswith("role:")]
+        d: JSONDict = {
             "id": str(m.id), "type": 0, "channel_id": str(m.channel_id), "content": m.content,
             "author": self._user_json(m.author_id), "timestamp": _iso_from_snowflake(m.id),
-            "edited_timestamp": m.edited_timestamp, "tts": False, "mention_everyone": False,
-            "mentions": [], "mention_roles": [], "attachments": m.attachments,
-            "embeds": m.embeds, "pinned": False, "components": m.components, "flags": m.flags,
+            "edited_timestamp": m.edited_timestamp, "tts": False,
+            "mention_everyone": bool({"everyone", "here"} & m.pings),
+            "mentions": [self._user_json(u) for u in users], "mention_roles": roles,
+            "attachments": m.attachments, "embeds": m.embeds, "pinned": False,
+            "components": m.components, "flags": m.flags,
         }
+        if m.reply_to is not None:
+            d["message_reference"] = {"type": 0, "message_id": str(m.reply_to),
+                                      "channel_id": str(m.channel_id),
+                                      "guild_id": str(self.guild_id)}
+        return d
 
     def _interaction_json(self, iid: int, token: str, kind: int, user_id: int, channel_id: int,
                           data: JSONDict, message: Message | None) -> JSONDict:
@@ -508,7 +775,8 @@ class DiscordEmulator:
             "guild": {"id": str(self.guild_id), "locale": "en-US", "features": []},
             "channel": {**self._channel_json(channel_id), "permissions": str(BASIC_PERMISSIONS)},
             "member": self._member_json(user_id), "token": token, "version": 1,
-            "app_permissions": str(ALL_PERMISSIONS), "locale": "en-US", "guild_locale": "en-US",
+            "app_permissions": str(self.channel_permissions(channel_id)), "locale": "en-US",
+            "guild_locale": "en-US",
             "entitlements": [], "authorizing_integration_owners": {"0": str(self.guild_id)},
             "context": 0, "attachment_size_limit": 25 * 1024 * 1024,
         }
@@ -536,14 +804,58 @@ class DiscordEmulator:
         }
 
     def _new_message(self, channel_id: int, body: JSONDict, files: dict[str, bytes],
-                     author: int | None) -> Message:
+                     author: int | None, *, webhook: bool = False) -> Message:
+        """`webhook`: made through an interaction or webhook, whose default allowed_mentions
+        parse only users (resources/message "Default Settings for Allowed Mentions")."""
         get = body.get
+        reply = (get("message_reference") or {}).get("message_id")
         msg = Message(self._snowflake(), channel_id, get("content") or "", get("embeds") or [],
                       get("components") or [], int(get("flags") or 0),
-                      self.bot_user_id if author is None else author, self._uploads(files))
+                      self.bot_user_id if author is None else author, self._uploads(files),
+                      allowed_mentions=get("allowed_mentions"),
+                      reply_to=None if reply is None else int(reply))
+        msg = replace(msg, pings=self._pings(msg, webhook=webhook))
         self._messages[msg.id] = msg
         return msg
     # fmt: on
+
+    def _pings(self, msg: Message, *, webhook: bool) -> frozenset[str]:
+        """Who a message notifies, per resources/message "Allowed Mentions Object": mentions in
+        the content (and text displays) filtered by allowed_mentions (absent: parse everything
+        in a channel message, only users through interactions and webhooks; `parse` and
+        `users`/`roles` lists; `replied_user`). A role pings only if mentionable or the bot may
+        Mention Everyone; @everyone/@here need Mention Everyone."""
+        texts = [msg.content, *(c.get("content") or "" for c in _walk(msg.components)
+                                if c.get("type") == 10)]  # fmt: skip
+        users: list[int] = []
+        roles: list[int] = []
+        everyone: list[str] = []
+        for m in MENTION.finditer("\n".join(texts)):
+            if m[3]:
+                everyone.append(m[3])
+            elif m[1] == "&":
+                roles.append(int(m[2]))
+            else:
+                users.append(int(m[2]))
+        allowed = msg.allowed_mentions
+        if allowed is None:
+            parse = {"users"} if webhook else {"users", "roles", "everyone"}
+            replied = not webhook
+        else:
+            parse = set(allowed.get("parse") or [])
+            replied = bool(allowed.get("replied_user"))
+        listed = {int(x) for x in (allowed or {}).get("users") or []}
+        listed_roles = {int(x) for x in (allowed or {}).get("roles") or []}
+        may_everyone = bool(self.channel_permissions(msg.channel_id) & MENTION_EVERYONE)
+        out = {f"user:{u}" for u in users if "users" in parse or u in listed}
+        out |= {f"role:{r}" for r in roles if ("roles" in parse or r in listed_roles)
+                and (r in self._mentionable or may_everyone)}  # fmt: skip
+        if "everyone" in parse and may_everyone:
+            out |= set(everyone)
+        target = self._messages.get(msg.reply_to) if msg.reply_to is not None else None
+        if replied and target is not None and target.author_id != msg.author_id:
+            out.add(f"user:{target.author_id}")
+        return frozenset(out)
 
     def _find_command(self, name: str) -> JSONDict:
         for cmd in [*self.commands, *self.global_commands]:
@@ -635,8 +947,11 @@ class DiscordEmulator:
                         "proxy_url": url, "content_type": "application/octet-stream"})  # fmt: skip
         return out
 
-    def _edited(self, msg: Message, body: JSONDict, files: dict[str, bytes]) -> Message:
-        """Apply a PATCH/type 7 body: absent keys are kept, ephemeral stays, loading clears."""
+    def _edited(self, msg: Message, body: JSONDict, files: dict[str, bytes], *,
+                webhook: bool) -> Message:  # fmt: skip
+        """Apply a PATCH/type 7 body: absent keys are kept, ephemeral stays, loading clears.
+        Mentions are recomputed when content or components change, with the edit's
+        allowed_mentions or the defaults (resources/message "Edit Message")."""
         changes: JSONDict = {}
         for key, empty in (("content", ""), ("embeds", []), ("components", [])):
             if key in body:
@@ -647,7 +962,11 @@ class DiscordEmulator:
             changes["attachments"] = kept + self._uploads(files)
         flags = (int(body.get("flags") or msg.flags) | (msg.flags & EPHEMERAL)) & ~LOADING
         edited = datetime.now(UTC).isoformat()
-        return replace(msg, **changes, flags=flags, edited_timestamp=edited)
+        new = replace(msg, **changes, flags=flags, edited_timestamp=edited)
+        if "content" in body or "components" in body:
+            new = replace(new, allowed_mentions=body.get("allowed_mentions"))
+            new = replace(new, pings=self._pings(new, webhook=webhook))
+        return new
 
     def _replace(self, new: Message) -> None:
         """Store a new state of a message everywhere it appears: channel list (removed when
@@ -674,6 +993,7 @@ class DiscordEmulator:
         if m is None:
             return _json(404, NOT_FOUND)
         path, at = m.group(1), time.monotonic()
+        rec: Recorded | None = None
         self._inflight += 1
         self._last_activity = at
         try:
@@ -682,13 +1002,20 @@ class DiscordEmulator:
             self.requests.append(rec)
             public = path.startswith(("/webhooks/", "/interactions/"))
             if not public and request.headers.get("Authorization") != f"Bot {self.token}":
-                return _json(401, {"message": "401: Unauthorized", "code": 0})
+                raise ApiError(401, 0, "401: Unauthorized")
             for methods, pattern, handler in self._routes:
                 if request.method in methods and (mm := pattern.fullmatch(path)):
-                    return _json(*await handler(rec, **mm.groupdict()))
+                    status, payload = await handler(rec, **mm.groupdict())
+                    rec.status, rec.response = status, payload
+                    return _json(status, payload, rec.headers)
+            rec.status = 404
             return _json(404, NOT_FOUND)
         except ApiError as e:
-            return _json(e.status, {"message": e.message, "code": e.code})
+            if rec is not None:
+                rec.status, rec.response = e.status, e.payload
+            if not (e.status == 404 and request.method == "GET"):  # a lookup is no violation
+                self.rejected.append((e.status, e.code, request.method, path))
+            return _json(e.status, e.payload, e.headers)
         except Exception as e:  # an emulator bug must not look like an outage (5xx retries)
             self.errors.append(f"{request.method} {path}: {e!r}")
             return _json(400, {"message": f"emulator error: {e!r}", "code": 50035})
@@ -762,37 +1089,104 @@ class DiscordEmulator:
         return 200, self._member_json(int(user))
 
     async def _get_channel(self, rec: Recorded, channel: str) -> tuple[int, Any]:
+        self._require(int(channel), VIEW_CHANNEL)
         return 200, self._channel_json(int(channel))
 
     async def _typing(self, rec: Recorded, channel: str) -> tuple[int, Any]:
-        self._channel_json(int(channel))
+        self._require(int(channel), VIEW_CHANNEL | SEND_MESSAGES)
         return 204, None
 
     async def _channel_history(self, rec: Recorded, channel: str) -> tuple[int, Any]:
-        self._channel_json(int(channel))
+        self._require(int(channel), VIEW_CHANNEL)
         msgs = self.channel_messages.get(int(channel), [])[::-1][: int(rec.query.get("limit", 50))]
         return 200, [self._message_json(m) for m in msgs]
+
+    def _require(self, channel_id: int, bits: int, body: JSONDict | None = None) -> None:
+        """The bot's channel permissions (topics/opcodes-and-status-codes: 50001 Missing Access,
+        50013 Missing Permissions; resources/message "Create Message" needs SEND_MESSAGES, an
+        embed needs EMBED_LINKS as discord/discord-api-docs#2601 shows). Unknown channel: 404."""
+        self._channel_json(channel_id)
+        perms = self.channel_permissions(channel_id)
+        if not perms & VIEW_CHANNEL:
+            raise ApiError(403, 50001, "Missing Access")
+        if body and body.get("embeds"):
+            bits |= EMBED_LINKS
+        if bits & ~perms:
+            raise ApiError(403, 50013, "Missing Permissions")
+
+    def _rate_limited(self, rec: Recorded, channel_id: int) -> None:
+        """Per-channel limit on message posts (and, in their own bucket, edits): a fixed window
+        of `rate_limit[1]` s from its first request. Headers as topics/rate-limits documents;
+        discord.py (http.py) reads X-Ratelimit-Remaining/-Reset-After/-Bucket from every answer
+        and pre-emptively sleeps Reset-After when none remain; on a 429 it sleeps the body's
+        `retry_after` and retries, but only if the answer has a `Via` header (without it,
+        it takes the 429 for a Cloudflare ban and raises): Discord's carry `Via: 1.1 google`.
+        Times are rounded up to the millisecond so a client never retries early."""
+        if self.rate_limit is None:
+            return
+        limit, per = self.rate_limit
+        key, now = (rec.method, channel_id), time.monotonic()
+        start, count = self._buckets.get(key, (now, 0))
+        if now - start >= per:
+            start, count = now, 0
+        reset_after = math.ceil((start + per - now) * 1000) / 1000
+        headers = {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(max(0, limit - count - 1)),
+            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+            "X-RateLimit-Bucket": f"emu{rec.method.lower()}channelmessages",
+            "Via": "1.1 google",
+        }
+        if count >= limit:
+            text = "You are being rate limited."
+            body = {"message": text, "retry_after": reset_after, "global": False}
+            headers["Retry-After"] = str(math.ceil(reset_after))
+            headers["X-RateLimit-Scope"] = "user"
+            raise ApiError(429, 0, text, payload=body, headers=headers)
+        self._buckets[key] = (start, count + 1)
+        rec.headers.update(headers)
 
     async def _post_message(self, rec: Recorded, channel: str) -> tuple[int, Any]:
         """Also dispatches MESSAGE_CREATE, as Discord does (the bot must ignore bot authors)."""
         cid = int(channel)
+        body = rec.json or {}
         self._channel_json(cid)
-        msg = self._new_message(cid, rec.json or {}, rec.files, None)
+        self._rate_limited(rec, cid)
+        self._require(cid, SEND_MESSAGES, body)
+        self._validate(body, FormErrors(), create=True, files=rec.files)
+        msg = self._new_message(cid, body, rec.files, None)
         self.channel_messages.setdefault(cid, []).append(msg)
         member = self._member_json(msg.author_id, user=False)
         event = {**self._message_json(msg), "guild_id": str(self.guild_id), "member": member}
         await self._dispatch("MESSAGE_CREATE", event)
         return 200, self._message_json(msg)
 
-    async def _channel_msg(self, rec: Recorded, channel: str, message: str) -> tuple[int, Any]:
-        msg = self._messages.get(int(message))
-        if msg is None or msg.deleted or msg.channel_id != int(channel) or msg.ephemeral:
-            raise ApiError(404, 10008, "Unknown Message")
-        return self._message_op(rec, msg)
+    def _validate(self, body: JSONDict, errors: FormErrors, *, create: bool,
+                  files: dict[str, bytes]) -> None:  # fmt: skip
+        """400 50035 when a message body breaks a size limit; a new message needs something to
+        show (50006 "Cannot send an empty message", topics/opcodes-and-status-codes)."""
+        _check_message(body, errors)
+        errors.raise_if_any()
+        if create and not (body.get("content") or body.get("embeds") or body.get("components")
+                           or files or body.get("sticker_ids") or body.get("poll")):  # fmt: skip
+            raise ApiError(400, 50006, "Cannot send an empty message")
 
-    def _message_op(self, rec: Recorded, msg: Message) -> tuple[int, Any]:
+    async def _channel_msg(self, rec: Recorded, channel: str, message: str) -> tuple[int, Any]:
+        cid = int(channel)
+        self._channel_json(cid)
         if rec.method == "PATCH":
-            msg = self._edited(msg, rec.json or {}, rec.files)
+            self._rate_limited(rec, cid)
+        self._require(cid, VIEW_CHANNEL, rec.json if rec.method == "PATCH" else None)
+        msg = self._messages.get(int(message))
+        if msg is None or msg.deleted or msg.channel_id != cid or msg.ephemeral:
+            raise ApiError(404, 10008, "Unknown Message")
+        return self._message_op(rec, msg, webhook=False)
+
+    def _message_op(self, rec: Recorded, msg: Message, *, webhook: bool) -> tuple[int, Any]:
+        if rec.method == "PATCH":
+            self._validate(rec.json or {}, FormErrors(), create=False, files=rec.files)
+            msg = self._edited(msg, rec.json or {}, rec.files, webhook=webhook)
             self._replace(msg)
         elif rec.method == "DELETE":
             self._replace(replace(msg, deleted=True))
@@ -802,24 +1196,52 @@ class DiscordEmulator:
     async def _callback(self, rec: Recorded, iid: str, token: str) -> tuple[int, Any]:
         """Interaction response. The client sends with_response=1 and needs the callback JSON
         back (a 204 makes discord.py raise TypeError); it registers views under
-        response_message_id. A second callback is refused, as on Discord."""
+        response_message_id. Refused as on Discord (interactions/receiving-and-responding):
+        after `response_deadline` (3 s) or the token's lifetime, 404 10062 Unknown interaction;
+        a second callback, 400 40060; a type the interaction does not take (a modal answering a
+        modal submit), 400 50035 BASE_TYPE_CHOICES on `type` (Rapptz/discord.py#9187); a payload
+        over a limit, 400 50035 with errors under `data`. A refused first callback is not
+        recorded in `callbacks` (the interaction stays unanswered)."""
         inter = self.interactions.get(int(iid))
         if inter is None or inter.token != token:
             raise ApiError(404, 10062, "Unknown interaction")
+        age = rec.at - self.dispatch_times[inter.id]
+        if age > self.token_lifetime or (not inter.callbacks and age > self.response_deadline):
+            raise ApiError(404, 10062, "Unknown interaction")
         body = rec.json or {}
+        if inter.callbacks:
+            inter.callbacks.append(body)
+            raise ApiError(400, 40060, "Interaction has already been acknowledged.")
+        kind, data = body.get("type"), body.get("data") or {}
+        allowed = ALLOWED_CALLBACKS.get(inter.kind, ())
+        if inter.source is None:  # nothing to update: no message behind the interaction
+            allowed = tuple(k for k in allowed if k not in (6, 7))
+        if kind not in allowed:
+            choices = ", ".join(f"<InteractionCallbackTypes.{CALLBACK_TYPES[k]}: {k}>"
+                                for k in allowed)  # fmt: skip
+            errors = FormErrors()
+            errors.add(("type",), "BASE_TYPE_CHOICES", f"Value must be one of {{{choices}}}.")
+            errors.raise_if_any()
+        if kind in (4, 7):
+            self._validate(data, FormErrors(("data",)), create=kind == 4, files=rec.files)
+        elif kind == 8:
+            errors = FormErrors(("data",))
+            _check_choices(data, errors)
+            errors.raise_if_any()
+        elif kind == 9:
+            errors = FormErrors(("data",))
+            _check_modal(data, errors)
+            errors.raise_if_any()
         inter.callbacks.append(body)
         self.callback_times.setdefault(inter.id, rec.at)
         self._parsed_seq = max(self._parsed_seq, inter.seq)
-        if len(inter.callbacks) > 1:
-            raise ApiError(400, 40060, "Interaction has already been acknowledged.")
-        kind, data = body.get("type"), body.get("data") or {}
         msg: Message | None = None
         if kind == 4:
-            msg = self._new_message(inter.channel_id, data, rec.files, None)
+            msg = self._new_message(inter.channel_id, data, rec.files, None, webhook=True)
             self._set_original(inter, msg)
         elif kind == 5:
             flags = LOADING | (int(data.get("flags") or 0) & EPHEMERAL)
-            msg = self._new_message(inter.channel_id, {"flags": flags}, {}, None)
+            msg = self._new_message(inter.channel_id, {"flags": flags}, {}, None, webhook=True)
             self._set_original(inter, msg)
         elif kind in (6, 7) and inter.source is not None:  # the component's message is @original
             msg = self._messages.get(inter.source.id, inter.source)
@@ -827,11 +1249,8 @@ class DiscordEmulator:
                 self._set_original(inter, msg)
             else:
                 inter.original = msg
-                msg = self._edited(msg, data, rec.files)
+                msg = self._edited(msg, data, rec.files, webhook=True)
                 self._replace(msg)
-        elif kind not in (8, 9):
-            inter.callbacks.pop()
-            raise ApiError(400, 50035, f"Invalid callback type {kind} for interaction {inter.kind}")
         inter.answered.set()
         ephemeral = bool(msg and msg.ephemeral)
         response: JSONDict = {"id": str(inter.id), "type": inter.kind,
@@ -843,23 +1262,32 @@ class DiscordEmulator:
             resource["message"] = self._message_json(msg)
         return 200, {"interaction": response, "resource": resource}
 
-    def _interaction_for(self, app: str, token: str) -> Interaction:
+    def _interaction_for(self, rec: Recorded, app: str, token: str) -> Interaction:
+        """The interaction behind a webhook token. Past `token_lifetime`: 401 50027 Invalid
+        Webhook Token (interactions/receiving-and-responding: tokens are valid for 15 minutes;
+        code in topics/opcodes-and-status-codes). Never acknowledged (late or not yet): 404
+        10015 Unknown Webhook."""
         inter = self._by_token.get(token)
-        if inter is None or int(app) != self.app_id or not inter.callbacks:
+        if inter is None or int(app) != self.app_id:
+            raise ApiError(404, 10015, "Unknown Webhook")
+        if rec.at - self.dispatch_times[inter.id] > self.token_lifetime:
+            raise ApiError(401, 50027, "Invalid Webhook Token")
+        if not inter.callbacks:
             raise ApiError(404, 10015, "Unknown Webhook")
         return inter
 
     async def _followup(self, rec: Recorded, app: str, token: str) -> tuple[int, Any]:
         """A follow-up. As on Discord, the first one after a thinking defer (type 5) replaces
         the "thinking" original (same id, the defer's ephemerality); it is listed in both."""
-        inter = self._interaction_for(app, token)
+        inter = self._interaction_for(rec, app, token)
         body, orig = rec.json or {}, inter.original
+        self._validate(body, FormErrors(), create=True, files=rec.files)
         if orig is not None and orig.flags & LOADING and inter.response_type == 5:
             flags = int(body.get("flags") or 0) & ~EPHEMERAL
-            msg = self._edited(orig, {**body, "flags": flags}, rec.files)
+            msg = self._edited(orig, {**body, "flags": flags}, rec.files, webhook=True)
             self._replace(msg)
         else:
-            msg = self._new_message(inter.channel_id, body, rec.files, None)
+            msg = self._new_message(inter.channel_id, body, rec.files, None, webhook=True)
         inter.followups.append(msg)
         wait = rec.query.get("wait", "").lower() in ("1", "true")
         return (200, self._message_json(msg)) if wait else (204, None)
@@ -867,13 +1295,15 @@ class DiscordEmulator:
     async def _webhook_msg(
         self, rec: Recorded, app: str, token: str, message: str
     ) -> tuple[int, Any]:
-        inter = self._interaction_for(app, token)
+        """A message of this interaction only (its original and follow-ups): an ephemeral
+        message cannot be reached through another token (nor the channel routes)."""
+        inter = self._interaction_for(rec, app, token)
         owned = [m for m in (inter.original, *inter.followups) if m is not None]
         if message != "@original":
             owned = [m for m in owned if m.id == int(message)]
         if not owned or owned[0].deleted:
             raise ApiError(404, 10008, "Unknown Message")
-        return self._message_op(rec, self._messages.get(owned[0].id, owned[0]))
+        return self._message_op(rec, self._messages.get(owned[0].id, owned[0]), webhook=True)
 
     # ----------------------------------------------------------------- gateway
     async def _send(self, ws: web.WebSocketResponse, frame: JSONDict) -> None:
