@@ -48,6 +48,7 @@ _quiet = functools.partial(quietly, what="automation step", logger=log)
 
 HEARTBEAT_KEY = "automation.last_seen"
 BUSY_RETRY = timedelta(minutes=1)  # an automatic action that met a running operation retries
+RETRY_WINDOW = timedelta(minutes=1)  # a timer this close to an existing one is a retry
 
 
 @dataclass(frozen=True)
@@ -250,19 +251,21 @@ class Automation:
                 )
             return None
         self._pending[server] = new
-        for i, (when, left) in enumerate(warning_times(new.at, now, self.leads)):
-            self.scheduler.at(
-                f"auto:stop:{server}:warn{i}",
-                when,
-                functools.partial(self._warn, server, new, left),
-            )
-        self.scheduler.at(
-            f"auto:stop:{server}:fire", new.at, functools.partial(self._fire, server, new)
-        )
+        self._arm_pending(server, new)
         log.info(
             "%s: automatic %s at %s (%s)", server, new.due.action, new.at.isoformat(), new.due.why
         )
         return new
+
+    def _arm_pending(self, server: str, p: Pending) -> None:
+        """The jobs of a pending stop: its warnings still ahead, and the stop itself."""
+        for i, (when, left) in enumerate(warning_times(p.at, self.clock(), self.leads)):
+            self.scheduler.at(
+                f"auto:stop:{server}:warn{i}", when, functools.partial(self._warn, server, p, left)
+            )
+        self.scheduler.at(
+            f"auto:stop:{server}:fire", p.at, functools.partial(self._fire, server, p)
+        )
 
     @staticmethod
     def _cancel_why(p: Pending) -> str:
@@ -463,27 +466,53 @@ class Automation:
     def pending(self, server: str) -> Pending | None:
         return self._pending.get(server)
 
-    async def postpone(self, server: str, actor: str) -> Pending:
-        """Keep running: hold the pending automatic stop for `keep_running` more."""
+    def _check_warned(self, server: str, warned: datetime | None) -> Pending:
+        """The pending stop, refused unless it is the one a warning (and its buttons) was
+        about (`warned`: the time the warning gave; None, any): an old warning's button must
+        not act on today's stop, and a retried click must not act twice."""
         p = self._pending.get(server)
+        if warned is not None and (p is None or int(p.at.timestamp()) != int(warned.timestamp())):
+            now = (
+                f"it now {'stops' if p.due.action == 'stop' else 'restarts'} at "
+                f"{p.at.astimezone(p.due.zone or self.zone):%H:%M}"
+                if p is not None
+                else "no automatic stop is pending"
+            )
+            raise ScheduleError(f"This warning is out of date: for {server}, {now}.")
         if p is None:
             raise ScheduleError(f"No automatic stop is pending for {server}.")
-        until = max(p.at, self.clock()) + self.settings.keep_for
-        # Whole seconds: what is stored (and shown) is exactly what is planned.
-        until = until.replace(microsecond=0) + timedelta(seconds=1 if until.microsecond else 0)
-        await self.store.set_keep_until(server, until, p.due.key)
+        return p
+
+    async def postpone(self, server: str, actor: str, warned: datetime | None = None) -> Pending:
+        """Keep running: hold the pending automatic stop for `keep_running` more."""
+        async with self._locks[server]:
+            p = self._check_warned(server, warned)
+            until = max(p.at, self.clock()) + self.settings.keep_for
+            # Whole seconds: what is stored (and shown) is exactly what is planned.
+            until = until.replace(microsecond=0) + timedelta(seconds=1 if until.microsecond else 0)
+            await self.store.set_keep_until(server, until, p.due.key)
+            # Replanned under the same lock: a second click sees the new time, not the old.
+            new = await self._replan(server)
         await self.store.audit(actor, "postpone", server, True, f"until {until.isoformat()}")
-        new = await self.replan(server)
         if new is None:  # the stop went away meanwhile (schedule removed, server stopped)
             raise ScheduleError(f"No automatic stop is pending for {server} any more.")
         return new
 
-    async def stop_now(self, server: str, actor: str) -> bool:
+    async def stop_now(self, server: str, actor: str, warned: datetime | None = None) -> bool:
         """Stop now instead of at the pending time; False when it was not running."""
         async with self._locks[server]:
+            if warned is not None:
+                self._check_warned(server, warned)
             p = self._pending.pop(server, None)
             self.scheduler.cancel_prefix(f"auto:stop:{server}:")
-        stopped = await self.servers.stop(server, actor=actor)
+        try:
+            stopped = await self.servers.stop(server, actor=actor)
+        except BaseException:
+            if p is not None:  # not stopped (busy, engine down): the planned stop stands
+                async with self._locks[server]:
+                    self._pending.setdefault(server, p)
+                    self._arm_pending(server, p)
+            raise
         if p is not None and p.due.reason == "timer" and p.due.schedule_id is not None:
             with contextlib.suppress(PeonError):
                 await self.store.remove_schedule(p.due.schedule_id)
@@ -574,11 +603,31 @@ class Automation:
         )
 
     async def _add(self, server: str, kind: str, spec: dict[str, object], actor: str) -> Schedule:
+        same = await self._same_schedule(server, kind, spec)
+        if same is not None:
+            return same  # a retried command (Discord said it did not respond): added once
         s = await self.store.add_schedule(server, kind, spec, actor)
         await self.store.audit(actor, f"schedule-add:{kind}", server, True, f"#{s.id}")
         self._arm(s)
         await self.replan(server)
         return s
+
+    async def _same_schedule(
+        self, server: str, kind: str, spec: dict[str, object]
+    ) -> Schedule | None:
+        for s in await self.store.list_schedules(server):
+            if s.kind != kind:
+                continue
+            if s.spec == spec:
+                return s
+            if kind == "timer" and s.spec.get("action") == spec.get("action"):
+                # "in 30m" asked twice a few seconds apart is the same timer.
+                gap = datetime.fromisoformat(str(s.spec["at"])) - datetime.fromisoformat(
+                    str(spec["at"])
+                )
+                if abs(gap) < RETRY_WINDOW:
+                    return s
+        return None
 
     async def remove(self, schedule_id: int, actor: str) -> Schedule:
         s = await self.store.get_schedule(schedule_id)

@@ -12,7 +12,7 @@ import logging
 import platform
 import re
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import discord
@@ -155,9 +155,17 @@ async def render_error(interaction: discord.Interaction[Any], error: BaseExcepti
         log.error("unexpected error in %s", _describe(interaction), exc_info=error)
         text = APOLOGY
     embed = Embed(description=text, colour=ERROR_COLOUR)
+    progress = interaction.extras.get("peon_progress")
+    if progress is not None:  # it knows whether the token still works, and where to write
+        await progress.finish(embed)
+        return
     try:
         if not interaction.response.is_done():
             await interaction.response.send_message(embed=embed, ephemeral=True)
+        elif interaction.response.type == discord.InteractionResponseType.deferred_message_update:
+            # A button answered with a deferred update: its message (a public warning, a
+            # panel) stays as it is; only the clicker hears of the failure.
+            await interaction.followup.send(embed=embed, ephemeral=True)
         else:
             await interaction.edit_original_response(content=None, embed=embed, view=None)
     except discord.HTTPException:
@@ -232,7 +240,7 @@ def timestamp(when: Any, style: str = "R") -> str:
     return f"<t:{int(when.timestamp())}:{style}>"
 
 
-WarningView = Callable[[str, timedelta], discord.ui.View]
+WarningView = Callable[[str, timedelta, datetime], discord.ui.View]
 
 
 class DiscordNotifier:
@@ -300,7 +308,11 @@ class DiscordNotifier:
             f"(at {local:%H:%M} {warning.zone.key}, {timestamp(warning.at)}): "
             f"{mention_actors(warning.why)}."
         )
-        view = self.warning_view(warning.server, warning.keep_for) if self.warning_view else None
+        view = (
+            self.warning_view(warning.server, warning.keep_for, warning.at)
+            if self.warning_view
+            else None
+        )
         await self.announce(text, view=view, mention=True)
 
     async def acted(self, server: str, action: str, why: str, connect: str | None) -> None:

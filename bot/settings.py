@@ -163,6 +163,13 @@ class DiscordSettings(_Model):
         default=1.5, ge=0.2, le=30, description="Seconds between progress edits (rate limits)."
     )
     confirm_timeout: int = Field(default=60, ge=1, le=900)
+    interaction_lifetime: float = Field(
+        default=900,
+        ge=1,
+        le=900,
+        description="Seconds an interaction token works (Discord: 15 minutes). Long operations "
+        "move their progress to a channel message before it runs out; lower only to test.",
+    )
 
 
 def _span(text: str, lo: timedelta = timedelta(seconds=1)) -> timedelta:

@@ -13,7 +13,15 @@ from bot.backups import BackupService
 from bot.client import Access, Embed, timestamp
 from bot.models import Backup
 from bot.servers import ServerService
-from cogs.common import INFO, MAX_CHOICES, OK, ConfirmView, actor, server_autocomplete
+from cogs.common import (
+    INFO,
+    MAX_CHOICES,
+    OK,
+    ConfirmView,
+    ProgressMessage,
+    actor,
+    server_autocomplete,
+)
 
 if TYPE_CHECKING:
     from bot.client import PeonBot
@@ -37,6 +45,8 @@ class BackupsCog(commands.Cog, name="BackupsCog"):
         self.servers: ServerService = bot.services.servers
         self.access: Access = bot.access
         self.confirm_timeout = bot.discord_settings.confirm_timeout
+        self.interval = bot.discord_settings.progress_interval
+        self.lifetime = bot.discord_settings.interaction_lifetime
 
     async def backup_autocomplete(
         self, interaction: discord.Interaction[Any], current: str
@@ -58,9 +68,12 @@ class BackupsCog(commands.Cog, name="BackupsCog"):
         self.access.check(interaction, "backup", server)
         await self.servers.store.get_server(server)
         await interaction.response.defer(thinking=True)
+        progress = ProgressMessage(
+            interaction, f"Backing up {server}", self.interval, lifetime=self.lifetime
+        )
         b = await self.backups.create(server, actor=actor(interaction))
-        await interaction.edit_original_response(
-            embed=Embed(
+        await progress.finish(
+            Embed(
                 description=f"Backed up **{server}**: backup #{b.id}, {b.size / 2**20:.1f} MiB "
                 f"in {b.seconds:.1f} s.",
                 colour=OK,
@@ -101,6 +114,8 @@ class BackupsCog(commands.Cog, name="BackupsCog"):
             undone=f"**{server}** was not restored",
             action=run,
             timeout=self.confirm_timeout,
+            interval=self.interval,
+            lifetime=self.lifetime,
         )
         embed = Embed(
             title=f"Restore {server}?",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
@@ -63,23 +64,37 @@ def pull_bar(p: PullProgress) -> str:
 
 
 class ProgressMessage:
-    """Edits a deferred response as an operation advances, at most every `interval` seconds
-    (Discord rate-limits edits); the last state is always shown by `finish`."""
+    """Shows an operation's progress without ever holding it up, for as long as it runs.
+
+    The operation only records its state here (`__call__` never waits on Discord): a
+    background task shows the newest state, at most one edit every `interval` seconds, so a
+    slow or rate-limited Discord cannot delay a server operation. An interaction token works
+    for `lifetime` seconds; before it runs out the progress moves to a regular message in the
+    channel, which the bot edits with its own token, and the token is not used again. The
+    outcome (`finish`) is shown wherever the progress is, and posted in the channel if
+    nothing else can show it."""
 
     def __init__(
         self,
         interaction: discord.Interaction[Any],
         title: str,
         interval: float,
-        clock: Any = time.monotonic,
+        *,
+        lifetime: float,
     ) -> None:
         self.interaction = interaction
         self.title = title
         self.interval = interval
-        self.clock = clock
         self.steps: list[str] = []
         self.bar: str | None = None
-        self._last = 0.0
+        # Move with a margin: an edit sent just before expiry may arrive after it.
+        margin = min(60.0, lifetime / 5)
+        self.switch_at = interaction.created_at + timedelta(seconds=lifetime - margin)
+        self.moved: discord.Message | None = None  # the channel message, once moved
+        self._dirty = asyncio.Event()
+        # Running from the start: the move must happen even if the operation reports nothing.
+        self._task: asyncio.Task[None] | None = asyncio.create_task(self._show_changes())
+        interaction.extras["peon_progress"] = self  # render_error ends the progress here
 
     def embed(self) -> discord.Embed:
         lines = [f"✅ {s}" for s in self.steps[:-1]] + [f"⏳ {s}" for s in self.steps[-1:]]
@@ -94,24 +109,70 @@ class ProgressMessage:
             if event.step == "ready":
                 return
             self.bar = None if event.step != "pulling" else self.bar
-            step = event.step + (f": {event.detail}" if event.detail else "")
-            self.steps.append(step)
-            await self._edit(force=True)
-            return
-        await self._edit(force=False)
+            self.steps.append(event.step + (f": {event.detail}" if event.detail else ""))
+        self._dirty.set()
 
-    async def _edit(self, force: bool) -> None:
-        now = self.clock()
-        if not force and now - self._last < self.interval:
-            return
-        self._last = now
-        await self.interaction.edit_original_response(embed=self.embed())
+    def token_alive(self) -> bool:
+        return self.moved is None and datetime.now(UTC) < self.switch_at
 
-    async def finish(self, embed: discord.Embed, view: discord.ui.View | None = None) -> None:
+    async def _show_changes(self) -> None:
+        while True:
+            left = (self.switch_at - datetime.now(UTC)).total_seconds()
+            if self.moved is None and left > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), left)  # wake up to move
+            else:
+                await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self._show(self.embed(), None)
+            except discord.HTTPException:
+                log.warning("could not show progress of %s", self.title, exc_info=True)
+            await asyncio.sleep(self.interval)  # Discord rate-limits edits
+
+    async def _show(self, embed: discord.Embed, view: discord.ui.View | None) -> None:
         kwargs: dict[str, Any] = {"content": None, "embed": embed}
         if view is not None:
             kwargs["view"] = view
-        await self.interaction.edit_original_response(**kwargs)
+        if self.token_alive():
+            await self.interaction.edit_original_response(**kwargs)
+            return
+        if self.moved is None:
+            await self._move(embed)
+        if self.moved is not None:
+            await self.moved.edit(**kwargs)
+
+    async def _move(self, embed: discord.Embed) -> None:
+        channel = self.interaction.channel
+        if not isinstance(channel, discord.abc.Messageable):
+            return
+        user = self.interaction.user.id
+        self.moved = await channel.send(
+            content=f"<@{user}>'s request continues here.",
+            embed=embed,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        with contextlib.suppress(discord.HTTPException):  # the token may be gone already
+            await self.interaction.edit_original_response(
+                content=f"Continued in {self.moved.jump_url}", embed=None, view=None
+            )
+
+    async def finish(self, embed: discord.Embed, view: discord.ui.View | None = None) -> None:
+        """Show the outcome (or an error); never raises, so notices after it still go out."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            await self._show(embed, view)
+            return
+        except discord.HTTPException:
+            log.warning("could not show the outcome of %s; posting it", self.title, exc_info=True)
+        channel = self.interaction.channel
+        if isinstance(channel, discord.abc.Messageable):
+            with contextlib.suppress(discord.HTTPException):
+                await channel.send(embed=embed, allowed_mentions=discord.AllowedMentions.none())
 
 
 def players_text(count: PlayerCount, limit: int = FIELD_VALUE_MAX) -> str:
@@ -231,8 +292,11 @@ class ConfirmView(discord.ui.View):
         undone: str,
         action: Callable[[discord.Interaction[Any]], Awaitable[str]],
         timeout: float,
+        interval: float = 1.5,
+        lifetime: float = 900,
     ) -> None:
         super().__init__(timeout=timeout)
+        self.interval, self.lifetime = interval, lifetime
         self.requester, self.doing, self.undone, self.action = requester, doing, undone, action
         self.confirm.label = label
         self.message: discord.InteractionMessage | None = None
@@ -255,10 +319,10 @@ class ConfirmView(discord.ui.View):
         await interaction.response.edit_message(
             embed=Embed(title=self.doing, colour=INFO), view=None
         )
+        # A restore or purge can outlive the click's token: the outcome still shows.
+        progress = ProgressMessage(interaction, self.doing, self.interval, lifetime=self.lifetime)
         text = await self.action(interaction)
-        await interaction.edit_original_response(
-            embed=Embed(description=text, colour=OK), view=None
-        )
+        await progress.finish(Embed(description=text, colour=OK))
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, custom_id="cancel")
     async def cancel(

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import rules
 from bot.automation import Automation, ScheduleView
-from bot.client import Access, Embed, render_error
+from bot.client import Access, Embed, clip, render_error
 from bot.rules import CRON_ACTIONS
 from bot.schedules import format_span
 from bot.servers import ServerService
@@ -43,41 +44,46 @@ def schedules_embed(views: list[ScheduleView], title: str) -> discord.Embed:
 
 class WarningButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"peon:auto:(?P<action>keep|stop):(?P<server>[a-z0-9][a-z0-9-]{0,31})",
+    template=r"peon:auto:(?P<action>keep|stop):(?P<server>[a-z0-9][a-z0-9-]{0,31})"
+    r"(?::(?P<at>\d+))?",
 ):
-    """A button on a stop warning; survives bot restarts (registered with add_dynamic_items)."""
+    """A button on a stop warning; survives bot restarts (registered with add_dynamic_items).
+    Its custom_id carries the time of the stop it warned about, so it acts on that stop only;
+    buttons from before that (no time) are answered as out of date."""
 
-    def __init__(self, action: str, server: str, keep_for: timedelta | None = None) -> None:
+    def __init__(
+        self, action: str, server: str, at: int | None, keep_for: timedelta | None = None
+    ) -> None:
         if action == "keep":
             label = f"Keep running +{format_span(keep_for)}" if keep_for else "Keep running"
             style = discord.ButtonStyle.success
         else:
             label, style = "Stop now", discord.ButtonStyle.danger
-        super().__init__(
-            discord.ui.Button(label=label, style=style, custom_id=f"peon:auto:{action}:{server}")
-        )
-        self.action, self.server = action, server
+        custom_id = f"peon:auto:{action}:{server}" + (f":{at}" if at is not None else "")
+        super().__init__(discord.ui.Button(label=label[:80], style=style, custom_id=custom_id))
+        self.action, self.server, self.at = action, server, at
 
     @classmethod
     async def from_custom_id(
         cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
     ) -> WarningButton:
-        return cls(match["action"], match["server"])
+        return cls(match["action"], match["server"], int(match["at"]) if match["at"] else None)
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         cog = interaction.client.get_cog("SchedulesCog")
         try:
             if not isinstance(cog, SchedulesCog):
                 raise RuntimeError("SchedulesCog is not loaded")
-            await cog.warning_action(interaction, self.action, self.server)
+            await cog.warning_action(interaction, self.action, self.server, self.at)
         except Exception as e:
             await render_error(interaction, e)
 
 
-def warning_view(server: str, keep_for: timedelta) -> discord.ui.View:
+def warning_view(server: str, keep_for: timedelta, at: datetime) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    view.add_item(WarningButton("keep", server, keep_for))
-    view.add_item(WarningButton("stop", server))
+    stamp = int(at.timestamp())
+    view.add_item(WarningButton("keep", server, stamp, keep_for))
+    view.add_item(WarningButton("stop", server, stamp))
     return view
 
 
@@ -106,11 +112,16 @@ class SchedulesCog(commands.Cog, name="SchedulesCog"):
                 out.append(app_commands.Choice(name=label[:100], value=v.schedule.id))
         return out[:MAX_CHOICES]
 
+    async def _answer_first(self, interaction: discord.Interaction[Any]) -> None:
+        """Called once the input is known good (refusals so far were instant and ephemeral):
+        what follows may ask Docker, which may be slow, and Discord wants an answer in 3 s."""
+        await interaction.response.defer(thinking=True)
+
     async def _added(self, interaction: discord.Interaction[Any], view: ScheduleView) -> None:
         embed = Embed(
             title=f"Schedule #{view.schedule.id} added", description=schedule_line(view), colour=OK
         )
-        await interaction.response.send_message(embed=embed)
+        await interaction.edit_original_response(embed=embed)
 
     # --- add --------------------------------------------------------------------------------
 
@@ -133,6 +144,9 @@ class SchedulesCog(commands.Cog, name="SchedulesCog"):
         timezone: str | None = None,
     ) -> None:
         self.access.check(interaction, "schedule", server)
+        await self.servers.store.get_server(server)
+        rules.window_spec(days, start, stop, timezone or self.zone)  # refused before deferring
+        await self._answer_first(interaction)
         view = await self.automation.add_window(
             server, days=days, start=start, stop=stop, zone=timezone, actor=actor(interaction)
         )
@@ -145,6 +159,9 @@ class SchedulesCog(commands.Cog, name="SchedulesCog"):
         self, interaction: discord.Interaction[Any], server: str, after: str
     ) -> None:
         self.access.check(interaction, "schedule", server)
+        await self.servers.store.get_server(server)
+        rules.idle_spec(after, self.automation.settings.minimum)
+        await self._answer_first(interaction)
         view = await self.automation.add_idle(server, after, actor(interaction))
         await self._added(interaction, view)
 
@@ -170,6 +187,9 @@ class SchedulesCog(commands.Cog, name="SchedulesCog"):
         only_when_running: bool = False,
     ) -> None:
         self.access.check(interaction, "schedule", server)
+        await self.servers.store.get_server(server)
+        rules.cron_spec(expression, timezone or self.zone, action, command, only_when_running)
+        await self._answer_first(interaction)
         view = await self.automation.add_cron(
             server,
             expression,
@@ -199,9 +219,10 @@ class SchedulesCog(commands.Cog, name="SchedulesCog"):
     async def remove(self, interaction: discord.Interaction[Any], id: int) -> None:
         s = await self.automation.store.get_schedule(id)
         self.access.check(interaction, "schedule", s.server)
+        await self._answer_first(interaction)
         await self.automation.remove(id, actor(interaction))
         text = f"Removed schedule #{id} of **{s.server}**."
-        await interaction.response.send_message(embed=Embed(description=text, colour=OK))
+        await interaction.edit_original_response(embed=Embed(description=text, colour=OK))
 
     @schedule.command(name="pause", description="Pause a schedule without removing it")
     @app_commands.autocomplete(id=schedule_autocomplete)
@@ -218,32 +239,35 @@ class SchedulesCog(commands.Cog, name="SchedulesCog"):
     ) -> None:
         s = await self.automation.store.get_schedule(schedule_id)
         self.access.check(interaction, "schedule", s.server)
+        await self._answer_first(interaction)
         view = await self.automation.set_paused(schedule_id, paused, actor(interaction))
         title = f"Schedule #{schedule_id} {'paused' if paused else 'resumed'}"
-        await interaction.response.send_message(
+        await interaction.edit_original_response(
             embed=Embed(title=title, description=schedule_line(view), colour=OK)
         )
 
     # --- warning buttons --------------------------------------------------------------------
 
     async def warning_action(
-        self, interaction: discord.Interaction[Any], action: str, server: str
+        self, interaction: discord.Interaction[Any], action: str, server: str, at: int | None
     ) -> None:
+        """Answered at once (a deferred update), then acted on; a refusal or failure is told
+        to the clicker alone and leaves the warning and its buttons as they are."""
+        self.access.check(interaction, "postpone" if action == "keep" else "stop", server)
+        await interaction.response.defer()
+        # No time in the custom_id: a button from before warnings were bound to their stop.
+        warned = (
+            datetime.fromtimestamp(at, UTC) if at is not None else datetime.min.replace(tzinfo=UTC)
+        )
         who = f"<@{interaction.user.id}>"
         original = interaction.message.content if interaction.message else ""
         if action == "keep":
-            self.access.check(interaction, "postpone", server)
-            p = await self.automation.postpone(server, actor(interaction))
+            p = await self.automation.postpone(server, actor(interaction), warned)
             zone = p.due.zone or self.automation.zone
             note = f"→ {who} kept it running: now {p.due.action}s at {when_text(p.at, zone)}."
-            await interaction.response.edit_message(content=f"{original}\n{note}", view=None)
-            return
-        self.access.check(interaction, "stop", server)
-        await interaction.response.edit_message(
-            content=f"{original}\n→ {who} asked to stop it now…", view=None
-        )
-        stopped = await self.automation.stop_now(server, actor(interaction))
-        result = "stopped" if stopped else "was not running"
-        await interaction.edit_original_response(
-            content=f"{original}\n→ Stopped now by {who}: **{server}** {result}."
-        )
+        else:
+            stopped = await self.automation.stop_now(server, actor(interaction), warned)
+            result = "stopped" if stopped else "was not running"
+            note = f"→ Stopped now by {who}: **{server}** {result}."
+        await interaction.edit_original_response(content=clip(f"{original}\n{note}", 2000),
+                                                 view=None)  # fmt: skip

@@ -15,7 +15,8 @@ from discord.ext import commands
 from bot.automation import Automation
 from bot.client import Access, Embed, mention_actors, render_error
 from bot.errors import ServerBusy, ServerExists
-from bot.schedules import format_span
+from bot.models import ServerState
+from bot.schedules import ScheduleError, format_span
 from bot.servers import ServerService, validate_name
 from bot.warplans import VariableSpec, WarPlan, WarplanLibrary, coerce_value
 from cogs.common import (
@@ -188,6 +189,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
         self.automation: Automation | None = bot.automation
         self.interval = bot.discord_settings.progress_interval
         self.confirm_timeout = bot.discord_settings.confirm_timeout
+        self.lifetime = bot.discord_settings.interaction_lifetime
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -203,7 +205,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
         self.access.check(interaction, action, name)
         await self._precheck(name)
         await interaction.response.defer(thinking=True)
-        return ProgressMessage(interaction, title, self.interval)
+        return ProgressMessage(interaction, title, self.interval, lifetime=self.lifetime)
 
     async def warplan_autocomplete(
         self, interaction: discord.Interaction[Any], current: str
@@ -255,7 +257,9 @@ class ServersCog(commands.Cog, name="ServersCog"):
         self, interaction: discord.Interaction[Any], session: CreateSession
     ) -> None:
         await interaction.response.defer(thinking=True)
-        progress = ProgressMessage(interaction, f"Creating {session.name}", self.interval)
+        progress = ProgressMessage(
+            interaction, f"Creating {session.name}", self.interval, lifetime=self.lifetime
+        )
         record = await self.servers.create(
             session.plan.name,
             session.name,
@@ -314,6 +318,10 @@ class ServersCog(commands.Cog, name="ServersCog"):
     ) -> None:
         self.access.check(interaction, "stop", name)
         automation = self._automation()
+        record = await self.servers.store.get_server(name)
+        if record.state != ServerState.RUNNING:  # the common refusal, instant and ephemeral
+            raise ScheduleError(f"{name} is not running, so there is nothing to stop.")
+        await interaction.response.defer(thinking=True)  # the timer asks Docker: answer first
         view = await automation.add_timer(
             name, after=after, at=at, zone=None, actor=actor(interaction)
         )
@@ -323,7 +331,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
             f"**{name}** stops at {when_text(when, view.zone)}; the channel is warned "
             f"{leads} before. Cancel with `/schedule remove id:{view.schedule.id}`."
         )
-        await interaction.response.send_message(embed=Embed(description=text, colour=OK))
+        await interaction.edit_original_response(embed=Embed(description=text, colour=OK))
 
     def _automation(self) -> Automation:
         if self.automation is None:
@@ -430,6 +438,8 @@ class ServersCog(commands.Cog, name="ServersCog"):
             undone=f"**{name}** was not deleted",
             action=run,
             timeout=self.confirm_timeout,
+            interval=self.interval,
+            lifetime=self.lifetime,
         )
         what = "and **all its data**" if purge else "(its data volumes are kept)"
         embed = Embed(
@@ -470,7 +480,9 @@ class ServersCog(commands.Cog, name="ServersCog"):
         await self._precheck(name)
         await interaction.response.defer(ephemeral=True, thinking=True)
         title = {"start": "Starting", "stop": "Stopping", "restart": "Restarting"}[action]
-        progress = ProgressMessage(interaction, f"{title} {name}", self.interval)
+        progress = ProgressMessage(
+            interaction, f"{title} {name}", self.interval, lifetime=self.lifetime
+        )
         if action == "stop":
             stopped = await self.servers.stop(name, actor=actor(interaction), progress=progress)
             text = f"**{name}** stopped." if stopped else f"**{name}** was not running."

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from bot.settings import Settings
 from tests.conftest import OPERATOR, cleanup_instance
-from tests.discord_emulator import DiscordEmulator
+from tests.discord_emulator import DiscordEmulator, Message
 from tests.test_discord_e2e import Runner, until
-from tests.test_schedules_e2e import command, e2e_settings, notices, running, text_of
+from tests.test_schedules_e2e import button, command, e2e_settings, notices, running, text_of
 
 pytestmark = pytest.mark.docker
 
@@ -23,6 +24,23 @@ async def test_a_keep_running_hold_ends_with_the_stop_it_held(
     """Defect 0: the hold outlived its stop; after a restart, catch-up stopped the server as
     "the end of the time kept by Keep running", with players on it."""
     settings = e2e_settings(tmp_path, emu)
+    try:
+        await hold_then_change_schedule(settings, emu)
+        second = Runner(settings, emu)  # a restart: catch-up reads the store
+        await second.start()
+        try:
+            automation = second.bot.automation
+            assert automation is not None and automation.pending("alpha") is None
+            await asyncio.sleep(10)  # past where the old hold would end, plus its warning
+            assert running("alpha")
+            assert notices(emu, r"alpha\*\* stopped") == []
+        finally:
+            await second.stop()
+    finally:
+        cleanup_instance(settings.instance_id)
+
+
+async def hold_then_change_schedule(settings: Settings, emu: DiscordEmulator) -> None:
     first = Runner(settings, emu)
     await first.start()
     try:
@@ -32,23 +50,83 @@ async def test_a_keep_running_hold_ends_with_the_stop_it_held(
         i = await command(emu, OPERATOR, "server stop", name="alpha", **{"in": "8s"})
         assert "Cancel with `/schedule remove id:1`" in text_of(i)
         await until(emu, lambda: bool(notices(emu, "stops in")), timeout=20)
-        click = await emu.click(OPERATOR, notices(emu, "stops in")[0], "peon:auto:keep:alpha")
+        warning = notices(emu, "stops in")[0]
+        click = await emu.click(OPERATOR, warning, button(warning, "keep"))
         await click.wait_done()
         assert await first.services.store.keep_until("alpha") is not None
-        i = await command(emu, OPERATOR, "schedule remove", id=1)
+        await command(emu, OPERATOR, "schedule remove", id=1)
         await until(emu, lambda: bool(notices(emu, "will not stop after all")))
         assert await first.services.store.keep_until("alpha") is None  # gone with its stop
     finally:
         await first.stop()
-    second = Runner(settings, emu)  # a restart: catch-up reads the store
-    await second.start()
+
+
+async def test_warning_buttons_act_on_the_stop_they_warned_about(
+    tmp_path: Path, emu: DiscordEmulator, fakegame: str
+) -> None:
+    """Defect 7: an old Keep running postponed whatever stop was pending, an old Stop now
+    stopped today's server, and a failed Stop now replaced the warning with the error."""
+    settings = e2e_settings(tmp_path, emu)
+    runner = Runner(settings, emu)
+    await runner.start()
     try:
-        automation = second.bot.automation
-        assert automation is not None and automation.pending("alpha") is None
-        # Past where the old hold would have ended, plus the catch-up warning.
-        await asyncio.sleep(10)
+        store, automation = runner.services.store, runner.bot.automation
+        assert automation is not None
+        await runner.services.servers.create("fakegame", "alpha", {"world": "W"}, actor="test")
+        await runner.services.servers.start("alpha", actor="test")
+        await command(emu, OPERATOR, "server stop", name="alpha", **{"in": "8s"})
+        await until(emu, lambda: bool(notices(emu, "stops in")), timeout=20)
+        warning = notices(emu, "stops in")[0]
+        keep, stop = button(warning, "keep"), button(warning, "stop")
+        # The same warning elsewhere (each configured guild's channel gets one, and a click
+        # that Discord reported as failed leaves the buttons on screen).
+        copy = emu.inject_message("peon", warning.content, components=warning.components)
+        click = await emu.click(OPERATOR, warning, keep)
+        await click.wait_done()
+        held = automation.pending("alpha")
+        assert held is not None and held.held
+        # The same click again (a retry, or a second member): out of date, nothing changes.
+        again = await emu.click(OPERATOR, copy, keep)
+        await again.wait_done()
+        assert [m.ephemeral for m in again.followups] == [True]
+        assert "This warning is out of date" in again.followups[0].text()
+        assert automation.pending("alpha") == held
+        # Its Stop now is as old: the server keeps running.
+        old_stop = await emu.click(OPERATOR, copy, stop)
+        await old_stop.wait_done()
+        assert "This warning is out of date" in old_stop.followups[0].text()
         assert running("alpha")
-        assert notices(emu, r"alpha\*\* stopped") == []
+        # A button from before warnings were bound to their stop: out of date too.
+        legacy = emu.inject_message("peon", "⚠️ **alpha** stops in 5 minutes", components=[
+            {"type": 1, "components": [{"type": 2, "style": 4, "label": "Stop now",
+                                        "custom_id": "peon:auto:stop:alpha"}]}])  # fmt: skip
+        click = await emu.click(OPERATOR, legacy, "peon:auto:stop:alpha")
+        await click.wait_done()
+        assert "This warning is out of date" in click.followups[0].text()
+        assert running("alpha")
+
+        # The next warning (for the held time) has buttons of its own; a Stop now that fails
+        # (the server is busy) tells the clicker alone and leaves the warning as it was.
+        def later() -> list[Message]:
+            return [m for m in notices(emu, "stops in") if m.id > legacy.id]
+
+        await until(emu, lambda: bool(later()), timeout=20)
+        second = later()[0]
+        await store.acquire("alpha", "backup")
+        try:
+            click = await emu.click(OPERATOR, second, button(second, "stop"))
+            await click.wait_done()
+            assert "busy (backup in progress)" in click.followups[0].text()
+            assert click.followups[0].ephemeral
+            shown = emu.message(second.id)
+            assert shown is not None and shown.content == second.content
+            assert len(shown.buttons()) == 2
+        finally:
+            await store.release("alpha")
+        click = await emu.click(OPERATOR, second, button(second, "stop"))
+        await click.wait_done()
+        await until(emu, lambda: "Stopped now by" in (emu.message(second.id) or second).content)
+        assert not running("alpha")
     finally:
-        await second.stop()
+        await runner.stop()
         cleanup_instance(settings.instance_id)

@@ -74,6 +74,14 @@ async def running_game(peon: Runner, name: str = "alpha") -> None:
     await servers.start(name, actor="test")
 
 
+def button(warning: Message, action: str, server: str = "alpha") -> str:
+    """The custom_id of a warning's button: it carries the time of the stop it warned about."""
+    prefix = f"peon:auto:{action}:{server}:"
+    ids = [b["custom_id"] for b in warning.buttons() if b["custom_id"].startswith(prefix)]
+    assert len(ids) == 1, warning.buttons()
+    return str(ids[0])
+
+
 def running(name: str) -> bool:
     client = docker.from_env()
     try:
@@ -112,12 +120,12 @@ async def test_window_end_warns_keep_running_postpones_then_stops(
     assert labels == ["Keep running +5 seconds", "Stop now"]
 
     # A player may not postpone here (players_can_postpone is off); an operator may.
-    click = await emu.click(PLAYER, warning, "peon:auto:keep:alpha")
+    click = await emu.click(PLAYER, warning, button(warning, "keep"))
     await click.wait_done()
     assert refusal(click) == (
         "You need the PEON operator role to keep servers running past an automatic stop."
     )
-    click = await emu.click(OPERATOR, warning, "peon:auto:keep:alpha")
+    click = await emu.click(OPERATOR, warning, button(warning, "keep"))
     await click.wait_done()
     edited = emu.message(warning.id)
     assert edited is not None and f"<@{OPERATOR}> kept it running" in edited.content
@@ -147,7 +155,7 @@ async def test_timer_stop_now_and_schedule_commands(peon: Runner, emu: DiscordEm
     await until(emu, lambda: bool(notices(emu, "stops in")), timeout=20)
     warning = notices(emu, "stops in")[0]
     assert f"timer set by <@{OPERATOR}>" in warning.content
-    click = await emu.click(OPERATOR, warning, "peon:auto:stop:alpha")
+    click = await emu.click(OPERATOR, warning, button(warning, "stop"))
     await click.wait_done()
     await until(emu, lambda: "Stopped now by" in (emu.message(warning.id) or warning).content)
     assert not running("alpha")
