@@ -474,6 +474,7 @@ def uncounted_reason(plan: WarPlan, env: Mapping[str, str]) -> str | None:
 
 _ADMIN_SECRET = re.compile(r"(RCON|ADMIN|SUPERUSER|OWNER).*(PASS|PW|PWD|SECRET|TOKEN)", re.I)
 _ADMIN_PORT = re.compile(r"rcon|telnet|admin", re.I)
+_ADMIN_DESCRIPTION = re.compile(r"\s*(rcon|telnet|admin|remote.admin|web.?admin)\b", re.I)
 
 
 def image_tag(image: str) -> str | None:
@@ -516,7 +517,8 @@ def plan_warnings(plan: WarPlan) -> list[str]:
         elif not var.secret:
             out.append(f"variables.{var.name}: a remote-admin password is not secret.")
     for port in plan.ports:
-        if _ADMIN_PORT.search(f"{port.name} {port.description}"):
+        # By its name, or a description that says what it is first ("RCON (TCP)").
+        if _ADMIN_PORT.search(port.name) or _ADMIN_DESCRIPTION.match(port.description):
             out.append(
                 f"ports.{port.name}: a remote-admin port is published; use it from inside the "
                 "container (exec) instead."
