@@ -17,7 +17,6 @@ import hashlib
 import logging
 import os
 import queue
-import re
 import shutil
 import tarfile
 import threading
@@ -34,6 +33,7 @@ import zstandard
 from bot.docker_driver import DockerDriver
 from bot.errors import BackupError, BackupNotFound, PeonError
 from bot.models import Backup, BackupVolume, ServerRecord
+from bot.patterns import compile_pattern
 from bot.servers import ServerService
 from bot.settings import Settings
 from bot.store import Store
@@ -533,7 +533,7 @@ class _Consistency:
         if save.done is None:
             await asyncio.sleep(min(save.timeout, 5))  # no confirmation line: give it a moment
             return
-        pattern = re.compile(save.done)
+        pattern = compile_pattern(save.done)
         if pattern.search(output):
             return  # the command itself answered (rcon-cli prints the server's reply)
         try:

@@ -7,7 +7,6 @@ LogPlayerTracker, because only the caller knows when the container (re)starts.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ import a2s  # type: ignore[import-untyped]  # python-a2s ships no type informati
 from mcstatus import JavaServer
 
 from bot.errors import PeonError
+from bot.patterns import compile_pattern
 from bot.warplans import PlayersSpec
 
 QUERY_TIMEOUT = 2.0  # seconds per request; a poller asks again later, so fail fast
@@ -119,8 +119,8 @@ class LogPlayerTracker:
     """Count players from join/leave log lines; feed it every line, reset it on restart."""
 
     def __init__(self, join: str, leave: str) -> None:
-        self._join = re.compile(join)
-        self._leave = re.compile(leave)
+        self._join = compile_pattern(join)
+        self._leave = compile_pattern(leave)
         self._online: set[str] = set()
 
     @classmethod
@@ -147,6 +147,13 @@ class LogPlayerTracker:
                 self._online.discard(name)
             return f"{kind}:{name}"
         return None
+
+    def replay(self, lines: list[str]) -> PlayerCount:
+        """Feed a run's log and count: CPU work for many lines, so callers on the event loop
+        run it in a thread."""
+        for line in lines:
+            self.feed(line)
+        return self.count()
 
     def reset(self) -> None:
         """Forget everyone: the server restarted, so nobody is online."""

@@ -52,6 +52,7 @@ from bot.models import (
     StaleLease,
     StartResult,
 )
+from bot.patterns import Pattern, compile_pattern
 from bot.players import LogPlayerTracker, PlayerCount, count_players
 from bot.ports import choose_ports, host_port_free
 from bot.settings import Settings
@@ -543,7 +544,7 @@ class ServerService:
         try:
             async with asyncio.timeout(ready.timeout):
                 if ready.log:
-                    await self._wait_log(record, cid, re.compile(ready.log), since)
+                    await self._wait_log(record, cid, compile_pattern(ready.log), since)
                 if ready.port:
                     port = next(p for p in record.ports if p.name == ready.port)
                     await self._wait_port(record, cid, port.host)
@@ -559,7 +560,7 @@ class ServerService:
             ) from None
 
     async def _wait_log(
-        self, record: ServerRecord, cid: str, pattern: re.Pattern[str], since: datetime | None
+        self, record: ServerRecord, cid: str, pattern: Pattern, since: datetime | None
     ) -> None:
         driver = self.driver_of(record)
         async for line in driver.follow_logs(cid, since=since):
@@ -734,9 +735,7 @@ class ServerService:
                 lines = await self.driver_of(record).logs(
                     info.id, tail=PLAYER_LOG_LINES, since=info.started_at
                 )
-                for line in lines:
-                    tracker.feed(line)
-                return tracker.count()
+                return await asyncio.to_thread(tracker.replay, lines)
             ports = {p.name: p.host for p in record.ports}
             return await count_players(
                 spec, self.camp_of(record).probe_address, ports, server=record.name
