@@ -11,7 +11,7 @@ import asyncio
 import logging
 import platform
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -202,8 +202,11 @@ class Access:
         user = interaction.user
         roles = getattr(user, "roles", [])
         perms = getattr(user, "guild_permissions", None)
+        # Member.roles only lists roles already in the guild cache (cold right after a
+        # start); the ids in the interaction's own member payload are always there.
+        raw_ids = {int(r) for r in getattr(user, "_roles", ())}
         return Member(
-            role_ids=frozenset(r.id for r in roles),
+            role_ids=frozenset({r.id for r in roles} | raw_ids),
             role_names=frozenset({"@everyone", *(r.name for r in roles)}),
             discord_admin=bool(perms and perms.administrator),
         )
@@ -395,6 +398,13 @@ class PeonBot(commands.Bot):
         self.max_loop_stall = 0.0  # seconds; the worst event-loop stall since start
         self._watchdog: asyncio.Task[None] | None = None
         self.access = Access(self.discord_settings)
+        self._background: set[asyncio.Task[None]] = set()
+
+    def spawn(self, aw: Coroutine[Any, Any, None]) -> None:
+        """Run a background step (a prompt's expiry); held until done, cancelled at close."""
+        task = asyncio.create_task(aw)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def guild_settings(self, guild_id: int | None) -> GuildSettings | None:
         return self.discord_settings.guilds.get(guild_id) if guild_id is not None else None
@@ -402,6 +412,7 @@ class PeonBot(commands.Bot):
     async def setup_hook(self) -> None:
         # Cogs imported here: bot/ must not depend on cogs/ at import time.
         from cogs.backups import BackupsCog  # noqa: PLC0415
+        from cogs.common import ConfirmButton  # noqa: PLC0415
         from cogs.peon import PeonCog  # noqa: PLC0415
         from cogs.schedules import SchedulesCog, WarningButton, warning_view  # noqa: PLC0415
         from cogs.servers import PanelButton, ServersCog  # noqa: PLC0415
@@ -446,7 +457,7 @@ class PeonBot(commands.Bot):
         await self.add_cog(BackupsCog(self))
         await self.add_cog(WarplansCog(self))
         await self.add_cog(PeonCog(self))
-        self.add_dynamic_items(PanelButton, WarningButton)
+        self.add_dynamic_items(PanelButton, WarningButton, ConfirmButton)
         await self.sync_commands()
         # After the commands: catching up may start servers and post in the channel.
         await self.automation.start()
@@ -470,6 +481,8 @@ class PeonBot(commands.Bot):
     async def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
+        for task in list(self._background):
+            task.cancel()
         if self.crash_watch is not None:
             await self.crash_watch.close()
         if self.automation is not None:
@@ -477,9 +490,13 @@ class PeonBot(commands.Bot):
         await super().close()
 
     async def sync_commands(self) -> None:
+        # Global commands show in every guild; copied into a configured guild as well they
+        # would show twice there. So: global only with sync_global, else per guild.
         for gid in self.discord_settings.guilds:
             guild = discord.Object(gid)
-            self.tree.copy_global_to(guild=guild)
+            self.tree.clear_commands(guild=guild)
+            if not self.discord_settings.sync_global:
+                self.tree.copy_global_to(guild=guild)
             try:
                 synced = await self.tree.sync(guild=guild)
             except (discord.NotFound, discord.Forbidden) as e:
@@ -494,6 +511,10 @@ class PeonBot(commands.Bot):
             log.info("synced %d commands to guild %s", len(synced), gid)
         if self.discord_settings.sync_global:
             await self.tree.sync()
+        elif self.application_id is not None and await self.tree.fetch_commands():
+            # Left from a run with sync_global: they would show beside the guild's own.
+            await self.http.bulk_upsert_global_commands(self.application_id, payload=[])
+            log.info("removed PEON's global commands (sync_global is off)")
 
     async def on_ready(self) -> None:
         log.info(
@@ -502,6 +523,64 @@ class PeonBot(commands.Bot):
             getattr(self.user, "id", "?"),
             len(self.guilds),
         )
+        await self._clear_unconfigured()
+        for line in self.notice_problems():
+            log.warning("%s", line)
+
+    async def _clear_unconfigured(self) -> None:
+        """A guild removed from the config keeps the commands synced to it before, which
+        then answer "not set up": remove them (the guilds are known once connected)."""
+        for guild in self.guilds:
+            if guild.id in self.discord_settings.guilds:
+                continue
+            try:
+                if await self.tree.fetch_commands(guild=guild):
+                    self.tree.clear_commands(guild=guild)
+                    await self.tree.sync(guild=guild)
+                    log.info("removed PEON's commands from unconfigured guild %s", guild.id)
+            except discord.HTTPException as e:
+                log.warning("cannot check the commands of guild %s: %s", guild.id, e)
+
+    def notice_problems(self) -> list[str]:
+        """Why notices would not reach people: the channel cannot be seen or written in, or
+        the mention role would not ping (Discord notifies a role mention only when the role
+        is mentionable or the bot may mention everyone). One sentence each."""
+        out = []
+        for gid, settings in self.discord_settings.guilds.items():
+            guild = self.get_guild(gid)
+            if guild is None or settings.notification_channel is None:
+                continue
+            me = guild.me
+            channel = guild.get_channel(settings.notification_channel)
+            if channel is None:
+                out.append(f"The notification channel {settings.notification_channel} of guild "
+                           f"{gid} is not one PEON can see (it needs View Channel).")  # fmt: skip
+            elif me is not None:
+                perms = channel.permissions_for(me)
+                missing = [
+                    label
+                    for label, ok in (("View Channel", perms.view_channel),
+                                      ("Send Messages", perms.send_messages),
+                                      ("Embed Links", perms.embed_links))
+                    if not ok
+                ]  # fmt: skip
+                if missing:
+                    out.append(f"PEON lacks {', '.join(missing)} in #{channel.name}, so its "
+                               "notices cannot be posted there.")  # fmt: skip
+            if settings.mention_role is not None and me is not None:
+                role = guild.get_role(settings.mention_role)
+                if role is None:
+                    out.append(f"The mention role {settings.mention_role} does not exist in "
+                               f"guild {guild.name}.")  # fmt: skip
+                elif not role.mentionable and not me.guild_permissions.mention_everyone:
+                    out.append(f"The role @{role.name} is not mentionable and PEON may not "
+                               "mention everyone, so notices will not ping it; make the role "
+                               "mentionable.")  # fmt: skip
+        return out
+
+    async def on_message(self, message: discord.Message) -> None:
+        """PEON has slash commands only: a message mentioning it ("@PEON hi") is not a
+        command to look up (and log an error for)."""
 
     def versions(self) -> dict[str, str]:
         return {

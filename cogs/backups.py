@@ -17,9 +17,9 @@ from cogs.common import (
     INFO,
     MAX_CHOICES,
     OK,
-    ConfirmView,
     ProgressMessage,
     actor,
+    ask_confirmation,
     server_autocomplete,
 )
 
@@ -101,22 +101,6 @@ class BackupsCog(commands.Cog, name="BackupsCog"):
     ) -> None:
         self.access.check(interaction, "restore", server)
         b = await self.backups.get_for(server, backup)
-
-        async def run(confirmed: discord.Interaction[Any]) -> str:
-            safety = await self.backups.restore(server, b.id, actor=actor(confirmed))
-            kept = f" The data it had before is backup #{safety.id}." if safety else ""
-            return f"Restored **{server}** from backup #{b.id}.{kept}"
-
-        view = ConfirmView(
-            interaction.user.id,
-            label="Restore",
-            doing=f"Restoring {server}…",
-            undone=f"**{server}** was not restored",
-            action=run,
-            timeout=self.confirm_timeout,
-            interval=self.interval,
-            lifetime=self.lifetime,
-        )
         embed = Embed(
             title=f"Restore {server}?",
             description=f"<@{interaction.user.id}>, confirm replacing the data of **{server}** "
@@ -125,8 +109,29 @@ class BackupsCog(commands.Cog, name="BackupsCog"):
             f"{self.confirm_timeout} s.",
             colour=discord.Colour.orange(),
         )
-        await interaction.response.send_message(embed=embed, view=view)
-        view.message = await interaction.original_response()
+        await ask_confirmation(
+            interaction,
+            kind="restore",
+            arg=f"{server}.{b.id}",
+            label="Restore",
+            embed=embed,
+            timeout=self.confirm_timeout,
+            undone=f"**{server}** was not restored",
+        )
+
+    # Confirmable: the prompt's buttons come back here, also after a restart.
+    confirm_kinds = ("restore",)
+
+    def confirm_texts(self, kind: str, arg: str) -> tuple[str, str]:
+        server = arg.partition(".")[0]
+        return f"Restoring {server}…", f"**{server}** was not restored"
+
+    async def confirmed(self, interaction: discord.Interaction[Any], kind: str, arg: str) -> str:
+        server, _, backup_id = arg.partition(".")
+        self.access.check(interaction, "restore", server)  # roles may have changed since
+        safety = await self.backups.restore(server, int(backup_id), actor=actor(interaction))
+        kept = f" The data it had before is backup #{safety.id}." if safety else ""
+        return f"Restored **{server}** from backup #{backup_id}.{kept}"
 
     @backup.command(name="delete", description="Delete a backup")
     @app_commands.autocomplete(backup=backup_autocomplete)

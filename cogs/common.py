@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import re
+import time
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from zoneinfo import ZoneInfo
 
 import discord
@@ -279,73 +280,111 @@ async def server_autocomplete(
     return [app_commands.Choice(name=n, value=n) for n in hits[:MAX_CHOICES]]
 
 
-class ConfirmView(discord.ui.View):
-    """Confirm/Cancel for a destructive action: only the requester may answer, and it
-    expires. `action` runs on confirm and returns the sentence that ends the message."""
+class Confirmable(Protocol):
+    """A cog whose destructive actions are confirmed with ConfirmButtons."""
+
+    confirm_kinds: tuple[str, ...]
+    interval: float
+    lifetime: float
+
+    def confirm_texts(self, kind: str, arg: str) -> tuple[str, str]:
+        """(what is being done, "… was not deleted") for the prompt's outcomes."""
+        ...
+
+    async def confirmed(self, interaction: discord.Interaction[Any], kind: str, arg: str) -> str:
+        """Do it; the sentence that ends the prompt."""
+        ...
+
+
+class ConfirmButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"peon:ok:(?P<kind>[a-z]+):(?P<arg>[a-z0-9][a-z0-9.-]{0,47}):(?P<user>\d{1,20}):"
+    r"(?P<until>\d{1,12}):(?P<yes>[yn])",
+):
+    """Confirm or Cancel on a destructive action's prompt. Its custom_id holds all the answer
+    needs (what, on what, whose, until when), so a prompt still works after the bot restarts
+    and says so once it has expired, instead of an unanswered click."""
 
     def __init__(
-        self,
-        requester: int,
-        *,
-        label: str,
-        doing: str,
-        undone: str,
-        action: Callable[[discord.Interaction[Any]], Awaitable[str]],
-        timeout: float,
-        interval: float = 1.5,
-        lifetime: float = 900,
+        self, kind: str, arg: str, user: int, until: int, yes: bool, label: str = "Confirm"
     ) -> None:
-        super().__init__(timeout=timeout)
-        self.interval, self.lifetime = interval, lifetime
-        self.requester, self.doing, self.undone, self.action = requester, doing, undone, action
-        self.confirm.label = label
-        self.message: discord.InteractionMessage | None = None
-        self.done = False
-
-    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
-        if interaction.user.id != self.requester:
-            await interaction.response.send_message(
-                f"Only <@{self.requester}> can confirm or cancel this.", ephemeral=True
-            )
-            return False
-        return True
-
-    @discord.ui.button(label="Confirm", style=discord.ButtonStyle.danger, custom_id="confirm")
-    async def confirm(
-        self, interaction: discord.Interaction[Any], _: discord.ui.Button[Any]
-    ) -> None:
-        self.done = True
-        self.stop()
-        await interaction.response.edit_message(
-            embed=Embed(title=self.doing, colour=INFO), view=None
+        custom_id = f"peon:ok:{kind}:{arg}:{user}:{until}:{'y' if yes else 'n'}"
+        style = discord.ButtonStyle.danger if yes else discord.ButtonStyle.secondary
+        button: discord.ui.Button[Any] = discord.ui.Button(
+            label=(label if yes else "Cancel")[:80], style=style, custom_id=custom_id
         )
+        super().__init__(button)
+        self.kind, self.arg, self.user, self.until, self.yes = kind, arg, user, until, yes
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> ConfirmButton:
+        return cls(match["kind"], match["arg"], int(match["user"]), int(match["until"]),
+                   match["yes"] == "y")  # fmt: skip
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        try:
+            await self._answer(interaction)
+        except Exception as e:
+            await render_error(interaction, e)
+
+    async def _answer(self, interaction: discord.Interaction[Any]) -> None:
+        cog = next(
+            (c for c in interaction.client.cogs.values()
+             if self.kind in getattr(c, "confirm_kinds", ())),
+            None,
+        )  # fmt: skip
+        if cog is None:
+            raise RuntimeError(f"no cog confirms {self.kind}")
+        handler = cast(Confirmable, cog)
+        if interaction.user.id != self.user:
+            await interaction.response.send_message(
+                f"Only <@{self.user}> can confirm or cancel this.", ephemeral=True
+            )
+            return
+        doing, undone = handler.confirm_texts(self.kind, self.arg)
+        if not self.yes or time.time() > self.until:
+            why = "Cancelled" if not self.yes else "Confirmation expired"
+            await interaction.response.edit_message(
+                embed=Embed(description=f"{why}; {undone}.", colour=INFO), view=None
+            )
+            return
+        await interaction.response.edit_message(embed=Embed(title=doing, colour=INFO), view=None)
         # A restore or purge can outlive the click's token: the outcome still shows.
-        progress = ProgressMessage(interaction, self.doing, self.interval, lifetime=self.lifetime)
-        text = await self.action(interaction)
+        progress = ProgressMessage(interaction, doing, handler.interval, lifetime=handler.lifetime)
+        text = await handler.confirmed(interaction, self.kind, self.arg)
         await progress.finish(Embed(description=text, colour=OK))
 
-    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, custom_id="cancel")
-    async def cancel(
-        self, interaction: discord.Interaction[Any], _: discord.ui.Button[Any]
-    ) -> None:
-        self.done = True
-        self.stop()
-        await interaction.response.edit_message(
-            embed=Embed(description=f"Cancelled; {self.undone}.", colour=INFO), view=None
-        )
 
-    async def on_timeout(self) -> None:
-        if self.done or self.message is None:
-            return
+async def ask_confirmation(
+    interaction: discord.Interaction[Any],
+    *,
+    kind: str,
+    arg: str,
+    label: str,
+    embed: discord.Embed,
+    timeout: float,
+    undone: str,
+) -> None:
+    """Post a prompt with Confirm/Cancel for `kind` on `arg`; at `timeout` it says it expired
+    (unless answered), and a click after that is told the same, even after a restart."""
+    until = int(time.time() + timeout)
+    user = interaction.user.id
+    view = discord.ui.View(timeout=None)
+    view.add_item(ConfirmButton(kind, arg, user, until, True, label))
+    view.add_item(ConfirmButton(kind, arg, user, until, False))
+    await interaction.response.send_message(embed=embed, view=view)
+    message = await interaction.original_response()
+
+    async def expire() -> None:
+        await asyncio.sleep(timeout)
         try:
-            await self.message.edit(
-                embed=Embed(description=f"Confirmation expired; {self.undone}.", colour=INFO),
-                view=None,
-            )
+            current = await message.fetch()
+            if current.components:  # still unanswered
+                expired = Embed(description=f"Confirmation expired; {undone}.", colour=INFO)
+                await message.edit(embed=expired, view=None)
         except discord.HTTPException:
-            log.warning("could not expire a confirmation (%s)", self.doing)
+            log.warning("could not expire a confirmation (%s %s)", kind, arg)
 
-    async def on_error(
-        self, interaction: discord.Interaction[Any], error: Exception, item: discord.ui.Item[Any]
-    ) -> None:
-        await render_error(interaction, error)
+    cast(PeonBot, interaction.client).spawn(expire())

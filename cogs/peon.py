@@ -78,6 +78,11 @@ class PeonCog(commands.Cog, name="PeonCog"):
             inline=False,
             value=" · ".join(f"{k} {v}" for k, v in self.bot.versions().items()),
         )
+        problems = self.bot.notice_problems()
+        if problems:
+            embed.colour = WARN
+            embed.add_field(name="Notices", value="\n".join(f"⚠️ {p}" for p in problems),
+                            inline=False)  # fmt: skip
         await interaction.edit_original_response(embed=embed)
 
     @peon.command(name="help", description="What you can do here")

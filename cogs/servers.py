@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,9 +25,9 @@ from cogs.common import (
     INFO,
     MAX_CHOICES,
     OK,
-    ConfirmView,
     ProgressMessage,
     actor,
+    ask_confirmation,
     list_embed,
     logs_block,
     players_text,
@@ -41,6 +43,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODAL_FIELDS = 5  # Discord allows five text inputs per modal
+FORM_LIFETIME = 900  # seconds a create form (and its Continue button) is kept
+FORM_GONE = (
+    "This form is from before PEON restarted, or older than 15 minutes, so what was typed "
+    "is gone; start again with /server create."
+)
 
 
 @dataclass
@@ -53,6 +60,11 @@ class CreateSession:
     host: str | None = None
     values: dict[str, str] = field(default_factory=dict)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() - self.started > FORM_LIFETIME
 
     @property
     def pages(self) -> list[list[VariableSpec]]:
@@ -66,7 +78,7 @@ class VariablesModal(discord.ui.Modal):
         step = f" ({page + 1}/{len(pages)})" if len(pages) > 1 else ""
         super().__init__(
             title=f"Create {session.name}{step}"[:45],
-            timeout=900,
+            timeout=FORM_LIFETIME,
             custom_id=f"peon:create:{session.id}:{page}",
         )
         self.cog, self.session, self.page = cog, session, page
@@ -116,8 +128,9 @@ class VariablesModal(discord.ui.Modal):
 
 class ContinueView(discord.ui.View):
     def __init__(self, cog: ServersCog, session: CreateSession, page: int) -> None:
-        super().__init__(timeout=900)
+        super().__init__(timeout=FORM_LIFETIME)
         self.cog, self.session, self.page = cog, session, page
+        self.go.custom_id = f"peon:create-next:{session.id}:{page}"
 
     @discord.ui.button(label="Continue", style=discord.ButtonStyle.primary)
     async def go(self, interaction: discord.Interaction[Any], _: discord.ui.Button[Any]) -> None:
@@ -190,6 +203,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
         self.interval = bot.discord_settings.progress_interval
         self.confirm_timeout = bot.discord_settings.confirm_timeout
         self.lifetime = bot.discord_settings.interaction_lifetime
+        self.sessions: dict[str, CreateSession] = {}  # create forms open in this process
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -248,14 +262,32 @@ class ServersCog(commands.Cog, name="ServersCog"):
         if await self.servers.store.find_server(name) is not None:
             raise ServerExists(name)
         session = CreateSession(interaction.user.id, plan, name, host)
+        self.sessions = {k: v for k, v in self.sessions.items() if not v.expired}
+        self.sessions[session.id] = session
         if not plan.variables:
             await self.run_create(interaction, session)
             return
         await interaction.response.send_modal(VariablesModal(self, session, 0))
 
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
+        """A create form (or its Continue button) whose session this process does not hold:
+        discord.py would leave it unanswered ("This interaction failed"); say what happened."""
+        data: Any = interaction.data or {}
+        custom_id = str(data.get("custom_id", ""))
+        kind, _, rest = custom_id.partition(":")[2].partition(":")
+        if kind not in ("create", "create-next"):
+            return
+        session = self.sessions.get(rest.partition(":")[0])
+        if session is not None and not session.expired:
+            return  # its modal or view answers it
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.response.send_message(FORM_GONE, ephemeral=True)
+
     async def run_create(
         self, interaction: discord.Interaction[Any], session: CreateSession
     ) -> None:
+        self.sessions.pop(session.id, None)
         await interaction.response.defer(thinking=True)
         progress = ProgressMessage(
             interaction, f"Creating {session.name}", self.interval, lifetime=self.lifetime
@@ -420,27 +452,6 @@ class ServersCog(commands.Cog, name="ServersCog"):
     ) -> None:
         self.access.check(interaction, "delete", name)
         await self._precheck(name)
-
-        async def run(confirmed: discord.Interaction[Any]) -> str:
-            result = await self.servers.delete(name, actor=actor(confirmed), purge=purge)
-            await self.reschedule(name)  # drop its automatic stops and warnings
-            if result.removed_volumes:
-                return f"Deleted **{name}** and its data."
-            return (
-                f"Deleted **{name}**. Its data is kept; creating a server named `{name}` "
-                "again reuses it."
-            )
-
-        view = ConfirmView(
-            interaction.user.id,
-            label="Delete",
-            doing=f"Deleting {name}…",
-            undone=f"**{name}** was not deleted",
-            action=run,
-            timeout=self.confirm_timeout,
-            interval=self.interval,
-            lifetime=self.lifetime,
-        )
         what = "and **all its data**" if purge else "(its data volumes are kept)"
         embed = Embed(
             title=f"Delete {name}?",
@@ -448,8 +459,31 @@ class ServersCog(commands.Cog, name="ServersCog"):
             f"This expires in {self.confirm_timeout} s.",
             colour=discord.Colour.red() if purge else discord.Colour.orange(),
         )
-        await interaction.response.send_message(embed=embed, view=view)
-        view.message = await interaction.original_response()
+        await ask_confirmation(
+            interaction,
+            kind="purge" if purge else "delete",
+            arg=name,
+            label="Delete",
+            embed=embed,
+            timeout=self.confirm_timeout,
+            undone=f"**{name}** was not deleted",
+        )
+
+    # Confirmable: the prompt's buttons come back here, also after a restart.
+    confirm_kinds = ("delete", "purge")
+
+    def confirm_texts(self, kind: str, arg: str) -> tuple[str, str]:
+        return f"Deleting {arg}…", f"**{arg}** was not deleted"
+
+    async def confirmed(self, interaction: discord.Interaction[Any], kind: str, arg: str) -> str:
+        self.access.check(interaction, "delete", arg)  # roles may have changed since
+        result = await self.servers.delete(arg, actor=actor(interaction), purge=kind == "purge")
+        await self.reschedule(arg)  # drop its automatic stops and warnings
+        if result.removed_volumes:
+            return f"Deleted **{arg}** and its data."
+        return (
+            f"Deleted **{arg}**. Its data is kept; creating a server named `{arg}` again reuses it."
+        )
 
     @server.command(name="panel", description="Post Start/Stop/Restart/Status buttons")
     @app_commands.autocomplete(name=server_autocomplete)

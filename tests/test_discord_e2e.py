@@ -135,6 +135,15 @@ def refusal(i: Interaction) -> str:
     return i.original.text()
 
 
+def answer(message: Message | None, yes: bool = True) -> str:
+    """The custom_id of a confirmation prompt's Confirm (or Cancel) button."""
+    assert message is not None
+    end = ":y" if yes else ":n"
+    ids = [b["custom_id"] for b in message.buttons() if b["custom_id"].endswith(end)]
+    assert len(ids) == 1 and ids[0].startswith("peon:ok:"), message.buttons()
+    return str(ids[0])
+
+
 def channel(emu: DiscordEmulator, name: str) -> list[Message]:
     return emu.channel_messages.get(emu.channels[name], [])
 
@@ -281,17 +290,17 @@ async def test_delete_confirmation(peon: Runner, emu: DiscordEmulator) -> None:
     i = await slash(emu, ADMIN, "delete", name="one")
     prompt = i.original
     assert prompt is not None and not prompt.ephemeral and "Delete one?" in prompt.text()
-    other = await emu.click(OPERATOR, prompt, "confirm")
+    other = await emu.click(OPERATOR, prompt, answer(prompt))
     await other.wait_done()
     assert refusal(other) == f"Only <@{ADMIN}> can confirm or cancel this."
-    cancel = await emu.click(ADMIN, prompt, "cancel")
+    cancel = await emu.click(ADMIN, prompt, answer(prompt, yes=False))
     await cancel.wait_done()
     assert "Cancelled; **one** was not deleted." in emu.message(prompt.id).text()
     assert await servers.store.find_server("one") is not None
 
     # confirm deletes, keeping data unless purge
     i = await slash(emu, ADMIN, "delete", name="two", purge=True)
-    ok = await emu.click(ADMIN, i.original, "confirm")
+    ok = await emu.click(ADMIN, i.original, answer(i.original))
     await ok.wait_done()
     await until(emu, lambda: "Deleted **two** and its data." in emu.message(i.original.id).text())
     assert await servers.store.find_server("two") is None
@@ -393,7 +402,7 @@ async def test_permission_matrix_for_commands_and_buttons(
                     lambda i=i: bool(i.edits) and "⏳" not in final_text(i) and final_text(i) != "",
                 )
             if command == "delete":
-                cancel = await emu.click(user, i.original, "cancel")
+                cancel = await emu.click(user, i.original, answer(i.original, yes=False))
                 await cancel.wait_done()
     for action in ("start", "stop", "restart", "status"):
         needed = "player" if action == "status" else "operator"

@@ -10,9 +10,17 @@ from pathlib import Path
 import pytest
 
 from bot.settings import Settings
-from tests.conftest import OPERATOR, cleanup_instance
+from tests.conftest import ADMIN, OPERATOR, cleanup_instance
 from tests.discord_emulator import DiscordEmulator, Message
-from tests.test_discord_e2e import Runner, until
+from tests.test_discord_e2e import (
+    Runner,
+    answer,
+    bot_settings,
+    refusal,
+    running_bot,
+    slash,
+    until,
+)
 from tests.test_schedules_e2e import button, command, e2e_settings, notices, running, text_of
 
 pytestmark = pytest.mark.docker
@@ -130,3 +138,68 @@ async def test_warning_buttons_act_on_the_stop_they_warned_about(
     finally:
         await runner.stop()
         cleanup_instance(settings.instance_id)
+
+
+async def test_prompts_and_forms_outlive_a_restart(
+    tmp_path: Path, emu: DiscordEmulator, fakegame: str
+) -> None:
+    """Defect 8: confirmation buttons and the create form were in-memory views; after a
+    restart a click got no answer ("This interaction failed")."""
+    settings = bot_settings(tmp_path, emu).model_copy(
+        update={"discord": bot_settings(tmp_path, emu).discord.model_copy(
+            update={"confirm_timeout": 4})}
+    )  # fmt: skip
+    first = Runner(settings, emu)
+    await first.start()
+    try:
+        try:
+            for name in ("one", "two"):
+                await first.services.servers.create("fakegame", name, actor="test")
+            delete_one = await slash(emu, ADMIN, "delete", name="one")
+            delete_two = await slash(emu, ADMIN, "delete", name="two")
+            form = await slash(emu, ADMIN, "create", warplan="fakegame", name="three")
+            assert form.modal is not None
+        finally:
+            await first.stop()
+        second = Runner(settings, emu)  # a new process: no views in memory
+        await second.start()
+        try:
+            ok = await emu.click(ADMIN, delete_one.original, answer(delete_one.original))
+            await ok.wait_done()
+            await until(emu, lambda: "Deleted **one**" in emu.message(ok.original.id).text())
+            assert await second.services.store.find_server("one") is None
+            # The form typed before the restart: one sentence, not silence.
+            sub = await emu.submit_modal(ADMIN, form.modal["custom_id"], {"world": "W"})
+            await sub.wait_done()
+            assert refusal(sub).startswith("This form is from before PEON restarted")
+            assert await second.services.store.find_server("three") is None
+            # A prompt past its expiry (its timer died with the first process): said so.
+            await asyncio.sleep(4)
+            late = await emu.click(ADMIN, delete_two.original, answer(delete_two.original))
+            await late.wait_done()
+            shown = emu.message(delete_two.original.id)
+            assert shown is not None and "Confirmation expired" in shown.text()
+            assert shown.buttons() == []
+            assert await second.services.store.find_server("two") is not None
+        finally:
+            await second.stop()
+    finally:
+        cleanup_instance(settings.instance_id)
+
+
+async def test_sync_global_does_not_show_every_command_twice(
+    tmp_path: Path, emu: DiscordEmulator, fakegame: str
+) -> None:
+    """Defect 9: with sync_global the commands were synced globally and copied into each
+    configured guild, so members saw each one twice."""
+    base = bot_settings(tmp_path, emu)
+    settings = base.model_copy(
+        update={"discord": base.discord.model_copy(update={"sync_global": True})}
+    )
+    async with running_bot(settings, emu):
+        names = {c["name"] for c in emu.global_commands}
+        assert {"server", "schedule", "backup", "peon"} <= names
+        assert emu.commands == []  # nothing in the guild on top of the global ones
+    async with running_bot(base, emu):  # back to guild commands only: the global ones go
+        assert {c["name"] for c in emu.commands} >= {"server", "peon"}
+        assert emu.global_commands == []

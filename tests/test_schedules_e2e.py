@@ -20,6 +20,7 @@ from tests.discord_emulator import DiscordEmulator, Interaction, Message
 from tests.test_discord_e2e import (
     LONG,
     Runner,
+    answer,
     bot_settings,
     channel,
     finished,
@@ -260,10 +261,10 @@ async def test_backup_commands_with_confirmation(peon: Runner, emu: DiscordEmula
     i = await command(emu, ADMIN, "backup restore", server="alpha", backup=1)
     prompt = i.original
     assert prompt is not None and "Restore alpha?" in prompt.text()
-    other = await emu.click(OPERATOR, prompt, "confirm")
+    other = await emu.click(OPERATOR, prompt, answer(prompt))
     await other.wait_done()
     assert refusal(other) == f"Only <@{ADMIN}> can confirm or cancel this."
-    ok = await emu.click(ADMIN, prompt, "confirm")
+    ok = await emu.click(ADMIN, prompt, answer(prompt))
     await ok.wait_done()
     await until(emu, lambda: "Restored **alpha** from backup #1" in
                 (emu.message(prompt.id) or prompt).text())  # fmt: skip
