@@ -5,6 +5,22 @@ The real, unpatched discord.py client logs in to it: `point_client()` redirects
 users (`slash`, `autocomplete`, `click`, `submit_modal`) and asserts on what the bot answered
 (`Interaction.callbacks`, `.original`, `.followups`, `channel_messages`, `requests`).
 The protocol facts this relies on are recorded in shared/DISCORD-EMULATION.md.
+
+It answers as Discord does when the bot breaks one of Discord's rules (checked against
+discord/discord-api-docs; each check names its page) and lists every such answer in
+`rejected` as (status, code, method, path), so a test can assert the bot broke none:
+- a first interaction response after `response_deadline` (3 s): 404 10062 Unknown interaction;
+  a second one: 400 40060; a callback type the interaction does not take (a modal answering a
+  modal submit): 400 50035;
+- a webhook call on a token older than `token_lifetime` (900 s): 401 50027;
+- a message, embed, component, modal or autocomplete choice over Discord's size limits: 400
+  50035 with Discord's `errors` object; an empty new message: 400 50006;
+- more than `rate_limit` (5 per 5 s) message posts, or edits, in one channel: 429 with
+  `retry_after` and the X-RateLimit headers discord.py reads (it waits and retries);
+- a channel the bot may not see (`deny(channel, "view_channel")`): 403 50001; may not post in,
+  or post embeds in: 403 50013;
+- an ephemeral message edited through another token or the channel: 404 10008.
+Each stored `Message` records its `allowed_mentions` and `pings` (who it notifies).
 """
 
 from __future__ import annotations
@@ -1059,8 +1075,11 @@ class DiscordEmulator:
 
     async def _commands(self, rec: Recorded, app: str, guild: str | None = None) -> tuple[int, Any]:
         """GET, or PUT (bulk overwrite): echo with id (stable per name, as on Discord),
-        application_id, version and guild_id."""
-        self._check(app, guild)
+        application_id, version and guild_id. A guild the bot is not in: 403 50001 Missing
+        Access, as Discord answers (Rapptz/discord.py#8106)."""
+        self._check(app)
+        if guild is not None and int(guild) != self.guild_id:
+            raise ApiError(403, 50001, "Missing Access")
         gid = int(guild) if guild else None
         if rec.method == "GET":
             return 200, self.commands if gid else self.global_commands

@@ -355,6 +355,15 @@ async def test_http_rules(emu: DiscordEmulator) -> None:
         auth = {"Authorization": f"Bot {emu.token}"}
         async with http.get(f"{emu.api_base}/no/such/route", headers=auth) as r:
             assert r.status == 404 and r.headers["Content-Type"] == "application/json"
+        # Syncing commands to a guild the bot is not in.
+        url = f"{emu.api_base}/applications/{emu.app_id}/guilds/999/commands"
+        async with http.put(url, headers=auth, json=[]) as r:
+            assert r.status == 403
+            assert await r.json() == {"message": "Missing Access", "code": 50001}
+    assert emu.rejected == [
+        (401, 0, "GET", "/users/@me"),
+        (403, 50001, "PUT", "/applications/2000/guilds/999/commands"),
+    ]
 
 
 async def test_wrong_token(emu: DiscordEmulator) -> None:
