@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,12 @@ from bot.errors import VariableError, WarplanError
 from bot.warplans import (
     WarplanLibrary,
     coerce_value,
+    evidence_gaps,
     image_tag,
     import_peon_plan,
     load_catalog,
     load_warplan,
+    needed_facts,
     parse_warplan,
     plan_warnings,
     render_environment,
@@ -29,9 +32,12 @@ MINIMAL = {"name": "g", "title": "G", "image": "busybox"}
 def test_every_shipped_warplan_loads_and_validates() -> None:
     catalog = load_catalog(SHIPPED)
     assert catalog.errors == []
-    assert len(catalog.plans) >= 10
+    assert len(catalog.plans) >= 30
     for plan in catalog.plans.values():
-        assert plan.ports, f"{plan.name} publishes no port"
+        # A relay-only game (Core Keeper over Steam Datagram Relay) publishes none, and says so.
+        assert plan.ports or (
+            plan.verified and "relay" in plan.verified.facts.get("ports", "").lower()
+        ), f"{plan.name} publishes no port"
         assert plan.volumes, f"{plan.name} keeps no data"
         assert plan.ready.log or plan.ready.port, f"{plan.name} has no ready check"
         assert plan.links, f"{plan.name} does not link the image's documentation"
@@ -440,3 +446,25 @@ def test_image_tag() -> None:
     assert image_tag("localhost:5000/game") is None
     assert image_tag("localhost:5000/game:2.1") == "2.1"
     assert image_tag("game@sha256:abc") == "@sha256:abc"
+
+
+# Evidence names where it was read (a URL, a file of the image, its README, an issue), or says
+# that it could not be checked.
+SOURCE = (
+    r"https?://|[\w-]+\.(sh|conf|cfg|cs|rb|json|ya?ml|txt|ini|log|md)\b|Dockerfile|Containerfile"
+    r"|README|/|issue|unverified"
+)
+
+
+def test_every_shipped_plan_carries_evidence_for_each_fact_it_relies_on() -> None:
+    catalog = load_catalog(SHIPPED)
+    assert len(catalog.plans) >= 30
+    for plan in catalog.plans.values():
+        assert evidence_gaps(plan) == [], plan.name
+        assert plan_warnings(plan) == [], plan.name
+        assert plan.verified is not None
+        for fact in needed_facts(plan):
+            text = plan.verified.facts[fact]
+            # Evidence names its source, or says it could not be checked.
+            assert re.search(SOURCE, text, re.I), (
+                plan.name, fact, text)  # fmt: skip
