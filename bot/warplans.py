@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from bot.errors import VariableError, WarplanError, WarplanNotFound
+from bot.patterns import compile_pattern
 from bot.sizes import parse_size
 
 SLUG = r"^[a-z0-9][a-z0-9-]{0,31}$"
@@ -50,6 +51,9 @@ def _check_regex(value: str | None) -> str | None:
             re.compile(value)
         except re.error as e:
             raise ValueError(f"not a valid regular expression ({e})") from e
+        # Plans' regexes run with RE2 (bot/patterns.py): one it cannot run is refused at load
+        # time, not when a server first prints a line.
+        compile_pattern(value)
     return value
 
 

@@ -468,3 +468,9 @@ def test_every_shipped_plan_carries_evidence_for_each_fact_it_relies_on() -> Non
             # Evidence names its source, or says it could not be checked.
             assert re.search(SOURCE, text, re.I), (
                 plan.name, fact, text)  # fmt: skip
+
+
+def test_a_regex_re2_cannot_run_is_refused_at_load() -> None:
+    with pytest.raises(WarplanError, match="linear time") as info:
+        parse_warplan({**MINIMAL, "ready": {"log": "Server is up(?! to date)"}}, "warplans/g.yaml")
+    assert info.value.field == "ready.log"
