@@ -543,6 +543,9 @@ class Automation:
 
     async def add_idle(self, server: str, after: str, actor: str) -> ScheduleView:
         record = await self.store.get_server(server)
+        uncounted = self.servers.uncounted_reason(record)
+        if uncounted is not None:
+            raise ScheduleError(f"{server} cannot stop when idle: {uncounted}")
         if not self.servers.counts_players(record):
             raise ScheduleError(
                 f"War plan '{record.warplan}' cannot count players, so {server} cannot stop "
