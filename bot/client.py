@@ -51,14 +51,26 @@ LOG_EMBED_CHARS = 3900  # log lines in an embed description, with room for the f
 
 def escape(text: str) -> str:
     """Text from outside (player names, log lines) shown as typed: no markdown, no pings."""
-    return str(discord.utils.escape_mentions(discord.utils.escape_markdown(text)))
+    return unmention(str(discord.utils.escape_markdown(text)))
+
+
+def unmention(text: str) -> str:
+    """Mentions made inert with a zero-width space (any id length, unlike discord.py's
+    escape_mentions); allowed_mentions already keeps them from pinging, this keeps them from
+    rendering as mentions."""
+    return (
+        text.replace("<@", "<\u200b@")
+        .replace("<#", "<\u200b#")
+        .replace("@everyone", "@\u200beveryone")
+        .replace("@here", "@\u200bhere")
+    )
 
 
 def code_block(lines: list[str], limit: int) -> str:
     """Lines as a code block of at most `limit` characters in all, the newest kept. Fences
     inside are broken up first, so the cut can never leave the block open."""
     text = "\n".join(lines).replace("```", "`\u200b``")
-    text = str(discord.utils.escape_mentions(text))
+    text = unmention(text)
     room = limit - len("```\n\n```")
     if len(text) > room:
         text = "…" + text[-(room - 1) :]

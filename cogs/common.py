@@ -132,11 +132,11 @@ class ProgressMessage:
             await asyncio.sleep(self.interval)  # Discord rate-limits edits
 
     async def _show(self, embed: discord.Embed, view: discord.ui.View | None) -> None:
-        kwargs: dict[str, Any] = {"content": None, "embed": embed}
+        kwargs: dict[str, Any] = {"embed": embed}
         if view is not None:
             kwargs["view"] = view
         if self.token_alive():
-            await self.interaction.edit_original_response(**kwargs)
+            await self.interaction.edit_original_response(content=None, **kwargs)
             return
         if self.moved is None:
             await self._move(embed)

@@ -5,17 +5,28 @@ scheduler and a real SQLite file. One test per defect found in review."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import discord
 import pytest
+import yaml
 
 from bot.settings import Settings
-from tests.conftest import ADMIN, OPERATOR, cleanup_instance
+from tests.conftest import ADMIN, OPERATOR, TEST_WARPLANS, cleanup_instance
 from tests.discord_emulator import DiscordEmulator, Message
 from tests.test_discord_e2e import (
+    LONG,
     Runner,
     answer,
     bot_settings,
+    channel,
+    final_text,
+    finished,
     refusal,
     running_bot,
     slash,
@@ -203,3 +214,143 @@ async def test_sync_global_does_not_show_every_command_twice(
     async with running_bot(base, emu):  # back to guild commands only: the global ones go
         assert {c["name"] for c in emu.commands} >= {"server", "peon"}
         assert emu.global_commands == []
+
+
+def slow_plan(tmp_path: Path, ready_delay: int) -> Path:
+    """The test war plans plus `slowgame`: the fake game taking `ready_delay` s to be ready."""
+    plans = tmp_path / "warplans"
+    plans.mkdir()
+    for f in TEST_WARPLANS.glob("*.yaml"):
+        (plans / f.name).write_text(f.read_text())
+    plan = yaml.safe_load((TEST_WARPLANS / "fakegame.yaml").read_text())
+    plan.update(name="slowgame", title="Slow Game")
+    plan["env"] = {**plan["env"], "READY_DELAY": str(ready_delay)}
+    (plans / "slowgame.yaml").write_text(yaml.safe_dump(plan))
+    return plans
+
+
+async def test_an_operation_longer_than_the_token_ends_in_the_channel(
+    tmp_path: Path, emu: DiscordEmulator, fakegame: str
+) -> None:
+    """Defect 1: past the token's lifetime every edit got 401 and the outcome and the ready
+    notice were lost. Lifetime here: 3 s (Discord: 15 minutes), and the bot is told so."""
+    emu.token_lifetime = 3
+    base = bot_settings(tmp_path, emu)
+    settings = base.model_copy(update={
+        "warplans_dir": slow_plan(tmp_path, 8),
+        "discord": base.discord.model_copy(update={"interaction_lifetime": 3}),
+    })  # fmt: skip
+    async with running_bot(settings, emu) as peon:
+        await peon.services.servers.create("slowgame", "slow", actor="test")
+        i = await slash(emu, OPERATOR, "start", name="slow")
+        # Moved before the token died: the original points at a channel message...
+        await until(emu, lambda: "Continued in" in final_text(i), timeout=10)
+        moved = [m for m in channel(emu, "general") if "request continues here" in m.content]
+        assert len(moved) == 1 and moved[0].pings == frozenset()
+        # ...which shows the outcome, and the ready notice is posted.
+        await until(emu, lambda: "is ready to join" in emu.message(moved[0].id).text(), LONG)
+        await until(emu, lambda: any("**slow** is ready to join" in m.content
+                                     for m in channel(emu, "peon")))  # fmt: skip
+        assert [r for r in emu.rejected if r[0] == 401] == []  # a dead token was never used
+
+
+@pytest.fixture
+async def peon(tmp_path: Path, emu: DiscordEmulator, fakegame: str) -> AsyncIterator[Runner]:
+    async with running_bot(bot_settings(tmp_path, emu), emu) as runner:
+        yield runner
+
+
+async def test_a_slow_discord_does_not_slow_a_start(peon: Runner, emu: DiscordEmulator) -> None:
+    """Defect 6: progress edits were awaited inside the Docker operation."""
+    await peon.services.servers.create("fakegame", "lag", actor="test")
+    delayed = 0
+
+    def slow(handler: Any) -> Any:
+        async def wrapped(rec: Any, **kw: Any) -> Any:
+            nonlocal delayed
+            if rec.method == "PATCH":
+                delayed += 1
+                await asyncio.sleep(3)  # Discord answering each edit in 3 s
+            return await handler(rec, **kw)
+
+        return wrapped
+
+    emu._routes = [(m, p, slow(h) if h == emu._webhook_msg else h) for m, p, h in emu._routes]
+    i = await emu.slash(OPERATOR, "server", subcommand="start", options={"name": "lag"})
+
+    async def started() -> bool:
+        log = await peon.services.store.audit_log("lag", 5)
+        return any(e.action == "start" and e.ok for e in log)
+
+    while not await started():
+        await asyncio.sleep(0.05)
+    # The server was ready while Discord still had the first edits to answer.
+    assert "is ready to join" not in final_text(i)
+    await finished(emu, i, "is ready to join")
+    assert delayed >= 1
+
+
+async def test_status_of_a_full_server_fits_and_names_do_not_ping(
+    tmp_path: Path, emu: DiscordEmulator, fakegame: str
+) -> None:
+    """Defects 3 and 4: 64+ players passed the 1024-character field limit (400, then the
+    apology); player names went raw into announcements, pinging roles."""
+    settings = e2e_settings(tmp_path, emu)
+    settings = settings.model_copy(update={
+        "automation": settings.automation.model_copy(update={"announce_players": True})
+    })  # fmt: skip
+    async with running_bot(settings, emu) as peon:
+        servers = peon.services.servers
+        await servers.create("fakegame", "crowd", actor="test")
+        await servers.start("crowd", actor="test")
+        role = emu.roles["admin"]
+        hostile = [f"<@&{role}>", "@everyone", "**loud**"]
+        for name in hostile:
+            await servers.console("crowd", f"join {name}", actor="test")
+        await until(emu, lambda: bool(notices(emu, "joined")), timeout=20)
+        for n in range(70):
+            await servers.console("crowd", f"join player_{n:02d}_with_a_rather_long_name",
+                                  actor="test")  # fmt: skip
+        i = await command(emu, OPERATOR, "server status", name="crowd")
+        text = await finished(emu, i, "Players")
+        assert ("more" in text and "73/" in text) or "73 (" in text, text
+        for m in channel(emu, "peon"):
+            assert m.pings <= {f"role:{emu.roles['player']}"}, (m.content, m.pings)
+        joined = notices(emu, "joined")[0].content
+        assert f"<@&{role}>" not in joined and "**loud**" not in joined
+        assert emu.rejected == []
+
+
+async def test_schedule_commands_answer_while_docker_is_slow(
+    peon: Runner, emu: DiscordEmulator
+) -> None:
+    """Defect 2: /schedule add called Docker before answering; with a slow engine Discord
+    said "The application did not respond" although the schedule was saved."""
+    servers = peon.services.servers
+    await servers.create("fakegame", "sched", actor="test")
+    dockerd = int(subprocess.check_output(["pidof", "dockerd"]).split()[0])
+    os.kill(dockerd, signal.SIGSTOP)  # the engine hangs, as a loaded host's does
+    try:
+        i = await emu.slash(OPERATOR, "schedule add window", options={
+            "server": "sched", "days": "daily", "start": "08:00", "stop": "09:00"})  # fmt: skip
+        await asyncio.wait_for(i.answered.wait(), 3)
+    finally:
+        await asyncio.sleep(4)  # past Discord's deadline with the engine still hung
+        os.kill(dockerd, signal.SIGCONT)
+    await finished(emu, i, "Schedule #1 added")
+    assert [r for r in emu.rejected if r[1] == 10062] == []
+    assert len(await peon.services.store.list_schedules("sched")) == 1
+
+
+async def test_unmentionable_notice_role_is_reported(
+    tmp_path: Path, emu: DiscordEmulator, fakegame: str
+) -> None:
+    """Defect 9: a mention role that is not mentionable, with no Mention Everyone, notifies
+    nobody; PEON says so in /peon status (and its log at startup)."""
+    emu.bot_permissions &= ~discord.Permissions(mention_everyone=True).value
+    emu.set_mentionable("player", False)
+    async with running_bot(e2e_settings(tmp_path, emu), emu):
+        i = await emu.slash(ADMIN, "peon", subcommand="status")
+        await i.wait_done()
+        text = await finished(emu, i, "Notices")
+        assert "@player is not mentionable" in text
