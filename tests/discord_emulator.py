@@ -1285,7 +1285,7 @@ class DiscordEmulator:
         """The interaction behind a webhook token. Past `token_lifetime`: 401 50027 Invalid
         Webhook Token (interactions/receiving-and-responding: tokens are valid for 15 minutes;
         code in topics/opcodes-and-status-codes). Never acknowledged (late or not yet): 404
-        10015 Unknown Webhook."""
+        10015 Unknown Webhook (a token Discord has not registered, discord-api-docs#7220)."""
         inter = self._by_token.get(token)
         if inter is None or int(app) != self.app_id:
             raise ApiError(404, 10015, "Unknown Webhook")
