@@ -358,8 +358,12 @@ class BackupService:
             log.info("pruned backup #%s of %s (%s)", b.id, name, b.created_at.isoformat())
 
     async def _remove(self, b: Backup) -> None:
-        await self.store.delete_backup(b.id)
+        # Unlisted first (incomplete, ours), files next, the row last: a kill anywhere in
+        # between leaves an abandoned backup that recover() finishes removing, never a listed
+        # backup without its files nor files without a row.
+        await self.store.unfinish_backup(b.id)
         await asyncio.to_thread(shutil.rmtree, self.root / b.dir, True)
+        await self.store.delete_backup(b.id)
 
     async def delete(self, backup_id: int, actor: str) -> Backup:
         b = await self.store.get_backup(backup_id)

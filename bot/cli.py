@@ -507,7 +507,9 @@ def main(
     parser = _parser()
     args = parser.parse_args(argv)  # exits 2 on usage errors
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        # Errors are one line each (the contract of a CLI); the steps behind them, cleanup
+        # warnings included, only with -v.
+        level=logging.INFO if args.verbose else logging.ERROR,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:

@@ -523,6 +523,12 @@ class Store:
         )
         return await self.get_backup(backup_id)
 
+    async def unfinish_backup(self, backup_id: int) -> None:
+        """Unlist a backup about to be removed, as this process's incomplete one."""
+        await self.db.execute(
+            "UPDATE backups SET complete = 0, owner = ? WHERE id = ?", (self.owner, backup_id)
+        )
+
     async def get_backup(self, backup_id: int) -> Backup:
         cur = await self.db.execute(f"{SQL_BACKUPS} WHERE id = ?", (backup_id,))
         row = await cur.fetchone()
