@@ -287,7 +287,8 @@ class ServersCog(commands.Cog, name="ServersCog"):
     async def run_create(
         self, interaction: discord.Interaction[Any], session: CreateSession
     ) -> None:
-        self.sessions.pop(session.id, None)
+        # The session stays listed until it expires: on_interaction must not take this very
+        # submit for one it does not know (answering it a second time).
         await interaction.response.defer(thinking=True)
         progress = ProgressMessage(
             interaction, f"Creating {session.name}", self.interval, lifetime=self.lifetime

@@ -108,3 +108,5 @@ async def emu() -> AsyncIterator[DiscordEmulator]:
     yield e
     await e.close()
     assert e.errors == []
+    # The bot broke none of Discord's rules (deadline, token lifetime, sizes, permissions...).
+    assert [r for r in e.rejected if r[1] not in e.expected_codes] == []

@@ -378,6 +378,8 @@ class DiscordEmulator:
         # Every answer that is Discord refusing a request for breaking a rule: (status, code,
         # method, path). GET 404s (lookups of unknown things) are not listed.
         self.rejected: list[tuple[int, int, str, str]] = []
+        # Codes a test provokes on purpose; any other refusal fails the `emu` fixture.
+        self.expected_codes: set[int] = set()
         self._denied: dict[int, int] = {}  # channel -> permission bits denied to the bot's role
         self._mentionable: set[int] = set()  # role ids
         self._buckets: dict[tuple[str, int], tuple[float, int]] = {}  # -> (window start, count)
