@@ -459,6 +459,7 @@ async def test_unconfigured_guild_is_told_how_to_fix_it(
 ) -> None:
     """Commands synced globally reach a guild PEON has no settings for; a configured guild the
     bot is not in (999) is skipped with a warning instead of stopping the bot."""
+    emu.expected_codes.add(50001)  # the sync to guild 999: Missing Access, on purpose
     settings = bot_settings(tmp_path, emu)
     settings = settings.model_copy(
         update={
@@ -567,6 +568,7 @@ async def run_bot_process(tmp_path: Path, emu: DiscordEmulator, **env: str) -> t
 async def test_wrong_token_is_one_line_and_exit_1(
     tmp_path: Path, emu: DiscordEmulator, engine: None
 ) -> None:
+    emu.expected_codes.add(0)  # 401 Unauthorized for the wrong token, on purpose
     code, err = await run_bot_process(tmp_path, emu, DISCORD_TOKEN="not-the-token")
     assert code == 1
     assert (
