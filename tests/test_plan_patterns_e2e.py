@@ -1,5 +1,8 @@
 """Patterns the shipped war plans rely on, on the real engine with the fake game:
 
+- a PID 1 that kills the game shortly after forwarding SIGTERM (factorio's runuser) cuts its
+  shutdown save; signalling the game itself (`pkill -TERM -x factorio`) lets it finish;
+
 - an image whose PID 1 is a shell without a trap (CS2, TF2, Abiotic Factor) drops SIGTERM, so
   the game is never told to save; `stop.exec: kill -TERM -1` reaches it;
 - a configuration whose player count is known to be wrong (Valheim with crossplay) is never
@@ -8,12 +11,15 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 import yaml
 
@@ -22,6 +28,7 @@ from bot.automation import Automation
 from bot.scheduler import Scheduler
 from bot.schedules import ScheduleError
 from tests.conftest import TEST_WARPLANS, make_settings, services_for
+from tests.engine import busybox_binary
 
 # PID 1 is a shell that runs the game as a child and traps nothing, like `bash entry.sh`.
 SHELL_PID1 = ["/bin/sh", "-c", "sh /game.sh; echo wrapper done"]
@@ -116,3 +123,132 @@ async def test_a_configuration_with_a_wrong_count_is_not_counted_and_refuses_idl
         assert str(refused.value) == f"{hard} cannot stop when idle: {UNCOUNTED}"
         view = await auto.add_idle(normal, "30m", "test")
         assert view is not None
+
+
+# Like runuser on SIGTERM: forward it to the game, then kill the game 2 s later.
+RUNUSER_LIKE = """#!/bin/sh
+trap 'kill -TERM $child; sleep 2; kill -KILL $child 2>/dev/null' TERM
+/usr/local/bin/factorio & child=$!
+wait $child; wait $child
+"""
+# A game whose shutdown save takes 4 s; its process name is "factorio" (the script's name).
+SLOW_SAVER = """#!/bin/sh
+trap 'echo "Saving map"; sleep 4; echo saved > /data/saved; echo "Save done"; exit 0' TERM
+echo "game up"
+while true; do sleep 1 & wait $!; done
+"""
+# The factorio image has procps' pkill; busybox has none, so the test image gets the part of it
+# the plan uses: `pkill -TERM -x NAME`.
+PKILL = """#!/bin/sh
+sig=$1; name=$3; found=1
+for p in /proc/[0-9]*; do
+  [ "$(cat $p/comm 2>/dev/null)" = "$name" ] && kill $sig "${p#/proc/}" && found=0
+done
+exit $found
+"""
+
+
+@pytest.fixture
+def runuser_image(engine: None) -> Iterator[str]:
+    client = docker.from_env(timeout=120)
+    tag = f"peon-test/runuser:{uuid.uuid4().hex[:12]}"
+    with tempfile.TemporaryDirectory() as ctx:
+        shutil.copy(busybox_binary(), Path(ctx) / "busybox")
+        (Path(ctx) / "wrapper").write_text(RUNUSER_LIKE)
+        (Path(ctx) / "factorio").write_text(SLOW_SAVER)
+        (Path(ctx) / "pkill").write_text(PKILL)
+        (Path(ctx) / "Dockerfile").write_text(
+            "FROM scratch\n"
+            "COPY busybox /bin/busybox\n"
+            'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
+            "COPY wrapper /wrapper\n"
+            "COPY factorio pkill /usr/local/bin/\n"
+            'RUN ["/bin/sh", "-c", "chmod +x /wrapper /usr/local/bin/* && mkdir /data"]\n'
+            'ENTRYPOINT ["/wrapper"]\n'
+        )
+        client.images.build(path=ctx, tag=tag, rm=True, forcerm=True)
+    try:
+        yield tag
+    finally:
+        client.images.remove(tag, force=True)
+        client.close()
+
+
+async def saved(svc: Services, name: str) -> bool:
+    record = await svc.store.get_server(name)
+    info = await svc.servers.container_of(record)
+    assert info is not None
+    client = docker.from_env()
+    try:
+        ctr = client.containers.get(info.id)
+        try:
+            bits, _ = ctr.get_archive("/data/saved")
+        except docker.errors.NotFound:
+            return False
+        return bool(b"".join(bits))
+    finally:
+        client.close()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(
+    ("stop", "finishes"),
+    [
+        ({"signal": "SIGTERM", "grace": 20}, False),  # the wrapper kills the save after 2 s
+        ({"exec": ["pkill", "-TERM", "-x", "factorio"], "grace": 20}, True),  # the factorio plan
+    ],
+)
+async def test_a_wrapper_that_kills_its_child_cuts_the_save_unless_the_game_is_signalled(
+    tmp_path: Path, runuser_image: str, stop: dict[str, Any], finishes: bool
+) -> None:
+    changes = {
+        "image": runuser_image,
+        "ready": {"log": "game up", "timeout": 30},
+        "stop": stop,
+    }
+    async with game_with(tmp_path, **changes) as svc:
+        name = unique("ru")
+        await svc.servers.create("fakegame", name, {}, actor="test")
+        await svc.servers.start(name, actor="test")
+        await svc.servers.stop(name, actor="test")
+        log = await log_of(svc, name)
+        assert "Saving map" in log  # the game heard the stop either way
+        assert ("Save done" in log) is finishes
+        assert await saved(svc, name) is finishes
+
+
+@pytest.mark.docker
+async def test_a_failing_stop_command_falls_back_to_the_signal_at_once(
+    tmp_path: Path, runuser_image: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    changes = {
+        "image": runuser_image,
+        "ready": {"log": "game up", "timeout": 30},
+        "stop": {"exec": ["pkill", "-TERM", "-x", "no-such-game"], "grace": 20},
+    }
+    async with game_with(tmp_path, **changes) as svc:
+        name = unique("nf")
+        await svc.servers.create("fakegame", name, {}, actor="test")
+        await svc.servers.start(name, actor="test")
+        await svc.servers.stop(name, actor="test")
+        assert f"stop command for {name} failed (exit 1" in caplog.text
+        assert "ignored its stop command" not in caplog.text  # no wasted grace
+        assert "Saving map" in await log_of(svc, name)  # the signal reached it instead
+
+
+@pytest.mark.docker
+async def test_a_ready_line_printed_at_once_is_seen_on_every_start(
+    tmp_path: Path, fakegame: str
+) -> None:
+    """The engine stamps a line printed at once before the container's StartedAt (3 of 5
+    starts measured); reading from StartedAt missed it and the start timed out."""
+    changes = {
+        "entrypoint": ["/bin/sh", "-c", "echo instant-ready; exec sh /game.sh"],
+        "ready": {"log": "instant-ready", "timeout": 10},
+    }
+    async with game_with(tmp_path, **changes) as svc:
+        name = unique("rdy")
+        await svc.servers.create("fakegame", name, {}, actor="test")
+        for _ in range(4):
+            await svc.servers.start(name, actor="test")
+            await svc.servers.stop(name, actor="test")
