@@ -411,10 +411,17 @@ class DockerDriver:
 
         return await self._run(call)
 
-    async def remove_volume(self, name: str) -> bool:
+    async def remove_volume(self, name: str, owner: dict[str, str] | None = None) -> bool:
+        """Remove a volume; with `owner`, only if it carries those labels (a volume of the
+        same name may belong to another PEON instance sharing the engine)."""
+
         def call() -> bool:
             try:
-                self._docker().volumes.get(name).remove(force=True)
+                vol = self._docker().volumes.get(name)
+                have = vol.attrs.get("Labels") or {}
+                if owner is not None and any(have.get(k) != v for k, v in owner.items()):
+                    return False
+                vol.remove(force=True)
             except docker.errors.NotFound:
                 return False
             return True

@@ -500,9 +500,12 @@ class ServerService:
                 await asyncio.sleep(settle)
             for info in await driver.list_containers(labels.instance_filter(self.instance, name)):
                 await driver.remove(info.id, force=True)
+            owner = {labels.INSTANCE: self.instance, labels.SERVER: name}
             for vol in pending:
                 try:
-                    await driver.remove_volume(vol)
+                    # Only ours: a create refused because another instance owns a volume of
+                    # that name must not remove that instance's data.
+                    await driver.remove_volume(vol, owner=owner)
                 except DockerError:
                     # In use by a container the engine was still creating: the last pass
                     # removes that container first.

@@ -13,6 +13,7 @@ import docker
 import pytest
 import yaml
 
+from bot.errors import DockerError
 from bot.servers import image_volume_id
 from tests.conftest import TEST_WARPLANS, make_settings, services_for
 from tests.engine import FAKEGAME_DIR, busybox_binary
@@ -126,4 +127,26 @@ async def test_a_failed_create_removes_the_image_volumes_it_made(
         svc.driver.create_container = original  # type: ignore[method-assign]
         left = client.volumes.list(filters={"label": f"io.peon.server={name}"})
         assert left == []
+    client.close()
+
+
+@pytest.mark.docker
+async def test_a_create_refused_over_another_instances_volume_leaves_that_volume(
+    tmp_path: Path, fakegame: str
+) -> None:
+    """Two PEON instances on one engine: B's create of a name whose kept volume belongs to A
+    is refused, and its rollback must not remove A's data."""
+    name = f"iv{uuid.uuid4().hex[:8]}"
+    client = docker.from_env()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with services_for(make_settings(tmp_path / "a")) as a:
+        await a.servers.create("fakegame", name, {}, actor="test")
+        await a.servers.delete(name, actor="test")  # the data is kept
+        kept = client.volumes.get(f"peon-{name}-world")
+        async with services_for(make_settings(tmp_path / "b")) as b:
+            with pytest.raises(DockerError, match="does not belong to this server"):
+                await b.servers.create("fakegame", name, {}, actor="test")
+        kept.reload()  # still there, with A's labels
+        assert kept.attrs["Labels"]["io.peon.instance"] == a.settings.instance_id
     client.close()
