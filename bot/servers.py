@@ -14,6 +14,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import posixpath
 import re
 import sqlite3
 import time
@@ -291,9 +292,13 @@ class ServerService:
         anonymous volumes, left behind at every recreate (update, restore) with their data
         out of reach; named, they follow the server like its other volumes."""
         mounts = {v.name: v.path for v in plan.volumes}
-        named = set(mounts.values())
-        for path in await driver.image_volumes(plan.image):
+        # Compared as the engine does (it cleans `VOLUME /dir/` to /dir): a second mount at
+        # the same place would make the create fail.
+        named = {posixpath.normpath(p) for p in mounts.values()}
+        for raw in await driver.image_volumes(plan.image):
+            path = posixpath.normpath(raw)
             if path not in named:
+                named.add(path)
                 mounts[image_volume_id(path)] = path
         return mounts
 

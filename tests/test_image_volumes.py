@@ -19,6 +19,9 @@ from tests.conftest import TEST_WARPLANS, make_settings, services_for
 from tests.engine import FAKEGAME_DIR, busybox_binary
 
 UNDECLARED = ["/cache", "/var/lib/game"]  # declared by the image, not by the plan
+# Declared by the image too, spelled with a trailing slash (7 Days to Die's image does): the
+# plan's /data volume covers it, and no second mount may be made there.
+DECLARED = ["/data/"]
 
 
 @pytest.fixture
@@ -30,7 +33,8 @@ def volume_image(engine: None) -> Iterator[str]:
         shutil.copy(FAKEGAME_DIR / "game.sh", Path(ctx) / "game.sh")
         shutil.copy(busybox_binary(), Path(ctx) / "busybox")
         (Path(ctx) / "Dockerfile").write_text(
-            (FAKEGAME_DIR / "Dockerfile").read_text() + "".join(f"VOLUME {p}\n" for p in UNDECLARED)
+            (FAKEGAME_DIR / "Dockerfile").read_text()
+            + "".join(f"VOLUME {p}\n" for p in [*UNDECLARED, *DECLARED])
         )
         client.images.build(path=ctx, tag=tag, rm=True, forcerm=True)
     try:
