@@ -8,6 +8,7 @@ plans from loading.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -543,9 +544,9 @@ def plan_warnings(plan: WarPlan) -> list[str]:
         if env not in evidenced:
             out.append(f"env {env}: the plan's evidence does not show the image reading it "
                        "(verified.env).")  # fmt: skip
-    paths = {v.path for v in plan.volumes}
+    paths = {posixpath.normpath(v.path) for v in plan.volumes}
     for path in ev.image_volumes if ev else []:
-        if path not in paths:
+        if posixpath.normpath(path) not in paths:
             out.append(f"volumes: the image declares VOLUME {path} and the plan does not name "
                        "it; PEON keeps it as a named volume that is never backed up.")  # fmt: skip
     return out

@@ -347,7 +347,7 @@ def test_a_reviewed_plan_has_no_warnings() -> None:
         ),
         ({"env": {"DEAD": "1"}}, "env DEAD: the plan's evidence does not show"),
         (
-            {"verified": {**EVIDENCE, "image_volumes": ["/data", "/cache"]}},
+            {"verified": {**EVIDENCE, "image_volumes": ["/data/", "/cache"]}},
             "the image declares VOLUME /cache and the plan does not name it",
         ),
     ],
@@ -371,6 +371,8 @@ def test_what_is_not_risky_is_not_warned() -> None:
         ],
     )
     assert ok == []
+    # The image's `VOLUME /data/` is the plan's /data (the engine cleans the path).
+    assert warnings_of(verified={**EVIDENCE, "image_volumes": ["/data/"]}) == []
     no_backup = {**SAFE, "volumes": [{"name": "d", "path": "/d", "backup": False}]}
     del no_backup["save"]
     assert plan_warnings(parse_warplan(no_backup, "warplans/g.yaml")) == []
