@@ -406,6 +406,12 @@ class ServerService:
             volumes = await camp.driver.list_volumes(labels.instance_filter(self.instance, name))
             existing = {v.name for v in volumes}
             mounts = await self._mounts(camp.driver, name, plan)
+            for vid, path in mounts.items():
+                if vid not in {v.name for v in plan.volumes}:
+                    log.info(
+                        "%s: image VOLUME %s kept in volume %s (not in backups; name it in the "
+                        "war plan to back it up)", name, path, labels.volume_name(name, vid),
+                    )  # fmt: skip
             new = [
                 labels.volume_name(name, vid)
                 for vid in mounts
