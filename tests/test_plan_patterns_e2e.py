@@ -27,7 +27,7 @@ from bot.app import Services
 from bot.automation import Automation
 from bot.scheduler import Scheduler
 from bot.schedules import ScheduleError
-from tests.conftest import TEST_WARPLANS, make_settings, services_for
+from tests.conftest import ROOT, TEST_WARPLANS, make_settings, services_for
 from tests.engine import busybox_binary
 
 # PID 1 is a shell that runs the game as a child and traps nothing, like `bash entry.sh`.
@@ -252,3 +252,39 @@ async def test_a_ready_line_printed_at_once_is_seen_on_every_start(
         for _ in range(4):
             await svc.servers.start(name, actor="test")
             await svc.servers.stop(name, actor="test")
+
+
+# A stand-in for the factorio image's rcon: /server-save writes NAME.tmp.zip, then renames it.
+FAKE_RCON = """#!/bin/sh
+[ "$1" = /server-save ] || exit 2
+cd /factorio/saves && (echo map > w.tmp.zip; sleep 2; mv w.tmp.zip w.zip) &
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(("rcon", "confirmed"), [(FAKE_RCON, True), ("#!/bin/sh\nexit 3\n", False)])
+def test_the_factorio_save_command_confirms_only_a_written_save(
+    fakegame: str, rcon: str, confirmed: bool
+) -> None:
+    """The shipped factorio plan's save command, run against a stand-in rcon: it answers
+    `done` once a new .zip is there and no .tmp.zip is left, and fails when rcon fails."""
+    plan = yaml.safe_load((ROOT / "warplans" / "factorio.yaml").read_text())
+    command = plan["save"]["command"]
+    client = docker.from_env()
+    ctr = client.containers.run(
+        fakegame,
+        entrypoint=["/bin/sh", "-c", "mkdir -p /tmp /factorio/saves /usr/local/bin; sleep 120"],
+        detach=True,
+        labels={"io.peon.test": "factorio-save"},
+    )
+    try:
+        ctr.exec_run(["sh", "-c", "echo old > /factorio/saves/w.zip"])
+        script = rcon.replace("'", "'\\''")
+        ctr.exec_run(["sh", "-c", f"printf '%s' '{script}' > /usr/local/bin/rcon"])
+        ctr.exec_run(["chmod", "+x", "/usr/local/bin/rcon"])
+        code, out = ctr.exec_run(command)
+        assert (code == 0) is confirmed, out
+        assert (plan["save"]["done"] in out.decode()) is confirmed
+    finally:
+        ctr.remove(force=True)
+        client.close()
