@@ -476,3 +476,11 @@ def test_a_regex_re2_cannot_run_is_refused_at_load() -> None:
     with pytest.raises(WarplanError, match="linear time") as info:
         parse_warplan({**MINIMAL, "ready": {"log": "Server is up(?! to date)"}}, "warplans/g.yaml")
     assert info.value.field == "ready.log"
+
+
+def test_the_factorio_branches_differ_only_in_image() -> None:
+    stable = load_warplan(SHIPPED / "factorio.yaml")
+    experimental = load_warplan(SHIPPED / "factorio-experimental.yaml")
+    assert stable.image.endswith(":stable") and experimental.image.endswith(":latest")
+    for part in ("ports", "env", "variables", "volumes", "ready", "stop", "players", "save", "say"):
+        assert getattr(stable, part) == getattr(experimental, part), part
