@@ -24,7 +24,7 @@ from bot import labels
 from bot.aio import quietly
 from bot.camps import Camp
 from bot.errors import DockerUnavailable, PeonError
-from bot.models import ServerState
+from bot.models import ServerRecord, ServerState
 from bot.servers import ServerService
 from bot.settings import CrashSettings
 
@@ -126,7 +126,7 @@ class CrashWatch:
     async def sweep(self, host: str) -> None:
         """Servers on `host` that should be running but whose container is not."""
         for record in await self.servers.store.list_servers():
-            if record.host != host or record.state != ServerState.RUNNING or record.operation:
+            if record.host != host or record.state != ServerState.RUNNING or _busy(record):
                 continue
             try:
                 running = await self.servers.is_running(record.name)
@@ -153,7 +153,7 @@ class CrashWatch:
         store = self.servers.store
         record = await store.find_server(server)
         # PEON's own stops hold the lease, then record the stop: neither is a crash.
-        if record is None or record.operation or record.state != ServerState.RUNNING:
+        if record is None or _busy(record) or record.state != ServerState.RUNNING:
             return
         if await self.servers.is_running(server):
             return  # already back (restarted by someone else)
@@ -172,7 +172,7 @@ class CrashWatch:
         while delay is not None:
             await asyncio.sleep(delay)
             record = await store.find_server(server)
-            if record is None or record.state != ServerState.RUNNING or record.operation:
+            if record is None or record.state != ServerState.RUNNING or _busy(record):
                 return  # deleted, stopped by someone or in someone's hands meanwhile
             self._streak[server] = (attempt, self.clock())
             try:
@@ -210,3 +210,9 @@ class CrashWatch:
             return (await self.servers.logs(server, tail=LOG_LINES))[-LOG_LINES:]
         except PeonError:
             return []
+
+
+def _busy(record: ServerRecord) -> bool:
+    """An operation holds the server, live or cut short by a dead process (a killed
+    `peon server stop` stopped it on purpose: not a crash to restart)."""
+    return bool(record.operation or record.interrupted)
