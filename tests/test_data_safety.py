@@ -202,7 +202,8 @@ async def test_restore_killed_while_writing_is_finished_by_the_next_operation(
 
     def recreated() -> bool:
         # The volume was removed and the container made anew: the world is being written.
-        found = dclient.containers.list(all=True, filters={"label": labels})
+        # sparse: no inspect of each one, which races with the removal being watched for
+        found = dclient.containers.list(all=True, filters={"label": labels}, sparse=True)
         return bool(found) and found[0].id != old_container
 
     await kill_child_when(svc.settings, ["restore", "alpha", str(b.id)], recreated, "recreate")

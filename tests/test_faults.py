@@ -322,8 +322,15 @@ class Lab:
         client = self.client()
         try:
             flt = {"label": [f"{labels.INSTANCE}={self.settings.instance_id}"]}
-            found = client.containers.list(all=True, filters=flt)
-            return {c.name: c.labels.get(labels.SERVER, "") for c in found}
+            # sparse: the list's own data, no inspect of each container, which races with a
+            # removal the engine is still finishing for a killed process
+            found = client.containers.list(all=True, filters=flt, sparse=True)
+            return {
+                c.attrs["Names"][0].lstrip("/"): (c.attrs.get("Labels") or {}).get(
+                    labels.SERVER, ""
+                )
+                for c in found
+            }
         finally:
             client.close()
 
