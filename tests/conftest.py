@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import os
 import random
+import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -77,6 +79,27 @@ async def services_for(settings: Settings) -> AsyncIterator[Services]:
 async def services(settings: Settings, fakegame: str) -> AsyncIterator[Services]:
     async with services_for(settings) as svc:
         yield svc
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mounts small tmpfs disks (a backup disk that fills up): `tmpfs("2m")` -> its path.
+    Needs root (CI runs as root); unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        path = tmp_path / f"tmpfs-{len(mounted)}"
+        path.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "peon-test", str(path)],
+                       check=True)  # fmt: skip
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.fixture
