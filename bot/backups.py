@@ -526,8 +526,7 @@ class _Consistency:
         since = datetime.now(UTC)
         output = ""
         if save.mode == "exec":
-            command = save.command if isinstance(save.command, list) else [str(save.command)]
-            code, output = await driver.exec(self.cid, command, timeout=save.timeout)
+            code, output, _ = await self._exec(save.command, save.timeout)
             if code != 0:
                 raise BackupError(
                     f"The save command of {self.record.name} failed (exit {code}); no backup made."
@@ -551,11 +550,18 @@ class _Consistency:
             f"{self.record.name} did not confirm its save within {save.timeout} s; no backup made."
         )
 
+    async def _exec(self, command: object, timeout: int) -> tuple[int, str, list[str]]:
+        """Run a plan's exec command (a list, or one string) in the container."""
+        argv = [str(c) for c in command] if isinstance(command, list) else [str(command)]
+        code, output = await self.svc.servers.driver_of(self.record).exec(
+            self.cid, argv, timeout=timeout
+        )
+        return code, output, argv
+
     async def _after(self, save: SaveSpec) -> None:
         driver = self.svc.servers.driver_of(self.record)
         if save.mode == "exec":
-            command = save.after if isinstance(save.after, list) else [str(save.after)]
-            code, _ = await driver.exec(self.cid, command, timeout=save.timeout)
+            code, _, command = await self._exec(save.after, save.timeout)
             if code != 0:
                 raise BackupError(
                     f"The command run after the backup of {self.record.name} failed (exit "
