@@ -7,9 +7,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
+import yaml
 
 from bot.app import Services, open_services
 from bot.settings import DockerSettings, PortSettings, Settings
@@ -48,6 +50,17 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     }
     data.update(overrides)
     return Settings(**data)  # type: ignore[arg-type]
+
+
+def fakegame_variant(tmp_path: Path, **changes: Any) -> Path:
+    """A war plans folder holding the test plan `fakegame` with top-level `changes` (image,
+    env, save, resources...), for tests of how PEON runs a plan of another shape."""
+    plan = yaml.safe_load((TEST_WARPLANS / "fakegame.yaml").read_text())
+    plan.update(changes)
+    folder = tmp_path / "warplans"
+    folder.mkdir()
+    (folder / "fakegame.yaml").write_text(yaml.safe_dump(plan))
+    return folder
 
 
 def cleanup_instance(instance: str, base_url: str | None = None) -> None:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from bot.settings import Settings
-from tests.conftest import ADMIN, OPERATOR, TEST_WARPLANS, cleanup_instance
+from tests.conftest import ADMIN, OPERATOR, TEST_WARPLANS, cleanup_instance, fakegame_variant
 from tests.discord_emulator import DiscordEmulator, Message
 from tests.test_discord_e2e import (
     LONG,
@@ -217,16 +217,9 @@ async def test_sync_global_does_not_show_every_command_twice(
 
 
 def slow_plan(tmp_path: Path, ready_delay: int) -> Path:
-    """The test war plans plus `slowgame`: the fake game taking `ready_delay` s to be ready."""
-    plans = tmp_path / "warplans"
-    plans.mkdir()
-    for f in TEST_WARPLANS.glob("*.yaml"):
-        (plans / f.name).write_text(f.read_text())
-    plan = yaml.safe_load((TEST_WARPLANS / "fakegame.yaml").read_text())
-    plan.update(name="slowgame", title="Slow Game")
-    plan["env"] = {**plan["env"], "READY_DELAY": str(ready_delay)}
-    (plans / "slowgame.yaml").write_text(yaml.safe_dump(plan))
-    return plans
+    """The test plan, the fake game taking `ready_delay` s to be ready."""
+    env = yaml.safe_load((TEST_WARPLANS / "fakegame.yaml").read_text())["env"]
+    return fakegame_variant(tmp_path, env={**env, "READY_DELAY": str(ready_delay)})
 
 
 async def test_an_operation_longer_than_the_token_ends_in_the_channel(
@@ -241,7 +234,7 @@ async def test_an_operation_longer_than_the_token_ends_in_the_channel(
         "discord": base.discord.model_copy(update={"interaction_lifetime": 3}),
     })  # fmt: skip
     async with running_bot(settings, emu) as peon:
-        await peon.services.servers.create("slowgame", "slow", actor="test")
+        await peon.services.servers.create("fakegame", "slow", actor="test")
         i = await slash(emu, OPERATOR, "start", name="slow")
         # Moved before the token died: the original points at a channel message...
         await until(emu, lambda: "Continued in" in final_text(i), timeout=10)

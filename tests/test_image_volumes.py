@@ -11,11 +11,10 @@ from pathlib import Path
 
 import docker
 import pytest
-import yaml
 
 from bot.errors import DockerError
 from bot.servers import image_volume_id
-from tests.conftest import TEST_WARPLANS, make_settings, services_for
+from tests.conftest import fakegame_variant, make_settings, services_for
 from tests.engine import FAKEGAME_DIR, busybox_binary
 
 UNDECLARED = ["/cache", "/var/lib/game"]  # declared by the image, not by the plan
@@ -53,11 +52,7 @@ def mounts(client: docker.DockerClient, server: str) -> dict[str, str]:
 async def test_undeclared_image_volumes_are_named_kept_across_update_and_purged(
     tmp_path: Path, volume_image: str
 ) -> None:
-    plan = yaml.safe_load((TEST_WARPLANS / "fakegame.yaml").read_text())
-    plan["image"] = volume_image
-    folder = tmp_path / "warplans"
-    folder.mkdir()
-    (folder / "fakegame.yaml").write_text(yaml.safe_dump(plan))
+    folder = fakegame_variant(tmp_path, image=volume_image)
     settings = make_settings(tmp_path, warplans_dir=folder)
     name = f"iv{uuid.uuid4().hex[:8]}"
     client = docker.from_env()
@@ -110,12 +105,8 @@ async def test_undeclared_image_volumes_are_named_kept_across_update_and_purged(
 async def test_a_failed_create_removes_the_image_volumes_it_made(
     tmp_path: Path, volume_image: str
 ) -> None:
-    plan = yaml.safe_load((TEST_WARPLANS / "fakegame.yaml").read_text())
-    plan["image"] = volume_image
-    plan["resources"] = {"memory": "6m"}  # valid for the plan, then refused below
-    folder = tmp_path / "warplans"
-    folder.mkdir()
-    (folder / "fakegame.yaml").write_text(yaml.safe_dump(plan))
+    # 6m: valid for the plan, then refused below
+    folder = fakegame_variant(tmp_path, image=volume_image, resources={"memory": "6m"})
     settings = make_settings(tmp_path, warplans_dir=folder)
     name = f"iv{uuid.uuid4().hex[:8]}"
     client = docker.from_env()

@@ -27,7 +27,7 @@ from bot.app import Services
 from bot.automation import Automation
 from bot.scheduler import Scheduler
 from bot.schedules import ScheduleError
-from tests.conftest import ROOT, TEST_WARPLANS, make_settings, services_for
+from tests.conftest import ROOT, fakegame_variant, make_settings, services_for
 from tests.engine import busybox_binary
 
 # PID 1 is a shell that runs the game as a child and traps nothing, like `bash entry.sh`.
@@ -37,11 +37,7 @@ UNCOUNTED = "Hard mode hides its players from the query."
 
 @asynccontextmanager
 async def game_with(tmp_path: Path, **changes: Any) -> AsyncIterator[Services]:
-    plan = yaml.safe_load((TEST_WARPLANS / "fakegame.yaml").read_text())
-    plan.update(changes)
-    folder = tmp_path / "warplans"
-    folder.mkdir()
-    (folder / "fakegame.yaml").write_text(yaml.safe_dump(plan))
+    folder = fakegame_variant(tmp_path, **changes)
     async with services_for(make_settings(tmp_path, warplans_dir=folder)) as svc:
         yield svc
 

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 import zstandard
 
 from bot.app import Services
 from bot.errors import BackupError
-from tests.conftest import TEST_WARPLANS, make_settings, services_for
+from tests.conftest import fakegame_variant, make_settings, services_for
 
 FLAG = "/data/autosave"
 SAVE_OFF = ["sh", "-c", f"echo off > {FLAG}"]
@@ -27,12 +26,7 @@ NAME = f"sc{uuid.uuid4().hex[:8]}"
 
 
 def plan_dir(tmp_path: Path, save: dict[str, Any]) -> Path:
-    data = yaml.safe_load((TEST_WARPLANS / "fakegame.yaml").read_text())
-    data["save"] = save
-    folder = tmp_path / "warplans"
-    folder.mkdir()
-    (folder / "fakegame.yaml").write_text(yaml.safe_dump(data))
-    return folder
+    return fakegame_variant(tmp_path, save=save)
 
 
 async def game(tmp_path: Path, save: dict[str, Any]) -> AsyncIterator[Services]:
