@@ -389,11 +389,6 @@ class BackupService:
     async def _held_ids(self) -> set[int]:
         return self._holding | await self.store.restoring_backups()
 
-    async def verify(self, b: Backup) -> None:
-        """Checksum every file, then read every archive through and check its members."""
-        async with self._opened(b):
-            pass
-
     @asynccontextmanager
     async def _opened(self, b: Backup) -> AsyncIterator[dict[str, BinaryIO]]:
         """The backup's archives, open and verified (checksums, then every member read
