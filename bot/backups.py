@@ -527,7 +527,10 @@ class _Consistency:
                     f"The save command of {self.record.name} failed (exit {code}); no backup made."
                 )
         else:
-            await driver.send_console(self.cid, str(save.command))
+            # Over RCON or a console program the command's own reply may hold the
+            # confirmation; on stdin only the log does.
+            console = self.svc.servers.console_of(self.record, self.plan, self.cid)
+            output = await console.send(str(save.command), reply=console.spec.via != "stdin")
         if save.done is None:
             await asyncio.sleep(min(save.timeout, 5))  # no confirmation line: give it a moment
             return
@@ -554,7 +557,6 @@ class _Consistency:
         return code, output, argv
 
     async def _after(self, save: SaveSpec) -> None:
-        driver = self.svc.servers.driver_of(self.record)
         if save.mode == "exec":
             code, _, command = await self._exec(save.after, save.timeout)
             if code != 0:
@@ -563,7 +565,8 @@ class _Consistency:
                     f"{code}); run it by hand: {' '.join(command)}."
                 )
         else:
-            await driver.send_console(self.cid, str(save.after))
+            console = self.svc.servers.console_of(self.record, self.plan, self.cid)
+            await console.send(str(save.after), reply=False)
 
     async def __aexit__(self, *exc: object) -> None:
         if self.undo == "unpause":

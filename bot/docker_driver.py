@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -572,7 +572,9 @@ class DockerDriver:
 
         return await self._run(call)
 
-    async def follow_logs(self, ref: str, since: datetime | None = None) -> AsyncIterator[str]:
+    async def follow_logs(
+        self, ref: str, since: datetime | None = None
+    ) -> AsyncGenerator[str, None]:
         """Yield log lines as the container writes them; ends when the container stops."""
 
         def open_stream() -> Any:

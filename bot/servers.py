@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import ipaddress
 import logging
 import posixpath
 import re
@@ -26,6 +27,7 @@ from datetime import datetime, timedelta
 from bot import labels
 from bot.aio import quietly
 from bot.camps import Camp, CampHealth, Camps, allocation
+from bot.consoles import Console, ConsoleError, check_command, fill_message
 from bot.docker_driver import ContainerSpec, DockerDriver
 from bot.errors import (
     ContainerMissing,
@@ -59,6 +61,7 @@ from bot.ports import choose_ports, host_port_free
 from bot.settings import Settings
 from bot.store import Store
 from bot.warplans import (
+    ConsoleSpec,
     WarPlan,
     WarplanLibrary,
     fill_template,
@@ -306,7 +309,15 @@ class ServerService:
         self, record: ServerRecord, plan: WarPlan, mounts: dict[str, str]
     ) -> ContainerSpec:
         host_ports = {p.name: p.host for p in record.ports}
-        bind = self.camp_of(record).bind_address
+        camp = self.camp_of(record)
+
+        def binding(port: str) -> str:
+            # The RCON port is PEON's, not the players': published only on the address PEON
+            # reaches the host by (loopback for the local engine), when that is an address.
+            if port == plan.rcon_port and _is_ip(camp.probe_address):
+                return camp.probe_address
+            return camp.bind_address
+
         return ContainerSpec(
             name=labels.container_name(record.name),
             image=plan.image,
@@ -318,12 +329,12 @@ class ServerService:
             entrypoint=[fill_template(c, record.name, host_ports) for c in plan.entrypoint]
             if plan.entrypoint
             else None,
-            ports={f"{p.container}/{p.protocol}": (bind, p.host) for p in record.ports},
+            ports={f"{p.container}/{p.protocol}": (binding(p.name), p.host) for p in record.ports},
             volumes={labels.volume_name(record.name, vid): path for vid, path in mounts.items()},
             memory=plan.resources.memory_bytes,
             cpus=plan.resources.cpus,
             stop_signal=plan.stop.signal,
-            stdin_open=plan.console,
+            stdin_open=plan.stdin_open,
         )
 
     async def _ensure_image(
@@ -645,7 +656,8 @@ class ServerService:
         failed: str | None = None
         try:
             if stop.console is not None:
-                await driver.send_console(info.id, stop.console)
+                console = self.console_of(record, plan, info.id)
+                await console.send(stop.console, reply=False, ending=True)
             elif stop.exec is not None:
                 code, output = await driver.exec(info.id, stop.exec, timeout=max(stop.grace, 5))
                 if code != 0:
@@ -779,9 +791,25 @@ class ServerService:
         info = await self._current_container(record)
         if plan.say is None or info is None or not info.running:
             return False
-        text = " ".join(message.split())  # one console line, whatever the message holds
-        await self.driver_of(record).send_console(info.id, plan.say.replace("{message}", text))
+        await self.console_of(record, plan, info.id).send(
+            fill_message(plan.say, message), reply=False
+        )
         return True
+
+    def console_of(self, record: ServerRecord, plan: WarPlan, container: str) -> Console:
+        """The server's console, by the plan's transport (stdin when the plan names none)."""
+        spec = plan.console or ConsoleSpec()
+        if spec.via != "rcon":
+            return Console(record.name, spec, self.driver_of(record), container)
+        return Console(
+            record.name,
+            spec,
+            self.driver_of(record),
+            container,
+            rcon_host=self.camp_of(record).probe_address,
+            rcon_port=next((p.host for p in record.ports if p.name == spec.port), None),
+            rcon_password=record.variables.get(spec.password or ""),
+        )
 
     async def logs(self, name: str, tail: int = 100) -> list[str]:
         record = await self.store.get_server(name)
@@ -812,17 +840,30 @@ class ServerService:
             return set(record.variables)  # unknown plan: treat everything as possibly secret
         return {v.name for v in plan.variables if v.secret}
 
-    async def console(self, name: str, command: str, *, actor: str) -> None:
-        """Write a console command to the server's stdin."""
-        async with self._operation(name, "console", actor):
-            record = await self.store.get_server(name)
+    async def console(self, name: str, command: str, *, actor: str) -> str:
+        """Send one console command the plan's way; return the reply with secrets masked.
+
+        Lease-free, like `say`: a command must not wait for a long backup, and it cannot
+        change what an operation relies on. Every command is audited with who sent it.
+        """
+        text = check_command(command)
+        record = await self.store.get_server(name)
+        shown = " ".join(self.redact(record, [text]))
+        try:
             plan = self._plan_for(record)
-            if not plan.console:
-                raise ServerStateError(f"War plan '{plan.name}' has no console on stdin.")
+            if plan.console_via is None:
+                raise ConsoleError(
+                    f"War plan '{plan.name}' gives {name} no console (no stdin, RCON or exec)."
+                )
             info = await self._current_container(record)
             if info is None or not info.running:
                 raise ServerStateError(f"Server '{name}' is not running.")
-            await self.driver_of(record).send_console(info.id, command)
+            reply = await self.console_of(record, plan, info.id).send(text)
+        except PeonError as e:
+            await _quiet(self.store.audit(actor, "console", name, False, f"{shown}: {e}"))
+            raise
+        await self.store.audit(actor, "console", name, True, shown)
+        return "\n".join(self.redact(record, reply.splitlines()))
 
     # --- update -----------------------------------------------------------------------------
 
@@ -1035,6 +1076,14 @@ def _ready_since(before: ContainerInfo, started: ContainerInfo | None) -> dateti
     if before.finished_at is not None and before.finished_at > since:
         since = before.finished_at
     return since
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 def image_volume_id(path: str) -> str:

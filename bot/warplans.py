@@ -181,6 +181,44 @@ class StopSpec(_Model):
         return self
 
 
+CONSOLE_COMMAND_MAX = 1000  # Source RCON bodies stay far below 4096 bytes with this
+
+
+class ConsoleSpec(_Model):
+    """How PEON reaches the server's console. Every console use goes this way: `say`, a save
+    or stop `command` given as text, cron `console` actions and /server console."""
+
+    via: Literal["stdin", "rcon", "exec"] = Field(
+        default="stdin",
+        description="stdin: a line on the server's standard input; rcon: Source RCON on a tcp "
+        "port of the plan; exec: a program run in the container with the command appended.",
+    )
+    port: str | None = Field(default=None, description="rcon: name of the plan's RCON tcp port.")
+    password: str | None = Field(
+        default=None, description="rcon: name of the secret variable that holds the password."
+    )
+    exec: list[str] | None = Field(
+        default=None,
+        description="exec: program and arguments run in the container; the command is added "
+        "as its last argument (e.g. [rcon-cli]).",
+    )
+    timeout: int = Field(default=10, ge=1, le=120, description="Seconds to wait for a reply.")
+
+    @model_validator(mode="after")
+    def _fits(self) -> ConsoleSpec:
+        wants = {"rcon": ("port", "password"), "exec": ("exec",), "stdin": ()}[self.via]
+        for name in ("port", "password", "exec"):
+            given = getattr(self, name) is not None
+            if name in wants and not given:
+                raise ValueError(f"via '{self.via}' needs '{name}'")
+            if name not in wants and given:
+                owner = "exec" if name == "exec" else "rcon"
+                raise ValueError(f"'{name}' only applies to via '{owner}'")
+        if self.exec is not None and not self.exec:
+            raise ValueError("'exec' needs a program")
+        return self
+
+
 class UncountedWhen(_Model):
     """A configuration in which the plan's player count is known to be wrong."""
 
@@ -242,7 +280,18 @@ class SaveSpec(_Model):
         return self
 
 
-FACTS = ("ready", "stop", "save", "volumes", "ports", "players", "say", "entrypoint", "command")
+FACTS = (
+    "ready",
+    "stop",
+    "save",
+    "volumes",
+    "ports",
+    "players",
+    "say",
+    "console",
+    "entrypoint",
+    "command",
+)
 
 
 class Evidence(_Model):
@@ -291,6 +340,10 @@ class WarPlan(_Model):
     say: str | None = Field(
         default=None,
         description="Console command that shows {message} to the players in game (warnings).",
+    )
+    console: ConsoleSpec | None = Field(
+        default=None,
+        description="How PEON reaches the console (stdin when not given and the plan uses one).",
     )
     links: list[str] = Field(default_factory=list, description="Documentation of the image.")
     verified: Evidence | None = Field(
@@ -344,6 +397,17 @@ class WarPlan(_Model):
                     raise ValueError(f"players.uncounted_when: the plan never sets {rule.env}")
         if self.say is not None and "{message}" not in self.say:
             raise ValueError("say: must contain {message}, where the warning text goes")
+        if self.console is not None and self.console.via == "rcon":
+            rcon_port = next((p for p in self.ports if p.name == self.console.port), None)
+            if rcon_port is None:
+                raise ValueError(f"console.port: no port named '{self.console.port}'")
+            if rcon_port.protocol != "tcp":
+                raise ValueError("console.port: RCON needs a tcp port")
+            secret = self.variable(self.console.password or "")
+            if secret is None:
+                raise ValueError(f"console.password: no variable named '{self.console.password}'")
+            if not secret.secret:
+                raise ValueError(f"console.password: variable '{secret.name}' must be secret")
         texts = [
             *self.env.values(),
             *(str(v.default) for v in self.variables),
@@ -357,13 +421,32 @@ class WarPlan(_Model):
         return self
 
     @property
-    def console(self) -> bool:
-        """Whether the container needs an open stdin for console commands."""
+    def uses_console(self) -> bool:
+        """Whether PEON sends the server console commands (or the plan names a console)."""
         return (
-            self.stop.console is not None
+            self.console is not None
+            or self.stop.console is not None
             or self.say is not None
             or (self.save is not None and self.save.mode == "console")
         )
+
+    @property
+    def console_via(self) -> Literal["stdin", "rcon", "exec"] | None:
+        """The console's transport, or None when the plan has no console."""
+        if self.console is not None:
+            return self.console.via
+        return "stdin" if self.uses_console else None
+
+    @property
+    def stdin_open(self) -> bool:
+        """Whether the container needs an open stdin for console commands."""
+        return self.console_via == "stdin"
+
+    @property
+    def rcon_port(self) -> str | None:
+        """The name of the port PEON speaks RCON to, if any."""
+        spec = self.console
+        return spec.port if spec is not None and spec.via == "rcon" else None
 
     def variable(self, name: str) -> VariableSpec | None:
         return next((v for v in self.variables if v.name == name), None)
@@ -523,6 +606,8 @@ def plan_warnings(plan: WarPlan) -> list[str]:
             out.append(f"variables.{var.name}: a remote-admin password is not secret.")
     for port in plan.ports:
         # By its name, or a description that says what it is first ("RCON (TCP)").
+        if port.name == plan.rcon_port:
+            continue  # PEON's own console: published only where PEON reaches the host
         if _ADMIN_PORT.search(port.name) or _ADMIN_DESCRIPTION.match(port.description):
             out.append(
                 f"ports.{port.name}: a remote-admin port is published; use it from inside the "
@@ -563,6 +648,8 @@ def needed_facts(plan: WarPlan) -> list[str]:
         facts.append("players")
     if plan.say is not None:
         facts.append("say")
+    if plan.console is not None:
+        facts.append("console")
     if plan.entrypoint:
         facts.append("entrypoint")
     if plan.command:

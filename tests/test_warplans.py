@@ -50,7 +50,12 @@ def test_committed_json_schema_is_current() -> None:
 
 def test_test_warplan_loads() -> None:
     plan = load_warplan(Path(__file__).parent / "warplans" / "fakegame.yaml")
-    assert plan.console and plan.players is not None and plan.save is not None
+    assert (
+        plan.console_via == "stdin"
+        and plan.stdin_open
+        and plan.players is not None
+        and plan.save is not None
+    )
 
 
 @pytest.mark.parametrize(
