@@ -14,6 +14,7 @@ import json
 import random
 import struct
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -282,3 +283,123 @@ class MinecraftResponder:
         next_state, _ = decode_varint(data, pos + 2)
         self.handshakes.append(Handshake(protocol, address, port, next_state))
         return next_state
+
+
+# --- Source RCON ------------------------------------------------------------------------------
+# From the Valve Developer wiki "Source RCON Protocol": packets are int32 size, int32 id,
+# int32 type, NUL-terminated body, one empty NUL, all little-endian. SERVERDATA_AUTH (3) is
+# answered with an empty SERVERDATA_RESPONSE_VALUE (0) and then SERVERDATA_AUTH_RESPONSE (2)
+# carrying the request id, or -1 for a wrong password. SERVERDATA_EXECCOMMAND (2) is answered
+# with RESPONSE_VALUE packets of at most 4096 bytes each; an empty RESPONSE_VALUE from the
+# client is mirrored, followed by a packet whose body is 0x00000001 0x00000000 (the wiki's
+# multi-packet trick). The Minecraft flavour (wiki.vg "RCON") skips the empty packet before the
+# auth response and answers the probe with "Unknown request 0".
+
+RCON_AUTH, RCON_AUTH_RESPONSE, RCON_EXEC, RCON_RESPONSE = 3, 2, 2, 0
+
+
+def rcon_packet(packet_id: int, packet_type: int, body: bytes) -> bytes:
+    payload = struct.pack("<ii", packet_id, packet_type) + body + b"\0\0"
+    return struct.pack("<i", len(payload)) + payload
+
+
+class RconResponder:
+    """A Source RCON server on 127.0.0.1 with commands answered by `reply(command)`.
+
+    `chunk` writes every packet in pieces of that many bytes with a pause between them, so a
+    client that reads fewer bytes than a packet holds is caught. `silent` commands get no
+    answer at all (a server that hangs); `drop` commands close the connection (a `stop`).
+    """
+
+    def __init__(
+        self,
+        password: str,
+        reply: Callable[[str], str] | None = None,
+        *,
+        flavour: str = "source",
+        chunk: int | None = None,
+        silent: set[str] | frozenset[str] = frozenset(),
+        drop: set[str] | frozenset[str] = frozenset(),
+    ) -> None:
+        self.password, self.flavour, self.chunk = password, flavour, chunk
+        self.reply = reply or (lambda command: f"ran: {command}")
+        self.silent, self.drop = set(silent), set(drop)
+        self.commands: list[str] = []
+        self.logins: list[bool] = []
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    async def start(self) -> Self:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in self._writers:
+            writer.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        if self.chunk is None:
+            writer.write(data)
+        else:
+            for at in range(0, len(data), self.chunk):
+                writer.write(data[at : at + self.chunk])
+                await writer.drain()
+                await asyncio.sleep(0.001)
+        await writer.drain()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        authed = False
+        try:
+            while True:
+                (size,) = struct.unpack("<i", await reader.readexactly(4))
+                data = await reader.readexactly(size)
+                packet_id, packet_type = struct.unpack("<ii", data[:8])
+                body = data[8:-2].decode()
+                if packet_type == RCON_AUTH:
+                    authed = body == self.password
+                    self.logins.append(authed)
+                    out = b"" if self.flavour != "source" else rcon_packet(packet_id, 0, b"")
+                    out += rcon_packet(packet_id if authed else -1, RCON_AUTH_RESPONSE, b"")
+                    await self._send(writer, out)
+                    if not authed:
+                        return
+                elif not authed:
+                    return
+                elif packet_type == RCON_EXEC:
+                    self.commands.append(body)
+                    if body in self.silent:
+                        continue
+                    if body in self.drop:
+                        return
+                    text = self.reply(body).encode()
+                    pieces = [text[at : at + 4096] for at in range(0, len(text), 4096)] or [b""]
+                    out = b"".join(rcon_packet(packet_id, RCON_RESPONSE, p) for p in pieces)
+                    await self._send(writer, out)
+                elif packet_type == RCON_RESPONSE:
+                    if self.flavour == "source":
+                        out = rcon_packet(packet_id, RCON_RESPONSE, b"")
+                        out += rcon_packet(
+                            packet_id, RCON_RESPONSE, b"\x00\x00\x00\x01\x00\x00\x00\x00"
+                        )
+                    else:
+                        out = rcon_packet(packet_id, RCON_RESPONSE, b"Unknown request 0")
+                    await self._send(writer, out)
+        except (asyncio.IncompleteReadError, ConnectionError, UnicodeError, struct.error):
+            return
+        finally:
+            self._writers.discard(writer)
+            writer.close()
