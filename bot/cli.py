@@ -311,6 +311,8 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
         count = await servers.players(st)
         if count is not None:
             rows.append(["players", format_players(count)])
+        if st.hang_check is not None:
+            rows.append(["hang check", st.hang_check])
         for k, v in servers.public_variables(st.record).items():
             rows.append([f"var {k}", v])
         _table(rows, out)
@@ -349,8 +351,10 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
             )
         return 0
     if args.action == "console":
-        await servers.console(args.name, args.command, actor=actor)
-        out.write(f"sent to {args.name}\n")
+        reply = await servers.console(args.name, args.command, actor=actor)
+        out.write(f"sent to {args.name} {reply.how}\n")
+        if reply.text.strip():
+            out.write(reply.text.rstrip("\n") + "\n")
         return 0
     if args.action == "list":
         several = len(svc.camps) > 1
@@ -370,7 +374,9 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
                     entry.actor,
                     entry.action,
                     entry.server or "-",
-                    "ok" if entry.ok else f"failed: {entry.detail}",
+                    # Successes show their detail too: what a console command sent.
+                    ("ok" if entry.ok else "failed")
+                    + (f": {entry.detail}" if entry.detail else ""),
                 ]
             )
         _table(rows, out)

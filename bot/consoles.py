@@ -69,6 +69,18 @@ def fill_message(template: str, message: str) -> str:
 
 
 @dataclass(frozen=True)
+class ConsoleReply:
+    via: str  # stdin, rcon or exec
+    text: str  # what the server answered (on stdin: what it logged next), secrets masked
+
+    @property
+    def how(self) -> str:
+        return {"rcon": "over RCON", "exec": "through its console program"}.get(
+            self.via, "on its console"
+        )
+
+
+@dataclass(frozen=True)
 class Console:
     """One running server's console."""
 

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from bot import labels
 from bot.aio import quietly
 from bot.camps import Camp, CampHealth, Camps, allocation
-from bot.consoles import Console, ConsoleError, check_command, fill_message
+from bot.consoles import Console, ConsoleError, ConsoleReply, check_command, fill_message
 from bot.docker_driver import ContainerSpec, DockerDriver
 from bot.errors import (
     ContainerMissing,
@@ -840,7 +840,7 @@ class ServerService:
             return set(record.variables)  # unknown plan: treat everything as possibly secret
         return {v.name for v in plan.variables if v.secret}
 
-    async def console(self, name: str, command: str, *, actor: str) -> str:
+    async def console(self, name: str, command: str, *, actor: str) -> ConsoleReply:
         """Send one console command the plan's way; return the reply with secrets masked.
 
         Lease-free, like `say`: a command must not wait for a long backup, and it cannot
@@ -863,7 +863,7 @@ class ServerService:
             await _quiet(self.store.audit(actor, "console", name, False, f"{shown}: {e}"))
             raise
         await self.store.audit(actor, "console", name, True, shown)
-        return "\n".join(self.redact(record, reply.splitlines()))
+        return ConsoleReply(plan.console_via, "\n".join(self.redact(record, reply.splitlines())))
 
     # --- update -----------------------------------------------------------------------------
 

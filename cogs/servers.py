@@ -15,12 +15,28 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.automation import Automation
-from bot.client import Access, Embed, mention_actors, render_error
+from bot.client import (
+    CONTENT_MAX,
+    Access,
+    Embed,
+    clip,
+    code_block,
+    escape,
+    mention_actors,
+    render_error,
+)
+from bot.consoles import check_command
 from bot.errors import ServerBusy, ServerExists
 from bot.models import ServerState
 from bot.schedules import ScheduleError, format_span
 from bot.servers import ServerService, validate_name
-from bot.warplans import VariableSpec, WarPlan, WarplanLibrary, coerce_value
+from bot.warplans import (
+    CONSOLE_COMMAND_MAX,
+    VariableSpec,
+    WarPlan,
+    WarplanLibrary,
+    coerce_value,
+)
 from cogs.common import (
     INFO,
     MAX_CHOICES,
@@ -434,6 +450,25 @@ class ServersCog(commands.Cog, name="ServersCog"):
         await interaction.response.defer(ephemeral=True, thinking=True)
         text = logs_block(await self.servers.logs(name, lines))
         await interaction.edit_original_response(content=text)
+
+    @server.command(name="console", description="Send one console command (only you see it)")
+    @app_commands.describe(command="One command for the game's console, e.g. list or save")
+    @app_commands.autocomplete(name=server_autocomplete)
+    async def console(
+        self,
+        interaction: discord.Interaction[Any],
+        name: str,
+        command: app_commands.Range[str, 1, CONSOLE_COMMAND_MAX],
+    ) -> None:
+        self.access.check(interaction, "console", name)
+        check_command(command)
+        await self.servers.store.get_server(name)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        reply = await self.servers.console(name, command, actor=actor(interaction))
+        head = f"Sent to **{name}** {reply.how}: {escape(clip(command, 200))}\n"
+        room = CONTENT_MAX - len(head)
+        body = code_block(reply.text.splitlines(), room) if reply.text.strip() else "(no reply)"
+        await interaction.edit_original_response(content=head + body)
 
     @server.command(name="list", description="All game servers")
     async def list_servers(self, interaction: discord.Interaction[Any]) -> None:

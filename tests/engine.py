@@ -80,6 +80,18 @@ def build_fakegame(
         for name in ("Dockerfile", "game.sh"):
             shutil.copy(FAKEGAME_DIR / name, Path(ctx) / name)
         shutil.copy(busybox_binary(), Path(ctx) / "busybox")
+        # Static, so it runs in the FROM scratch image beside busybox.
+        subprocess.run(
+            [
+                "gcc",
+                "-static",
+                "-Os",
+                "-o",
+                str(Path(ctx) / "rcond"),
+                str(FAKEGAME_DIR / "rcond.c"),
+            ],
+            check=True,
+        )
         image, _ = client.images.build(
             path=ctx, tag=tag, buildargs={"GAME_VERSION": version}, rm=True, forcerm=True
         )

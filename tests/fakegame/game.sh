@@ -18,9 +18,18 @@ trap 'shutdown SIGINT' INT
 sleep "${READY_DELAY:-1}"
 nc -ll -p "${GAME_PORT:-7777}" -e echo "hello from fakegame" &
 NC=$!
+# The console: stdin, or with RCON_PORT set a FIFO that the RCON daemon (rcond.c) writes each
+# command to. Opened read-write so the FIFO never reads as closed between commands.
+if [ -n "$RCON_PORT" ]; then
+  mkdir -p /tmp && mkfifo /tmp/console
+  /bin/rcond "$RCON_PORT" /tmp/console &
+  exec 3<>/tmp/console
+else
+  exec 3<&0
+fi
 echo "Server ready for players on port ${GAME_PORT:-7777}"
 while true; do
-  if read -r line; then
+  if read -r line <&3; then
     case "$line" in
       save) save ;;
       stop) shutdown console ;;
@@ -28,6 +37,7 @@ while true; do
       leave\ *) echo "Player left: ${line#leave }" ;;
       say\ *) echo "Broadcast: ${line#say }" ;;
       crash) echo "crashing"; exit 3 ;;
+      hang) echo "no longer answering"; kill "$NC" ;;
       *) echo "unknown command: $line" ;;
     esac
   else
