@@ -610,8 +610,9 @@ def plan_warnings(plan: WarPlan) -> list[str]:
             continue  # PEON's own console: published only where PEON reaches the host
         if _ADMIN_PORT.search(port.name) or _ADMIN_DESCRIPTION.match(port.description):
             out.append(
-                f"ports.{port.name}: a remote-admin port is published; use it from inside the "
-                "container (exec) instead."
+                f"ports.{port.name}: a remote-admin port is published; make it the plan's RCON "
+                "console (console.port), published only where PEON reaches the host, or use it "
+                "from inside the container (exec)."
             )
     save = plan.save
     if save is not None and save.mode in ("console", "exec") and save.done is None:
