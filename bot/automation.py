@@ -575,6 +575,8 @@ class Automation:
         spec = rules.cron_spec(
             expr, zone or self.settings.timezone, action, command, only_when_running
         )
+        if action == "console":
+            await self.servers.require_console(server)
         return await self._view(await self._add(server, "cron", spec, actor))
 
     async def add_timer(

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot.consoles import check_command
 from bot.models import Schedule
 from bot.scheduler import next_cron
 from bot.schedules import (
@@ -91,6 +92,8 @@ def cron_spec(
         raise ScheduleError("A console action needs the command to send.")
     if action != "console" and command:
         raise ScheduleError("Only a console action takes a command.")
+    if action == "console" and command:
+        check_command(command)  # a newline would be a second command, every time it fires
     next_cron(expr, parse_zone(zone), datetime.now(UTC))  # validates the expression
     return {
         "expr": " ".join(expr.split()),

@@ -840,6 +840,15 @@ class ServerService:
             return set(record.variables)  # unknown plan: treat everything as possibly secret
         return {v.name for v in plan.variables if v.secret}
 
+    async def require_console(self, name: str) -> None:
+        """Refuse, in one sentence, a server whose war plan gives it no console."""
+        record = await self.store.get_server(name)
+        plan = self._plan_for(record)
+        if plan.console_via is None:
+            raise ConsoleError(
+                f"War plan '{plan.name}' gives {name} no console (no stdin, RCON or exec)."
+            )
+
     async def console(self, name: str, command: str, *, actor: str) -> ConsoleReply:
         """Send one console command the plan's way; return the reply with secrets masked.
 
@@ -850,11 +859,8 @@ class ServerService:
         record = await self.store.get_server(name)
         shown = " ".join(self.redact(record, [text]))
         try:
+            await self.require_console(name)
             plan = self._plan_for(record)
-            if plan.console_via is None:
-                raise ConsoleError(
-                    f"War plan '{plan.name}' gives {name} no console (no stdin, RCON or exec)."
-                )
             info = await self._current_container(record)
             if info is None or not info.running:
                 raise ServerStateError(f"Server '{name}' is not running.")
@@ -863,7 +869,9 @@ class ServerService:
             await _quiet(self.store.audit(actor, "console", name, False, f"{shown}: {e}"))
             raise
         await self.store.audit(actor, "console", name, True, shown)
-        return ConsoleReply(plan.console_via, "\n".join(self.redact(record, reply.splitlines())))
+        return ConsoleReply(
+            plan.console_via or "stdin", "\n".join(self.redact(record, reply.splitlines()))
+        )
 
     # --- update -----------------------------------------------------------------------------
 

@@ -199,6 +199,18 @@ async def test_stop_now_and_refusals_leave_nothing(
             ),
             "not a cron expression",
         ),
+        (
+            a.add_cron(
+                "alpha",
+                "0 4 * * *",
+                "console",
+                zone=None,
+                command="say hi\nstop",
+                only_when_running=False,
+                actor="t",
+            ),
+            "contains a line break or another control character",
+        ),
         (a.add_idle("ghost", "30m", "t"), "There is no server named 'ghost'."),
         (a.postpone("alpha", "t"), "No automatic stop is pending for alpha."),
         (a.remove(999, "t"), "There is no schedule #999."),

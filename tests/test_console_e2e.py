@@ -14,9 +14,11 @@ import docker
 import pytest
 import yaml
 
+from bot.automation import Automation
 from bot.consoles import ConsoleError
 from bot.errors import ServerStateError
 from bot.rcon import RconError
+from bot.scheduler import Scheduler
 from bot.settings import GuildSettings, PortSettings, RoleGrants
 from tests.conftest import (
     ADMIN,
@@ -29,6 +31,7 @@ from tests.conftest import (
     services_for,
 )
 from tests.discord_emulator import DiscordEmulator, Interaction
+from tests.test_automation import Recorder
 from tests.test_discord_e2e import bot_settings, refusal, running_bot
 
 pytestmark = pytest.mark.docker
@@ -166,6 +169,21 @@ async def test_console_on_stdin_through_exec_and_without_one(tmp_path: Path, fak
         assert str(e.value) == (
             "War plan 'fakegame' gives no-a no console (no stdin, RCON or exec)."
         )
+        # A cron console action on it is refused when it is set up, not each time it fires.
+        automation = Automation(
+            servers=svc.servers,
+            backups=svc.backups,
+            store=svc.store,
+            scheduler=Scheduler(),
+            settings=svc.settings.automation,
+            notifier=Recorder(),
+        )
+        with pytest.raises(ConsoleError, match="gives no-a no console"):
+            await automation.add_cron(
+                "no-a", "0 4 * * *", "console", zone=None, command="save",
+                only_when_running=False, actor="test",
+            )  # fmt: skip
+        assert await svc.store.list_schedules("no-a") == []
 
 
 def test_cli_console_over_rcon(tmp_path: Path, fakegame: str) -> None:
