@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -61,6 +62,23 @@ def fakegame_variant(tmp_path: Path, **changes: Any) -> Path:
     folder.mkdir()
     (folder / "fakegame.yaml").write_text(yaml.safe_dump(plan))
     return folder
+
+
+def config_file(settings: Settings, path: Path) -> Path:
+    """The same settings as a config file for the `peon` CLI."""
+    data = settings.model_dump(mode="json", exclude={"source"}, exclude_none=True)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def peon(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The `peon` CLI as its own process, with `config`."""
+    env = {**os.environ, "PEON_CONFIG": str(config)}
+    env.pop("DISCORD_TOKEN", None)
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300, check=False,
+    )  # fmt: skip
 
 
 def cleanup_instance(instance: str, base_url: str | None = None) -> None:

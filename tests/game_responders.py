@@ -187,25 +187,13 @@ class Handshake:
     next_state: int
 
 
-class MinecraftResponder:
-    """A Minecraft Java server's status side: handshake, status request, ping, over TCP."""
+class _TcpResponder:
+    """A TCP server on 127.0.0.1 on a free port; `_serve` handles one connection."""
 
-    def __init__(
-        self,
-        online: int,
-        max: int,
-        names: list[str],
-        version: str = "1.21",
-        protocol: int = 767,
-        motd: str = "A PEON test server",
-    ) -> None:
-        self.online, self.max, self.names = online, max, list(names)
-        self.version, self.protocol, self.motd = version, protocol, motd
+    def __init__(self) -> None:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
-        self.handshakes: list[Handshake] = []
-        self.pings = 0
 
     async def start(self) -> Self:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -226,6 +214,28 @@ class MinecraftResponder:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class MinecraftResponder(_TcpResponder):
+    """A Minecraft Java server's status side: handshake, status request, ping, over TCP."""
+
+    def __init__(
+        self,
+        online: int,
+        max: int,
+        names: list[str],
+        version: str = "1.21",
+        protocol: int = 767,
+        motd: str = "A PEON test server",
+    ) -> None:
+        super().__init__()
+        self.online, self.max, self.names = online, max, list(names)
+        self.version, self.protocol, self.motd = version, protocol, motd
+        self.handshakes: list[Handshake] = []
+        self.pings = 0
 
     def set_players(self, online: int, names: list[str], max: int | None = None) -> None:
         self.online, self.names = online, list(names)
@@ -303,7 +313,7 @@ def rcon_packet(packet_id: int, packet_type: int, body: bytes) -> bytes:
     return struct.pack("<i", len(payload)) + payload
 
 
-class RconResponder:
+class RconResponder(_TcpResponder):
     """A Source RCON server on 127.0.0.1 with commands answered by `reply(command)`.
 
     `chunk` writes every packet in pieces of that many bytes with a pause between them, so a
@@ -321,34 +331,12 @@ class RconResponder:
         silent: set[str] | frozenset[str] = frozenset(),
         drop: set[str] | frozenset[str] = frozenset(),
     ) -> None:
+        super().__init__()
         self.password, self.flavour, self.chunk = password, flavour, chunk
         self.reply = reply or (lambda command: f"ran: {command}")
         self.silent, self.drop = set(silent), set(drop)
         self.commands: list[str] = []
         self.logins: list[bool] = []
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
-
-    async def start(self) -> Self:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for writer in self._writers:
-            writer.close()
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         if self.chunk is None:

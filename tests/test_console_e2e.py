@@ -4,9 +4,6 @@ services, the CLI and Discord (the real discord.py client against the emulator).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +20,12 @@ from bot.settings import GuildSettings, PortSettings, RoleGrants
 from tests.conftest import (
     ADMIN,
     PLAYER,
-    ROOT,
     TEST_WARPLANS,
     cleanup_instance,
+    config_file,
     fakegame_variant,
     make_settings,
+    peon,
     services_for,
 )
 from tests.discord_emulator import DiscordEmulator, Interaction
@@ -187,39 +185,19 @@ async def test_console_on_stdin_through_exec_and_without_one(tmp_path: Path, fak
 
 
 def test_cli_console_over_rcon(tmp_path: Path, fakegame: str) -> None:
-    settings = make_settings(tmp_path)
-    config = tmp_path / "peon.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "instance_id": settings.instance_id,
-                "data_dir": str(tmp_path / "data"),
-                "warplans_dir": str(fakegame_variant(tmp_path, **rcon_changes())),
-                "docker": {"public_address": "127.0.0.1"},
-                "ports": {"pool": settings.ports.pool, "bind_address": "127.0.0.1"},
-            }
-        )
-    )
-
-    def peon(*args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PEON_CONFIG": str(config)}
-        env.pop("DISCORD_TOKEN", None)
-        return subprocess.run(
-            [sys.executable, "-m", "bot.cli", *args],
-            capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False,
-        )  # fmt: skip
-
+    settings = make_settings(tmp_path, warplans_dir=fakegame_variant(tmp_path, **rcon_changes()))
+    config = config_file(settings, tmp_path / "peon.yaml")
     try:
-        assert peon("server", "create", "fakegame", "rc-cli").returncode == 0
-        assert peon("server", "start", "rc-cli").returncode == 0
-        r = peon("server", "console", "rc-cli", "echo hi from the CLI")
+        assert peon(config, "server", "create", "fakegame", "rc-cli").returncode == 0
+        assert peon(config, "server", "start", "rc-cli").returncode == 0
+        r = peon(config, "server", "console", "rc-cli", "echo hi from the CLI")
         assert r.returncode == 0, r.stderr
         assert r.stdout == "sent to rc-cli over RCON\nhi from the CLI\n"
-        r = peon("server", "console", "rc-cli", "say a\nstop")
+        r = peon(config, "server", "console", "rc-cli", "say a\nstop")
         assert r.returncode == 1 and r.stdout == ""
         assert r.stderr.strip().count("\n") == 0 and "control character" in r.stderr
-        audit = peon("server", "audit", "rc-cli").stdout
-        assert "console" in audit and "echo hi from the CLI" in audit
+        audit = peon(config, "server", "audit", "rc-cli").stdout
+        assert "console" in audit and "ok: echo hi from the CLI" in audit
     finally:
         cleanup_instance(settings.instance_id)
 

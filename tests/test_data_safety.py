@@ -24,13 +24,12 @@ from pathlib import Path
 
 import docker
 import pytest
-import yaml
 
 from bot.app import Services
 from bot.errors import BackupError
 from bot.models import ServerState
 from bot.settings import BackupSettings, Settings
-from tests.conftest import ROOT, make_settings, services_for
+from tests.conftest import ROOT, config_file, make_settings, peon, services_for
 
 pytestmark = pytest.mark.docker
 
@@ -71,22 +70,6 @@ async def svc(tmp_path: Path, fakegame: str) -> AsyncIterator[Services]:
     )
     async with services_for(settings) as s:
         yield s
-
-
-def config_file(settings: Settings, path: Path) -> Path:
-    """The same settings as a config file for the `peon` CLI."""
-    data = settings.model_dump(mode="json", exclude={"source"}, exclude_none=True)
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def peon(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PEON_CONFIG": str(config)}
-    env.pop("DISCORD_TOKEN", None)
-    return subprocess.run(
-        [sys.executable, "-m", "bot.cli", *args],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300, check=False,
-    )  # fmt: skip
 
 
 def db_row(db: Path, sql: str, *args: object) -> tuple[object, ...] | None:
