@@ -95,12 +95,15 @@ class Console:
     async def send(self, command: str, *, reply: bool = True, ending: bool = False) -> str:
         """Send one command; return the reply text ("" when none was asked for).
 
-        `ending` marks a command that stops the server: over RCON a connection dropped
-        without an answer then counts as done.
+        Without `reply`, or for an `ending` command (one that stops the server), a command
+        that went out over RCON counts as done even if no answer comes.
         """
         if self.spec.via == "rcon":
             if self.rcon_host is None or self.rcon_port is None or self.rcon_password is None:
-                raise ConsoleError(f"{self.server} has no published RCON port or password.")
+                raise ConsoleError(
+                    f"{self.server} has no RCON port or password of its own: it was created "
+                    "before its war plan gained them; create it again to use its console."
+                )
             return await rcon.run(
                 self.rcon_host,
                 self.rcon_port,
@@ -108,7 +111,7 @@ class Console:
                 command,
                 timeout=self.spec.timeout,
                 server=self.server,
-                expect_reply=not ending,
+                expect_reply=reply and not ending,
             )
         if self.spec.via == "exec":
             argv = [*(self.spec.exec or []), command]

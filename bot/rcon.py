@@ -82,10 +82,12 @@ async def run(
 ) -> str:
     """Run one command and return the server's reply as text.
 
-    With expect_reply False (a `stop`, after which a server may drop the connection without
-    answering), a closed connection after the command was sent counts as done.
+    With expect_reply False (a `say`, or a `stop` after which a server may drop the
+    connection), a command that went out counts as done even when no answer comes before the
+    timeout or the connection closes: the protocol promises a reply, not every server sends one.
     """
     where = f"{host}:{port}"
+    sent = asyncio.Event()  # set once the command is out: then, without expect_reply, done
     try:
         async with asyncio.timeout(timeout):
             try:
@@ -97,13 +99,21 @@ async def run(
                 ) from e
             try:
                 return await _converse(
-                    reader, writer, password, command, server=server, expect_reply=expect_reply
+                    reader,
+                    writer,
+                    password,
+                    command,
+                    server=server,
+                    expect_reply=expect_reply,
+                    sent=sent,
                 )
             finally:
                 writer.close()
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
     except TimeoutError:
+        if sent.is_set() and not expect_reply:
+            return ""
         raise RconError(f"{server} did not answer over RCON within {timeout:g} s.") from None
     except (asyncio.IncompleteReadError, ConnectionError) as e:
         raise RconError(f"{server} closed the RCON connection before answering.") from e
@@ -119,6 +129,7 @@ async def _converse(
     *,
     server: str,
     expect_reply: bool,
+    sent: asyncio.Event,
 ) -> str:
     login = next_id()
     writer.write(Packet(login, AUTH, password.encode()).encode())
@@ -136,12 +147,12 @@ async def _converse(
     request = next_id()
     writer.write(Packet(request, EXECCOMMAND, command.encode()).encode())
     await writer.drain()
-    try:
-        first = await _reply_packet(reader, request)
-    except (asyncio.IncompleteReadError, ConnectionError):
-        if expect_reply:
-            raise
+    sent.set()
+    if not expect_reply:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await _reply_packet(reader, request)
         return ""
+    first = await _reply_packet(reader, request)
     parts = [first.body]
     if len(first.body) >= SPLIT_HINT:
         probe = next_id()

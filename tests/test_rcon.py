@@ -88,6 +88,21 @@ async def test_a_stop_that_drops_the_connection_counts_as_done_only_when_expecte
             await rcon.run("127.0.0.1", server.port, PASSWORD, "stop", server="alpha")
 
 
+async def test_a_command_without_an_answer_counts_as_sent_only_when_none_is_needed() -> None:
+    """`say` needs no reply: a server that sends none costs the timeout, not an error."""
+    async with RconResponder(PASSWORD, silent={"say hi"}) as server:
+        assert (
+            await rcon.run(
+                "127.0.0.1", server.port, PASSWORD, "say hi", timeout=0.3, expect_reply=False
+            )
+            == ""
+        )
+        assert server.commands == ["say hi"]
+    async with RconResponder("other") as server:  # the command never went out
+        with pytest.raises(RconError, match="refused the RCON password"):
+            await rcon.run("127.0.0.1", server.port, PASSWORD, "say hi", expect_reply=False)
+
+
 async def test_garbage_on_the_port_is_not_taken_for_a_reply() -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")

@@ -487,5 +487,6 @@ def test_the_factorio_branches_differ_only_in_image() -> None:
     stable = load_warplan(SHIPPED / "factorio.yaml")
     experimental = load_warplan(SHIPPED / "factorio-experimental.yaml")
     assert stable.image.endswith(":stable") and experimental.image.endswith(":latest")
-    for part in ("ports", "env", "variables", "volumes", "ready", "stop", "players", "save", "say"):
+    parts = ("ports", "env", "variables", "volumes", "ready", "stop", "players", "save", "say")
+    for part in (*parts, "console"):
         assert getattr(stable, part) == getattr(experimental, part), part
