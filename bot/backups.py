@@ -427,8 +427,8 @@ class BackupService:
 
     async def restore(self, name: str, backup_id: int, *, actor: str) -> Backup | None:
         """Replace the server's backed-up volumes with a backup's contents; the server is
-        stopped for it and started again if it was running. A backup of the current state is
-        taken first. Returns that safety backup.
+        stopped for it and started again if it was running. A backup of the state it stopped
+        in is taken first. Returns that safety backup.
 
         Nothing of the server is touched before the archives are open and verified. From
         the first volume removed to the last written, the server records what it restores
@@ -437,12 +437,20 @@ class BackupService:
         async with self.servers.operation(name, "restore", actor), self._opened(b) as files:
             record = await self.store.get_server(name)
             info = await self.servers.container_of(record)
-            safety = None
-            if info is not None:
-                safety = await self.create_held(name, actor=actor, trigger="before-restore")
             was_running = info is not None and info.running
+            # Stopped before the safety backup, which then needs no save step: for a plan
+            # that saves by stopping (Luanti's), that step would start the server again
+            # only for the restore to stop it (a real game's whole start-up, for nothing).
             if was_running:
                 await self.servers.stop_held(name)
+            safety = None
+            if info is not None:
+                try:
+                    safety = await self.create_held(name, actor=actor, trigger="before-restore")
+                except BaseException:
+                    if was_running:  # put back as it was: nothing was restored
+                        await _quiet(self.servers.start_held(name))
+                    raise
             await self._write_back(name, b, files, safety.id if safety else None)
             if was_running:
                 await self.servers.start_held(name)
