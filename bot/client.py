@@ -354,16 +354,28 @@ class DiscordNotifier:
 
     async def crashed(self, crash: Crash) -> None:
         code = "" if crash.exit_code is None else f" (exit code {crash.exit_code})"
+        hang = crash.hang
         if crash.restart_in is not None:
             then = (
                 f"Restarting in {format_span(timedelta(seconds=crash.restart_in))} "
                 f"(try {crash.attempt} of {crash.max_attempts})."
             )
         elif crash.max_attempts and crash.attempt > crash.max_attempts:
-            then = f"Not restarting: it crashed again after {crash.max_attempts} restarts."
+            again = "hung" if hang else "crashed"
+            then = f"Not restarting: it {again} again after {crash.max_attempts} restarts."
+            if hang:
+                then += " Stopping it."
+        elif hang:
+            then = "Restarting is off: it is left running for you to look at."
         else:
             then = "Restarting crashed servers is off; start it when it is fixed."
-        text = f"💥 **{crash.server}** stopped unexpectedly{code}. {then}"
+        if hang:
+            text = (
+                f"🧊 **{crash.server}** is running but stopped answering {hang.probe} "
+                f"({hang.checks} checks in a row). {then}"
+            )
+        else:
+            text = f"💥 **{crash.server}** stopped unexpectedly{code}. {then}"
         embed = None
         if crash.logs:
             block = code_block([line[:300] for line in crash.logs], LOG_EMBED_CHARS)
@@ -371,9 +383,7 @@ class DiscordNotifier:
         await self.announce(text, embed=embed, mention=True)
 
     async def recovered(self, server: str, attempt: int, connect: str) -> None:
-        await self.announce(
-            f"🔁 **{server}** is back after a crash (restart {attempt}): `{connect}`"
-        )
+        await self.announce(f"🔁 **{server}** is back (restart {attempt}): `{connect}`")
 
     async def gave_up(self, server: str, attempts: int, error: str | None) -> None:
         why = f": {error}" if error else ""

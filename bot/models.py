@@ -189,6 +189,7 @@ class ServerStatus:
     container: ContainerInfo | None
     usage: Usage | None
     address: str
+    hang_check: str | None = None  # how the crash watch asks it whether it hangs, or why not
 
     @property
     def state(self) -> str:

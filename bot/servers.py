@@ -42,6 +42,7 @@ from bot.errors import (
     StartFailed,
     WarplanNotFound,
 )
+from bot.hang import describe as describe_hang_check
 from bot.models import (
     ContainerInfo,
     Phase,
@@ -712,7 +713,9 @@ class ServerService:
         info = await self._current_container(record)
         driver = self.driver_of(record)
         usage = await driver.stats(info.id) if info is not None and info.running else None
-        return ServerStatus(record, info, usage, self.camp_of(record).address)
+        plan = self._plan_or_none(record)
+        hang = describe_hang_check(plan, self.settings.crash) if plan is not None else None
+        return ServerStatus(record, info, usage, self.camp_of(record).address, hang)
 
     async def players(self, status: ServerStatus) -> PlayerCount | None:
         """Who is playing on a running server, per its war plan; None when it cannot tell

@@ -259,8 +259,18 @@ class CrashSettings(_Model):
     clean_exit_is_crash: bool = Field(
         default=True, description="Exit code 0 without a stop from PEON counts as a crash."
     )
+    hang_checks: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="A running server that misses this many checks in a row (its player query "
+        "or ready port) is hung: announced and restarted like a crash. 0: off.",
+    )
+    hang_interval: str = Field(default="1m", description="How often running servers are asked.")
 
-    _durations = field_validator("backoff_first", "backoff_limit", "stable_after")(_check_span)
+    _durations = field_validator("backoff_first", "backoff_limit", "stable_after", "hang_interval")(
+        _check_span
+    )
 
     @property
     def backoff(self) -> timedelta:
@@ -273,6 +283,10 @@ class CrashSettings(_Model):
     @property
     def stable(self) -> timedelta:
         return _span(self.stable_after)
+
+    @property
+    def hang_every(self) -> timedelta:
+        return _span(self.hang_interval)
 
 
 class BackupSettings(_Model):

@@ -7,6 +7,11 @@ crash while the stream was down (or the bot was) is not missed. "PEON did not st
 no PEON operation holds the server's lease and its record still says running; every stop PEON
 makes (commands, schedules, updates, backups in stop mode) holds the lease and records the
 stop before letting go.
+
+It also asks every running server, every `crash.hang_interval`, whether it still answers (its
+player query or ready port, see bot/hang.py): one that runs but misses `crash.hang_checks`
+checks in a row is hung, and is announced, restarted and counted like a crash. Servers are
+asked concurrently, each within its own deadline, so one that never replies delays no other.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,9 +29,11 @@ from bot import labels
 from bot.aio import quietly
 from bot.camps import Camp
 from bot.errors import DockerUnavailable, PeonError
-from bot.models import ServerRecord, ServerState
+from bot.hang import Hang, HangTracker, Probe, answers, probe_for
+from bot.models import ContainerInfo, ServerRecord, ServerState
 from bot.servers import ServerService
 from bot.settings import CrashSettings
+from bot.warplans import WarPlan
 
 log = logging.getLogger(__name__)
 # A notice that cannot be posted must not stop the restart.
@@ -35,6 +42,12 @@ ACTOR = "peon:crash-watch"
 LOG_LINES = 15
 RECONNECT_MAX = 30.0  # seconds between attempts to reach a host's event stream
 SUBSCRIBE_SETTLE = 0.5
+PROBE_TIMEOUT = 5.0  # seconds for one query or connect; a slow answer is still an answer
+CHECK_DEADLINE = 15.0  # seconds for one server's whole check (a2s asks twice); then: no answer
+CHECK_CONCURRENCY = 16  # servers asked at once
+
+# (probe, plan, host, host ports, server) -> whether it answers; bot.hang.answers, or a fake.
+Ask = Callable[[Probe, WarPlan, str, Mapping[str, int], str], Awaitable[bool]]
 
 
 class CrashNotifier(Protocol):
@@ -55,6 +68,7 @@ class Crash:
     attempt: int  # 1 for the first restart after a (re)start that had held
     max_attempts: int
     restart_in: float | None  # seconds; None: no restart (disabled or out of tries)
+    hang: Hang | None = None  # it still ran but stopped answering (exit_code is None)
 
 
 def backoff(attempt: int, first: float, cap: float) -> float:
@@ -70,6 +84,7 @@ class CrashWatch:
         settings: CrashSettings,
         notifier: CrashNotifier,
         clock: Callable[[], float] = time.monotonic,
+        ask: Ask | None = None,
     ) -> None:
         self.servers, self.settings, self.notifier, self.clock = servers, settings, notifier, clock
         self._tasks: list[asyncio.Task[None]] = []
@@ -77,10 +92,14 @@ class CrashWatch:
         # server -> (restarts so far in the current streak, when the last restart happened)
         self._streak: dict[str, tuple[int, float]] = {}
         self.connected: dict[str, bool] = {}
+        self.hangs = HangTracker(settings.hang_checks)
+        self._ask: Ask = ask or _ask
 
     def start(self) -> None:
         for camp in self.servers.camps:
             self._tasks.append(asyncio.create_task(self._follow(camp), name=f"watch-{camp.name}"))
+        if self.settings.hang_checks:
+            self._tasks.append(asyncio.create_task(self._hang_loop(), name="watch-hangs"))
 
     async def close(self) -> None:
         tasks = self._tasks + list(self._handling.values())
@@ -161,22 +180,35 @@ class CrashWatch:
             await store.update_server(server, state=ServerState.STOPPED)
             await store.audit(ACTOR, "exit", server, True, "exited cleanly by itself")
             return
+        await self._restart(record, exit_code, None)
+
+    async def _restart(
+        self, record: ServerRecord, exit_code: int | None, hang: Hang | None
+    ) -> None:
+        """Announce a crash (or hang), then restart with backoff until it holds or the tries
+        run out. A hung server still runs: it is restarted (stopped first), not started."""
+        store, server = self.servers.store, record.name
         tail = await self._last_lines(server)
         s = self.settings
         attempt = self._next_attempt(server)
-        await store.audit(ACTOR, "crash", server, False, f"exit code {exit_code}")
+        if hang is None:
+            await store.audit(ACTOR, "crash", server, False, f"exit code {exit_code}")
+        else:
+            detail = f"no answer to {hang.probe} for {hang.checks} checks in a row"
+            await store.audit(ACTOR, "hang", server, False, detail)
         delay = self._delay(attempt)
         await _quiet(self.notifier.crashed(Crash(server, record.host, exit_code, tail, attempt,
-                                                 s.max_restarts, delay)))  # fmt: skip
+                                                 s.max_restarts, delay, hang)))  # fmt: skip
+        again = self.servers.start if hang is None else self.servers.restart
         error: str | None = None
         while delay is not None:
             await asyncio.sleep(delay)
-            record = await store.find_server(server)
-            if record is None or record.state != ServerState.RUNNING or _busy(record):
+            current = await store.find_server(server)
+            if current is None or current.state != ServerState.RUNNING or _busy(current):
                 return  # deleted, stopped by someone or in someone's hands meanwhile
             self._streak[server] = (attempt, self.clock())
             try:
-                result = await self.servers.start(server, actor=ACTOR)
+                result = await again(server, actor=ACTOR)
             except PeonError as e:
                 error = str(e)
                 log.warning("crash restart %s of %s failed: %s", attempt, server, e)
@@ -188,8 +220,16 @@ class CrashWatch:
                 continue
             await _quiet(self.notifier.recovered(server, attempt, result.connect()))
             return
+        if hang is not None and not s.restart:
+            return  # restarts are off: left running as it is, for someone to look at
         # No (more) restarts: it stays down until someone starts it, and is not retried.
-        await store.update_server(server, state=ServerState.STOPPED)
+        if hang is None:
+            await store.update_server(server, state=ServerState.STOPPED)
+        else:
+            try:
+                await self.servers.stop(server, actor=ACTOR)  # records it stopped
+            except PeonError as e:
+                log.warning("could not stop hung %s: %s", server, e)
         if s.restart:
             await _quiet(self.notifier.gave_up(server, s.max_restarts, error))
 
@@ -207,9 +247,108 @@ class CrashWatch:
 
     async def _last_lines(self, server: str) -> list[str]:
         try:
+            # Redacted by ServerService.logs: secret values never reach the notice.
             return (await self.servers.logs(server, tail=LOG_LINES))[-LOG_LINES:]
         except PeonError:
             return []
+
+    # --- hang detection ---------------------------------------------------------------------
+
+    async def _hang_loop(self) -> None:
+        every = self.settings.hang_every.total_seconds()
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.check_hangs()
+            except Exception:
+                log.exception("hang check failed")
+
+    async def check_hangs(self) -> dict[str, bool]:
+        """One round: ask every running server that can be asked, concurrently (at most
+        CHECK_CONCURRENCY at once, each within CHECK_DEADLINE), count, and hand the ones that
+        missed `hang_checks` in a row to the restart. Returns each asked server's answer."""
+        records = [
+            r
+            for r in await self.servers.store.list_servers()
+            if r.state == ServerState.RUNNING and self.connected.get(r.host, True)
+        ]
+        self.hangs.keep_only({r.name for r in records})
+        bound = asyncio.Semaphore(CHECK_CONCURRENCY)
+
+        async def one(record: ServerRecord) -> tuple[str, bool | None]:
+            async with bound:
+                try:
+                    return record.name, await self._check(record)
+                except Exception:  # one server's failure must not cost the others their check
+                    log.exception("hang check of %s failed", record.name)
+                    return record.name, None
+
+        results = await asyncio.gather(*(one(r) for r in records if r.name not in self._handling))
+        return {name: answered for name, answered in results if answered is not None}
+
+    async def _check(self, record: ServerRecord) -> bool | None:
+        """Ask one server and count the result; None when it was not asked (in an operation,
+        paused, not running, a plan with no way to ask, its host down)."""
+        if _busy(record):
+            return None
+        try:
+            plan = self.servers.plan_of(record)
+            probe = probe_for(plan)
+            if probe is None:
+                return None
+            info = await self.servers.container_of(record)
+            if info is None or info.status != "running":
+                return None  # gone, exited (the event stream's business) or paused
+            host = self.servers.camp_of(record).probe_address
+            ports = {p.name: p.host for p in record.ports}
+        except PeonError:
+            return None
+        try:
+            async with asyncio.timeout(CHECK_DEADLINE):
+                answered = await self._ask(probe, plan, host, ports, record.name)
+        except TimeoutError:
+            answered = False
+        except ValueError as e:  # no host port for the probe's port: nothing to ask
+            log.info("hang check of %s skipped: %s", record.name, e)
+            return None
+        run = _run_of(info)
+        missed = self.hangs.observe(record.name, run, answered)
+        if missed is not None:
+            log.warning(
+                "%s is hung: no answer to %s %s times", record.name, probe.describe(), missed
+            )
+            self._spawn_hang(record.name, run, Hang(probe.describe(), missed))
+        return answered
+
+    def _spawn_hang(self, server: str, run: str, hang: Hang) -> None:
+        if server in self._handling:
+            return
+        task = asyncio.create_task(self._handle_hang(server, run, hang), name=f"hang-{server}")
+        self._handling[server] = task
+        task.add_done_callback(lambda _: self._handling.pop(server, None))
+
+    async def _handle_hang(self, server: str, run: str, hang: Hang) -> None:
+        try:
+            record = await self.servers.store.find_server(server)
+            if record is None or _busy(record) or record.state != ServerState.RUNNING:
+                return  # someone took it in hand since the check
+            info = await self.servers.container_of(record)
+            if info is None or not info.running or _run_of(info) != run:
+                return  # it exited (a crash, handled as one) or was restarted meanwhile
+            await self._restart(record, None, hang)
+        except Exception:
+            log.exception("hang handling failed for %s", server)
+
+
+async def _ask(
+    probe: Probe, plan: WarPlan, host: str, ports: Mapping[str, int], server: str
+) -> bool:
+    return await answers(probe, plan, host, ports, timeout=PROBE_TIMEOUT, server=server)
+
+
+def _run_of(info: ContainerInfo) -> str:
+    """One run of a container: a restart starts a new one (and a fresh count)."""
+    return f"{info.id}@{info.started_at.isoformat() if info.started_at else ''}"
 
 
 def _busy(record: ServerRecord) -> bool:

@@ -230,6 +230,8 @@ def status_embed(
         embed.add_field(name="Players", value=players)
     if next_stop is not None:
         embed.add_field(name="Next automatic stop", value=next_stop, inline=False)
+    if st.hang_check is not None:
+        embed.add_field(name="Hang check", value=st.hang_check, inline=False)
     return embed
 
 
