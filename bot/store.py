@@ -7,10 +7,13 @@ per-server operation leases (so a second operation, from this process or the CLI
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from bot.errors import (
     ServerExists,
     ServerNotFound,
 )
+from bot.events import Event, NewEvent, event_from_row
 from bot.models import (
     AuditEntry,
     Backup,
@@ -138,6 +142,26 @@ MIGRATIONS: list[str] = [
     ALTER TABLE servers ADD COLUMN restoring TEXT;
     ALTER TABLE servers ADD COLUMN keep_due TEXT;
     """,
+    # 6: one event stream. Every audit row becomes an event (same ids), so the audit log and
+    # what consumers (notices, the board, webhooks) saw can never disagree; each consumer keeps
+    # its position in event_cursors.
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        server TEXT,
+        actor TEXT NOT NULL,
+        ok INTEGER NOT NULL DEFAULT 1,
+        detail TEXT NOT NULL DEFAULT '',
+        payload TEXT NOT NULL DEFAULT '{}'
+    );
+    INSERT INTO events (id, at, kind, server, actor, ok, detail)
+        SELECT id, at, action, server, actor, ok, detail FROM audit ORDER BY id;
+    DROP TABLE audit;
+    CREATE INDEX events_server ON events(server, id);
+    CREATE TABLE event_cursors (consumer TEXT PRIMARY KEY, position INTEGER NOT NULL);
+    """,
 ]
 
 _SERVER_COLUMNS = (
@@ -171,7 +195,14 @@ SQL_BACKUPS = (
     "SELECT id, server, dir, created_at, complete, size, seconds, trigger, actor, locked, "
     "warplan, image, volumes, owner FROM backups"
 )
-SQL_AUDIT = "INSERT INTO audit (at, actor, action, server, ok, detail) VALUES (?, ?, ?, ?, ?, ?)"
+SQL_EVENT = (
+    "INSERT INTO events (at, kind, server, actor, ok, detail, payload) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+SQL_EVENTS = "SELECT id, at, kind, server, actor, ok, detail, payload FROM events"
+
+
+# Set inside Store.transaction: the task's own statements belong to its transaction.
+_IN_TX: ContextVar[bool] = ContextVar("peon_store_in_transaction", default=False)
 
 
 def utcnow() -> datetime:
@@ -196,6 +227,13 @@ class Store:
         # restarted bot that got the same pid (pid 1 in a container) sees its old leases as
         # stale while every Store of one live process agrees they are its own.
         self.owner = _owner_id(os.getpid())
+        # One connection serves every task of the process: a transaction's statements must
+        # not interleave with another task's, which would join (or commit) it.
+        self._tx_lock = asyncio.Lock()
+        # Feeds of this process wake as soon as it appends; other processes' events are
+        # found by polling (SQLite tells no one).
+        self.generation = 0
+        self._waiters: set[asyncio.Event] = set()
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,6 +254,30 @@ class Store:
         if self._db is not None:
             await self._db.close()
             self._db = None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Several statements as one: all or none, other tasks' writes waiting outside."""
+        async with self._tx_lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            token = _IN_TX.set(True)
+            try:
+                yield db
+            except BaseException:
+                await db.rollback()
+                raise
+            else:
+                await db.commit()
+            finally:
+                _IN_TX.reset(token)
+
+    async def _write(self, sql: str, args: Iterable[Any] = ()) -> aiosqlite.Cursor:
+        """One writing statement, never inside another task's transaction."""
+        if _IN_TX.get():
+            return await self.db.execute(sql, tuple(args))
+        async with self._tx_lock:
+            return await self.db.execute(sql, tuple(args))
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -241,12 +303,11 @@ class Store:
         return str(row[0]) if row else None
 
     async def set_meta(self, key: str, value: str) -> None:
-        await self.db.execute(
+        await self._write(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
-        await self.db.commit()
 
     # --- servers ----------------------------------------------------------------------------
 
@@ -268,9 +329,7 @@ class Store:
         means another process reserved one of the ports first.
         """
         now = _ts(utcnow())
-        db = self.db
-        try:
-            await db.execute("BEGIN IMMEDIATE")
+        async with self.transaction() as db:
             exists = await (
                 await db.execute("SELECT 1 FROM servers WHERE name = ?", (name,))
             ).fetchone()
@@ -297,10 +356,6 @@ class Store:
                 await db.execute(
                     SQL_INSERT_PORT, (name, p.name, p.protocol, p.container, p.host, host)
                 )
-            await db.commit()
-        except BaseException:
-            await db.rollback()
-            raise
         return await self.get_server(name)
 
     async def find_server(self, name: str) -> ServerRecord | None:
@@ -333,7 +388,11 @@ class Store:
         rows = await (await self.db.execute(sql, (host,))).fetchall()
         return {(int(r[0]), str(r[1])) for r in rows}
 
-    async def update_server(self, name: str, **fields: Any) -> None:
+    async def update_server(
+        self, name: str, *, event: NewEvent | None = None, **fields: Any
+    ) -> None:
+        """Change a server's record; with `event`, the event is appended in the same
+        transaction (an outbox: the change and its event are both there, or neither)."""
         allowed = {"state", "container_id", "image", "variables", "warplan", "pending_volumes"}
         unknown = set(fields) - allowed
         if unknown:
@@ -344,13 +403,17 @@ class Store:
         if "state" in fields:
             fields["state"] = ServerState(fields["state"]).value
         sets = ", ".join(f"{k} = ?" for k in fields)
-        cur = await self.db.execute(
-            f"UPDATE servers SET {sets}, updated_at = ? WHERE name = ?",  # noqa: S608 - keys vetted
-            (*fields.values(), _ts(utcnow()), name),
-        )
-        await self.db.commit()
-        if cur.rowcount == 0:
-            raise ServerNotFound(name)
+        async with self.transaction() as db:
+            cur = await db.execute(
+                f"UPDATE servers SET {sets}, updated_at = ? WHERE name = ?",  # noqa: S608 - keys vetted
+                (*fields.values(), _ts(utcnow()), name),
+            )
+            if cur.rowcount == 0:
+                raise ServerNotFound(name)
+            if event is not None:
+                await db.execute(SQL_EVENT, event.row(_ts(utcnow())))
+        if event is not None:
+            self._notify()
 
     async def pending_volumes(self, name: str) -> list[str]:
         """Volumes a create made (or was about to make): what a crashed create must remove."""
@@ -360,23 +423,20 @@ class Store:
         return list(json.loads(row[0])) if row else []
 
     async def delete_server(self, name: str) -> None:
-        await self.db.execute("DELETE FROM servers WHERE name = ?", (name,))
-        await self.db.commit()
+        await self._write("DELETE FROM servers WHERE name = ?", (name,))
 
     # --- operation leases -------------------------------------------------------------------
 
     async def acquire(self, name: str, operation: str) -> None:
         """Take the server's operation lease or raise ServerBusy (never queue)."""
-        cur = await self.db.execute(SQL_ACQUIRE, (operation, self.owner, _ts(utcnow()), name))
-        await self.db.commit()
+        cur = await self._write(SQL_ACQUIRE, (operation, self.owner, _ts(utcnow()), name))
         if cur.rowcount == 1:
             return
         record = await self.get_server(name)  # raises ServerNotFound
         raise ServerBusy(name, record.operation or "another operation")
 
     async def release(self, name: str) -> None:
-        await self.db.execute(SQL_RELEASE, (name, self.owner))
-        await self.db.commit()
+        await self._write(SQL_RELEASE, (name, self.owner))
 
     async def stale_leases(self, name: str | None = None) -> list[StaleLease]:
         """Leases whose owner process is gone (all, or the one server's)."""
@@ -394,34 +454,29 @@ class Store:
     async def take_over(self, lease: StaleLease) -> bool:
         """Make a dead process's lease ours (its operation kept, so others still see the
         server busy while we finish or undo it). False when another process was first."""
-        cur = await self.db.execute(
-            SQL_TAKE_OVER, (self.owner, _ts(utcnow()), lease.name, lease.owner)
-        )
+        cur = await self._write(SQL_TAKE_OVER, (self.owner, _ts(utcnow()), lease.name, lease.owner))
         if cur.rowcount == 0 and lease.owner == "":  # NULL owner (written by a very old PEON)
-            cur = await self.db.execute(
+            cur = await self._write(
                 "UPDATE servers SET op_owner = ?, op_started = ? "
                 "WHERE name = ? AND op_owner IS NULL AND op IS NOT NULL",
                 (self.owner, _ts(utcnow()), lease.name),
             )
-        await self.db.commit()
         return cur.rowcount == 1
 
     async def hand_back(self, lease: StaleLease) -> None:
         """Give a taken-over lease back to its dead owner: what we could not finish stays for
         the next attempt to find."""
-        await self.db.execute(SQL_TAKE_OVER, (lease.owner or None, None, lease.name, self.owner))
-        await self.db.commit()
+        await self._write(SQL_TAKE_OVER, (lease.owner or None, None, lease.name, self.owner))
 
     # --- restores in progress ---------------------------------------------------------------
 
     async def set_restoring(self, name: str, marker: dict[str, Any] | None) -> None:
         """What a restore is writing into the server's volumes (None: nothing). Set before
         the first volume is touched and cleared after the last is written."""
-        cur = await self.db.execute(
+        cur = await self._write(
             "UPDATE servers SET restoring = ? WHERE name = ?",
             (json.dumps(marker, sort_keys=True) if marker is not None else None, name),
         )
-        await self.db.commit()
         if cur.rowcount == 0:
             raise ServerNotFound(name)
 
@@ -442,7 +497,7 @@ class Store:
         self, server: str, kind: str, spec: dict[str, Any], created_by: str
     ) -> Schedule:
         await self.get_server(server)  # ServerNotFound rather than a foreign-key error
-        cur = await self.db.execute(
+        cur = await self._write(
             "INSERT INTO schedules (server, kind, spec, created_by, created_at) "
             "VALUES (?, ?, ?, ?, ?)",
             (server, kind, json.dumps(spec, sort_keys=True), created_by, _ts(utcnow())),
@@ -465,12 +520,12 @@ class Store:
         return [_schedule(r) for r in await (await self.db.execute(sql, args)).fetchall()]
 
     async def remove_schedule(self, schedule_id: int) -> None:
-        cur = await self.db.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,))
+        cur = await self._write("DELETE FROM schedules WHERE id = ?", (schedule_id,))
         if cur.rowcount == 0:
             raise ScheduleNotFound(schedule_id)
 
     async def set_schedule_paused(self, schedule_id: int, paused: bool) -> None:
-        cur = await self.db.execute(
+        cur = await self._write(
             "UPDATE schedules SET paused = ? WHERE id = ?", (int(paused), schedule_id)
         )
         if cur.rowcount == 0:
@@ -481,7 +536,7 @@ class Store:
     ) -> None:
         """A Keep running hold: until when, and the key of the automatic stop it holds (a
         hold applies to that stop only, never to one planned after it)."""
-        cur = await self.db.execute(
+        cur = await self._write(
             "UPDATE servers SET keep_until = ?, keep_due = ? WHERE name = ?",
             (_ts(until) if until else None, due if until else None, server),
         )
@@ -507,7 +562,7 @@ class Store:
     async def begin_backup(
         self, server: str, directory: str, *, trigger: str, actor: str, warplan: str, image: str
     ) -> int:
-        cur = await self.db.execute(
+        cur = await self._write(
             "INSERT INTO backups (server, dir, created_at, trigger, actor, warplan, image, owner) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (server, directory, _ts(utcnow()), trigger, actor, warplan, image, self.owner),
@@ -517,7 +572,7 @@ class Store:
     async def finish_backup(
         self, backup_id: int, size: int, seconds: float, volumes: list[dict[str, Any]]
     ) -> Backup:
-        await self.db.execute(
+        await self._write(
             "UPDATE backups SET complete = 1, size = ?, seconds = ?, volumes = ? WHERE id = ?",
             (size, seconds, json.dumps(volumes, sort_keys=True), backup_id),
         )
@@ -525,7 +580,7 @@ class Store:
 
     async def unfinish_backup(self, backup_id: int) -> None:
         """Unlist a backup about to be removed, as this process's incomplete one."""
-        await self.db.execute(
+        await self._write(
             "UPDATE backups SET complete = 0, owner = ? WHERE id = ?", (self.owner, backup_id)
         )
 
@@ -563,10 +618,10 @@ class Store:
         return abandoned, live
 
     async def delete_backup(self, backup_id: int) -> None:
-        await self.db.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
+        await self._write("DELETE FROM backups WHERE id = ?", (backup_id,))
 
     async def set_backup_locked(self, backup_id: int, locked: bool) -> None:
-        cur = await self.db.execute(
+        cur = await self._write(
             "UPDATE backups SET locked = ? WHERE id = ?", (int(locked), backup_id)
         )
         if cur.rowcount == 0:
@@ -575,13 +630,84 @@ class Store:
     # --- audit ------------------------------------------------------------------------------
 
     async def audit(
-        self, actor: str, action: str, server: str | None, ok: bool, detail: str = ""
-    ) -> None:
-        await self.db.execute(SQL_AUDIT, (_ts(utcnow()), actor, action, server, int(ok), detail))
-        await self.db.commit()
+        self,
+        actor: str,
+        action: str,
+        server: str | None,
+        ok: bool,
+        detail: str = "",
+        *,
+        payload: dict[str, Any] | None = None,
+    ) -> int:
+        """An event that is an audit row: who did what to which server, and how it went."""
+        return await self.append_event(NewEvent(action, server, actor, ok, detail, payload or {}))
+
+    # --- events -----------------------------------------------------------------------------
+
+    async def append_event(self, event: NewEvent) -> int:
+        cur = await self._write(SQL_EVENT, event.row(_ts(utcnow())))
+        self._notify()
+        return int(cur.lastrowid or 0)
+
+    def _notify(self) -> None:
+        self.generation += 1
+        for waiter in self._waiters:
+            waiter.set()
+
+    async def events_after(
+        self, position: int, limit: int = 200, server: str | None = None
+    ) -> list[Event]:
+        return await self._events(f"{SQL_EVENTS} WHERE id > ?", position, server, "", limit)
+
+    async def latest_events(
+        self, server: str | None = None, limit: int = 50, before: int | None = None
+    ) -> list[Event]:
+        """The newest events first (of one server), older than `before` when paging."""
+        bound = before if before is not None else 2**62
+        return await self._events(f"{SQL_EVENTS} WHERE id < ?", bound, server, " DESC", limit)
+
+    async def _events(
+        self, sql: str, bound: int, server: str | None, order: str, limit: int
+    ) -> list[Event]:
+        args: list[Any] = [bound]
+        if server is not None:
+            sql += " AND server = ?"
+            args.append(server)
+        cur = await self.db.execute(f"{sql} ORDER BY id{order} LIMIT ?", (*args, limit))
+        return [event_from_row(r) for r in await cur.fetchall()]
+
+    async def last_event_id(self) -> int:
+        row = await (await self.db.execute("SELECT MAX(id) FROM events")).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    async def cursor(self, consumer: str) -> int | None:
+        sql = "SELECT position FROM event_cursors WHERE consumer = ?"
+        row = await (await self.db.execute(sql, (consumer,))).fetchone()
+        return int(row[0]) if row else None
+
+    async def set_cursor(self, consumer: str, position: int) -> None:
+        await self._write(
+            "INSERT INTO event_cursors (consumer, position) VALUES (?, ?) "
+            "ON CONFLICT(consumer) DO UPDATE SET position = excluded.position",
+            (consumer, position),
+        )
+
+    async def wait_for_events(self, timeout: float, seen: int) -> None:
+        """Return once this process has appended an event since generation `seen`, or after
+        `timeout`, whichever comes first."""
+        if self.generation != seen:
+            return
+        waiter = asyncio.Event()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(waiter)
 
     async def audit_log(self, server: str | None = None, limit: int = 50) -> list[AuditEntry]:
-        sql = "SELECT id, at, actor, action, server, ok, detail FROM audit"
+        sql = "SELECT id, at, actor, kind, server, ok, detail FROM events"
         args: tuple[Any, ...] = ()
         if server is not None:
             sql += " WHERE server = ?"
