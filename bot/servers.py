@@ -10,7 +10,6 @@ missing container, and a half-done create or delete is rolled back or finished.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import ipaddress
@@ -43,6 +42,7 @@ from bot.errors import (
     WarplanNotFound,
 )
 from bot.hang import describe as describe_hang_check
+from bot.hang import tcp_answers
 from bot.models import (
     ContainerInfo,
     Phase,
@@ -601,17 +601,11 @@ class ServerService:
 
     async def _wait_port(self, record: ServerRecord, cid: str, port: int) -> None:
         host = self.camp_of(record).probe_address
-        while True:
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
-            except (OSError, TimeoutError):
-                await self._fail_if_exited(record, cid)
-                await asyncio.sleep(PORT_CHECK_INTERVAL)
-                continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return
+        # Not a bare connect: Docker's port proxy accepts on the published port even while
+        # nothing listens inside, then hangs up at once (what tcp_answers tells apart).
+        while not await tcp_answers(host, port, 2):
+            await self._fail_if_exited(record, cid)
+            await asyncio.sleep(PORT_CHECK_INTERVAL)
 
     async def _fail_if_exited(self, record: ServerRecord, cid: str) -> None:
         name, driver = record.name, self.driver_of(record)

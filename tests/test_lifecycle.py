@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 
 import docker
 import pytest
 
 from bot.app import Services
 from bot.models import Phase, ProgressEvent, ServerState
+from tests.conftest import fakegame_variant, make_settings, services_for
 from tests.engine import FAKEGAME_IMAGE, build_fakegame
 
 pytestmark = pytest.mark.docker
@@ -180,3 +182,20 @@ async def test_console_stop_and_console_command(
     assert "Shutting down: console" in logs and "World saved (2)" in logs
     info = dclient.api.inspect_container("peon-beta")
     assert info["State"]["ExitCode"] == 0  # it exited by itself, not killed
+
+
+async def test_a_ready_port_counts_only_once_the_game_listens(
+    tmp_path: Path, fakegame: str
+) -> None:
+    """Docker's port proxy accepts on a published port before anything listens inside; a
+    ready check that only connects would call the server ready at once."""
+    plans = fakegame_variant(
+        tmp_path,
+        ready={"port": "game", "timeout": 30},
+        env={"DATA_DIR": "/data", "READY_DELAY": "4"},
+    )
+    async with services_for(make_settings(tmp_path, warplans_dir=plans)) as svc:
+        await svc.servers.create("fakegame", "portready", actor="test")
+        await svc.servers.start("portready", actor="test")
+        lines = await svc.servers.logs("portready", tail=20)
+        assert any(line.startswith("Server ready for players") for line in lines), lines
