@@ -34,7 +34,7 @@ from bot.docker_driver import DockerDriver
 from bot.errors import BackupError, BackupNotFound, PeonError
 from bot.models import Backup, BackupVolume, ServerRecord
 from bot.patterns import compile_pattern
-from bot.servers import ServerService
+from bot.servers import ServerService, saves_by_stopping
 from bot.settings import Settings
 from bot.store import Store
 from bot.warplans import SaveSpec, WarPlan
@@ -427,8 +427,8 @@ class BackupService:
 
     async def restore(self, name: str, backup_id: int, *, actor: str) -> Backup | None:
         """Replace the server's backed-up volumes with a backup's contents; the server is
-        stopped for it and started again if it was running. A backup of the state it stopped
-        in is taken first. Returns that safety backup.
+        stopped for it and started again if it was running. A backup of the current state is
+        taken first. Returns that safety backup.
 
         Nothing of the server is touched before the archives are open and verified. From
         the first volume removed to the last written, the server records what it restores
@@ -438,19 +438,23 @@ class BackupService:
             record = await self.store.get_server(name)
             info = await self.servers.container_of(record)
             was_running = info is not None and info.running
-            # Stopped before the safety backup, which then needs no save step: for a plan
-            # that saves by stopping (Luanti's), that step would start the server again
-            # only for the restore to stop it (a real game's whole start-up, for nothing).
-            if was_running:
+            # A plan that saves by stopping (Luanti's) is stopped before the safety backup:
+            # its backup would otherwise start it again, only for the restore to stop it (a
+            # real game's whole start-up, for nothing). Others are backed up running, which
+            # keeps the time players are kept out short.
+            stop_first = was_running and saves_by_stopping(self.servers.plan_of(record))
+            if stop_first:
                 await self.servers.stop_held(name)
             safety = None
             if info is not None:
                 try:
                     safety = await self.create_held(name, actor=actor, trigger="before-restore")
                 except BaseException:
-                    if was_running:  # put back as it was: nothing was restored
+                    if stop_first:  # put back as it was: nothing was restored
                         await _quiet(self.servers.start_held(name))
                     raise
+            if was_running and not stop_first:
+                await self.servers.stop_held(name)
             await self._write_back(name, b, files, safety.id if safety else None)
             if was_running:
                 await self.servers.start_held(name)

@@ -900,7 +900,10 @@ class ServerService:
             old_image = info.image_id if info else None
             was_running = bool(info and info.running)
             if info is not None:
-                await self._backup_first(name, actor, "before-update", plan, progress)
+                await self._back_up_before(
+                    record, info, trigger="before-update", actor=actor, plan=plan, progress=progress
+                )
+                info = await self._current_container(record) or info
                 if info.running:
                     await _emit(progress, Phase(name, "stopping"))
                     await self._graceful_stop(record, info)
@@ -935,6 +938,30 @@ class ServerService:
         await _emit(progress, Phase(name, "backing up"))
         await self.backup_hook(name, actor, trigger)
 
+    async def _back_up_before(
+        self,
+        record: ServerRecord,
+        info: ContainerInfo,
+        *,
+        trigger: str,
+        actor: str,
+        plan: WarPlan | None,
+        progress: Progress | None = None,
+    ) -> None:
+        """The backup an operation takes before it replaces or removes the data. A running
+        server whose plan saves by stopping (Luanti's) is stopped first: its backup would
+        otherwise start it again, only for the operation to stop it (a real game's whole
+        start-up, for nothing). Should that backup fail, it is started again, as it was."""
+        stop_first = info.running and plan is not None and saves_by_stopping(plan)
+        if stop_first:
+            await self._stop(record.name, progress)
+        try:
+            await self._backup_first(record.name, actor, trigger, plan, progress)
+        except BaseException:
+            if stop_first:
+                await _quiet(self._start(record.name, None))
+            raise
+
     def _plan_or_none(self, record: ServerRecord) -> WarPlan | None:
         try:
             return self._plan_for(record)
@@ -951,7 +978,11 @@ class ServerService:
             info = await self._current_container(record)
             if purge and info is not None:
                 # The data is about to go for good: keep one last copy (a failure stops here).
-                await self._backup_first(name, actor, "before-purge", self._plan_or_none(record))
+                plan = self._plan_or_none(record)
+                await self._back_up_before(
+                    record, info, trigger="before-purge", actor=actor, plan=plan
+                )
+                info = await self._current_container(record)
             await self.store.update_server(name, state=ServerState.DELETING)
             if info is not None and info.running:
                 await self._graceful_stop(record, info)  # so the world is saved first
@@ -1069,6 +1100,11 @@ class ServerService:
         """The record's variables for display: secrets masked."""
         secret = self._secret_names(record)
         return {k: ("••••••" if k in secret else v) for k, v in record.variables.items()}
+
+
+def saves_by_stopping(plan: WarPlan) -> bool:
+    """Whether the plan's backups stop the server to save it (and start it again after)."""
+    return plan.save is not None and plan.save.mode == "stop"
 
 
 def _ready_since(before: ContainerInfo, started: ContainerInfo | None) -> datetime | None:
