@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from bot.app import Services
 from bot.backups import Retention, _ArchiveFile, check_members, to_prune
 from bot.errors import BackupError
 from bot.models import Backup, BackupVolume
-from tests.conftest import ROOT
+from bot.settings import BackupSettings
+from tests.conftest import ROOT, fakegame_variant, make_settings, services_for
 
 T0 = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
@@ -297,3 +299,38 @@ async def test_backup_refused_when_the_disk_lacks_room(tmp_path: Path, fakegame:
             assert await svc.servers.is_running("alpha")
     finally:
         cleanup_instance(settings.instance_id)
+
+
+@pytest.mark.docker
+async def test_a_server_stopped_for_its_backup_is_started_again_when_that_backup_fails(
+    tmp_path: Path, fakegame: str, tmpfs: Callable[[str], Path]
+) -> None:
+    # A plan that saves by stopping: update, restore and purge stop the server before their
+    # backup. On a backup disk too small for that backup, each fails and leaves it running.
+    settings = make_settings(
+        tmp_path,
+        warplans_dir=fakegame_variant(tmp_path, save={"mode": "stop"}),
+        backups=BackupSettings(dir=tmpfs("2m"), min_free_mb=0),
+    )
+    async with services_for(settings) as svc:
+        await running_game(svc)
+        first = await svc.backups.create("alpha", actor="test")
+        record = await svc.store.get_server("alpha")
+        info = await svc.servers.container_of(record)
+        assert info is not None
+        # 3 MiB of random bytes: they cannot compress into the 2 MiB disk.
+        code, out = await svc.driver.exec(
+            info.id, ["sh", "-c", "head -c 3145728 /dev/urandom > /data/big && echo kept"]
+        )
+        assert code == 0, out
+        for operation in (
+            lambda: svc.servers.update("alpha", actor="test"),
+            lambda: svc.backups.restore("alpha", first.id, actor="test"),
+            lambda: svc.servers.delete("alpha", actor="test", purge=True),
+        ):
+            with pytest.raises(BackupError, match="Not enough disk space"):
+                await operation()
+            assert await svc.servers.is_running("alpha")
+            assert "world=Midgard" in await read_file(svc, "alpha", "/data/world.sav")
+            code, _ = await svc.driver.exec(info.id, ["test", "-s", "/data/big"])
+            assert code == 0  # the same container, with the data it had
