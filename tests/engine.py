@@ -67,6 +67,18 @@ def busybox_binary() -> Path:
     )
 
 
+def fakegame_context(ctx: Path) -> None:
+    """The fake game's build context in `ctx`: its Dockerfile and script, static busybox and
+    the RCON daemon compiled static, so both run in the FROM scratch image."""
+    for name in ("Dockerfile", "game.sh"):
+        shutil.copy(FAKEGAME_DIR / name, ctx / name)
+    shutil.copy(busybox_binary(), ctx / "busybox")
+    subprocess.run(
+        ["gcc", "-static", "-Os", "-o", str(ctx / "rcond"), str(FAKEGAME_DIR / "rcond.c")],
+        check=True,
+    )
+
+
 def build_fakegame(
     tag: str = FAKEGAME_IMAGE, version: str = "1", base_url: str | None = None
 ) -> str:
@@ -77,21 +89,7 @@ def build_fakegame(
         else docker.from_env(timeout=120)
     )
     with tempfile.TemporaryDirectory() as ctx:
-        for name in ("Dockerfile", "game.sh"):
-            shutil.copy(FAKEGAME_DIR / name, Path(ctx) / name)
-        shutil.copy(busybox_binary(), Path(ctx) / "busybox")
-        # Static, so it runs in the FROM scratch image beside busybox.
-        subprocess.run(
-            [
-                "gcc",
-                "-static",
-                "-Os",
-                "-o",
-                str(Path(ctx) / "rcond"),
-                str(FAKEGAME_DIR / "rcond.c"),
-            ],
-            check=True,
-        )
+        fakegame_context(Path(ctx))
         image, _ = client.images.build(
             path=ctx, tag=tag, buildargs={"GAME_VERSION": version}, rm=True, forcerm=True
         )

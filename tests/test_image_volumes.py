@@ -3,7 +3,6 @@ create, start, update and delete leave no anonymous volume behind and lose no da
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import pytest
 from bot.errors import DockerError
 from bot.servers import image_volume_id
 from tests.conftest import fakegame_variant, make_settings, services_for
-from tests.engine import FAKEGAME_DIR, busybox_binary
+from tests.engine import fakegame_context
 
 UNDECLARED = ["/cache", "/var/lib/game"]  # declared by the image, not by the plan
 # Declared by the image too, spelled with a trailing slash (7 Days to Die's image does): the
@@ -29,12 +28,9 @@ def volume_image(engine: None) -> Iterator[str]:
     client = docker.from_env(timeout=120)
     tag = f"peon-test/volumes:{uuid.uuid4().hex[:12]}"
     with tempfile.TemporaryDirectory() as ctx:
-        shutil.copy(FAKEGAME_DIR / "game.sh", Path(ctx) / "game.sh")
-        shutil.copy(busybox_binary(), Path(ctx) / "busybox")
-        (Path(ctx) / "Dockerfile").write_text(
-            (FAKEGAME_DIR / "Dockerfile").read_text()
-            + "".join(f"VOLUME {p}\n" for p in [*UNDECLARED, *DECLARED])
-        )
+        fakegame_context(Path(ctx))
+        with (Path(ctx) / "Dockerfile").open("a") as dockerfile:
+            dockerfile.write("".join(f"VOLUME {p}\n" for p in [*UNDECLARED, *DECLARED]))
         client.images.build(path=ctx, tag=tag, rm=True, forcerm=True)
     try:
         yield tag
