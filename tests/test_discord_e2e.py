@@ -161,6 +161,7 @@ async def test_commands_sync_to_the_guild_and_list(peon: Runner, emu: DiscordEmu
         "update",
         "status",
         "logs",
+        "console",
         "list",
         "delete",
         "panel",
