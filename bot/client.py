@@ -8,6 +8,8 @@ connects.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import platform
 import re
@@ -15,15 +17,18 @@ from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 
+import aiohttp
 import discord
 import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from bot import __version__
+from bot import __version__, notices
 from bot.app import Services
 from bot.automation import Automation, Warning
 from bot.errors import PeonError
+from bot.events import Event, EventFeed
+from bot.notices import EventNotifier, Notice
 from bot.permissions import Level, Member, check, level_of
 from bot.scheduler import Scheduler
 from bot.schedules import format_span
@@ -259,12 +264,52 @@ WarningView = Callable[[str, timedelta, datetime], discord.ui.View]
 
 
 class DiscordNotifier:
-    """Posts notices in each configured guild's notification channel; implements the
-    automation Notifier, so scheduled actions reach people without knowing Discord."""
+    """Posts notices in each configured guild's notification channel: a consumer of the
+    event stream (bot/notices.py), so what the core, the CLI or another process recorded
+    reaches people without them knowing Discord."""
 
     def __init__(self, bot: PeonBot) -> None:
         self.bot = bot
         self.warning_view: WarningView | None = None  # set by the schedules cog
+        self._event: Event | None = None  # the event being delivered: its messages' nonce
+
+    async def deliver(self, event: Event) -> None:
+        """Render one event as its notice. Each message carries a nonce made of the event and
+        the channel, which Discord enforces: an event delivered again after a restart (the
+        position is saved after delivery) returns the message already posted."""
+        notice = Notice(event)
+        self._event = event
+        try:
+            if (connect := notice.ready_address()) is not None:
+                await self.server_ready(notice.server, connect)
+            elif event.kind == notices.WARNING:
+                await self.warn(notice.warning())
+            elif event.kind == notices.SCHEDULED:
+                p = notice.p
+                await self.acted(notice.server, p["action"], p["why"], p.get("connect"))
+            elif event.kind == notices.SCHEDULE_FAILED:
+                p = notice.p
+                await self.failed(notice.server, p["action"], p["why"], p["error"])
+            elif event.kind == notices.CANCELLED:
+                await self.cancelled(notice.server, notice.p["action"], notice.p["why"])
+            elif event.kind == notices.PLAYERS:
+                p = notice.p
+                await self.players(notice.server, p["joined"], p["left"], p["online"])
+            elif event.kind in (notices.CRASHED, notices.HUNG):
+                await self.crashed(notice.crash())
+            elif event.kind == notices.RECOVERED:
+                await self.recovered(notice.server, notice.p["attempt"], notice.p["connect"])
+            elif event.kind == notices.GAVE_UP:
+                await self.gave_up(notice.server, notice.p["attempts"], notice.p.get("error"))
+        finally:
+            self._event = None
+
+    def _nonce(self, channel: int) -> str | None:
+        if self._event is None:
+            return None
+        key = f"{self.bot.settings.instance_id}:{self._event.id}:{channel}"
+        # Discord takes nonces of up to 25 characters.
+        return base64.b32encode(hashlib.sha256(key.encode()).digest()).decode()[:25]
 
     async def announce(
         self,
@@ -275,6 +320,7 @@ class DiscordNotifier:
         mention: bool = False,
     ) -> list[discord.Message]:
         sent = []
+        retry: Exception | None = None
         for gid, guild in self.bot.discord_settings.guilds.items():
             if guild.notification_channel is None:
                 continue
@@ -300,14 +346,25 @@ class DiscordNotifier:
                         kwargs["embed"] = embed
                     if view is not None:
                         kwargs["view"] = view
+                    if (nonce := self._nonce(guild.notification_channel)) is not None:
+                        kwargs["nonce"] = nonce
                     sent.append(await channel.send(**kwargs))
-            except discord.HTTPException:
+            except discord.HTTPException as e:
                 log.warning(
                     "cannot post in channel %s of guild %s",
                     guild.notification_channel,
                     gid,
                     exc_info=True,
                 )
+                if e.status >= 500:
+                    retry = e  # Discord's trouble, not ours: the event is delivered again
+            except (OSError, aiohttp.ClientError) as e:
+                log.warning("cannot reach Discord to post in guild %s: %s", gid, e)
+                retry = e
+        if retry is not None:
+            # Every guild was tried; a retry re-sends with the same nonces, so the guilds
+            # that got it already get the same message back instead of a second one.
+            raise retry
         return sent
 
     async def server_ready(self, server: str, connect: str) -> None:
@@ -416,6 +473,7 @@ class PeonBot(commands.Bot):
         self.notifier = DiscordNotifier(self)
         self.automation: Automation | None = None
         self.crash_watch: CrashWatch | None = None
+        self.feeds: list[EventFeed] = []
         self.engine_version = "?"
         self.max_loop_stall = 0.0  # seconds; the worst event-loop stall since start
         self._watchdog: asyncio.Task[None] | None = None
@@ -465,13 +523,16 @@ class PeonBot(commands.Bot):
             log.warning("reconcile: %s", line)
         for line in await self.services.backups.recover():
             log.warning("removed what an interrupted backup left: %s", line)
+        # The core tells people things by appending events; this bot's notifier reads them
+        # back (as would any other consumer), so notices of the CLI reach Discord too.
+        events = EventNotifier(self.services.store)
         self.automation = Automation(
             servers=self.services.servers,
             backups=self.services.backups,
             store=self.services.store,
             scheduler=Scheduler(),
             settings=self.settings.automation,
-            notifier=self.notifier,
+            notifier=events,
         )
         self.notifier.warning_view = warning_view
         await self.add_cog(ServersCog(self))
@@ -484,9 +545,17 @@ class PeonBot(commands.Bot):
         # After the commands: catching up may start servers and post in the channel.
         await self.automation.start()
         self.crash_watch = CrashWatch(
-            servers=self.services.servers, settings=self.settings.crash, notifier=self.notifier
+            servers=self.services.servers, settings=self.settings.crash, notifier=events
         )
         self.crash_watch.start()
+        store = self.services.store
+        self.feeds = [
+            EventFeed(store, "discord-notices", self.notifier.deliver,
+                      kinds=notices.NOTICE_KINDS | notices.READY_KINDS),
+            EventFeed(store, "automation-replan", self._replan, kinds=notices.REPLAN_KINDS),
+        ]  # fmt: skip
+        for feed in self.feeds:
+            await feed.start()
         self._watchdog = asyncio.create_task(self._watch_loop(), name="loop-watchdog")
 
     async def _watch_loop(self) -> None:
@@ -505,11 +574,20 @@ class PeonBot(commands.Bot):
             self._watchdog.cancel()
         for task in list(self._background):
             task.cancel()
+        for feed in self.feeds:
+            await feed.close()
         if self.crash_watch is not None:
             await self.crash_watch.close()
         if self.automation is not None:
             await self.automation.close()
         await super().close()
+
+    async def _replan(self, event: Event) -> None:
+        """A server was started, stopped, created or removed by a member or the CLI: its
+        automatic stops may have changed. (The automation's own actions replan themselves.)"""
+        by_hand = event.ok and not event.actor.startswith("peon:")
+        if self.automation is not None and event.server is not None and by_hand:
+            await self.automation.touch(event.server)
 
     async def sync_commands(self) -> None:
         # Global commands show in every guild; copied into a configured guild as well they

@@ -20,8 +20,9 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from bot import labels
 from bot.aio import quietly
@@ -41,6 +42,7 @@ from bot.errors import (
     StartFailed,
     WarplanNotFound,
 )
+from bot.events import NewEvent
 from bot.hang import describe as describe_hang_check
 from bot.hang import tcp_answers
 from bot.models import (
@@ -85,6 +87,19 @@ MAX_LOG_TAIL = 2000
 PLAYER_LOG_LINES = 20000  # log lines replayed to count players (the scheduler will follow live)
 
 Progress = Callable[[ProgressEvent], Awaitable[None]]
+
+
+@dataclass
+class Operation:
+    """What an operation reports in its event, filled in by its body."""
+
+    detail: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def joinable(self, result: StartResult) -> None:
+        """The server (re)started: consumers announce it ready at this address."""
+        if not result.already_running:
+            self.payload.update(connect=result.connect(), seconds=round(result.seconds, 1))
 
 
 def validate_name(name: str) -> str:
@@ -162,8 +177,10 @@ class ServerService:
         return self.camp_of(record).driver
 
     @asynccontextmanager
-    async def _operation(self, name: str, operation: str, actor: str) -> AsyncIterator[None]:
-        """Hold the server's lease and write exactly one audit row for the operation."""
+    async def _operation(self, name: str, operation: str, actor: str) -> AsyncIterator[Operation]:
+        """Hold the server's lease and write exactly one event (audit row) for the operation;
+        on success in the same transaction that releases the lease, with what the body put
+        in the yielded Operation (e.g. the address a start made joinable)."""
         try:
             self._refuse_when_draining()
             await self._acquire(name, operation, actor)
@@ -173,14 +190,16 @@ class ServerService:
             )
             raise
         self.in_flight[name] = operation
+        op = Operation()
         try:
-            yield
+            yield op
         except BaseException as e:
             detail = str(e) if isinstance(e, PeonError) else f"{type(e).__name__}"
             await _quiet(self.store.audit(actor, operation, name, False, detail))
             raise
         else:
-            await self.store.audit(actor, operation, name, True)
+            event = NewEvent(operation, name, actor, True, op.detail, op.payload)
+            await self.store.finish_operation(name, event)
         finally:
             await _quiet(self.store.release(name))
             self.in_flight.pop(name, None)
@@ -248,7 +267,9 @@ class ServerService:
             await _quiet(self.store.audit(actor, op, name, False, "interrupted by shutdown"))
         return [f"{name} ({op})" for name, op in left.items()]
 
-    def operation(self, name: str, operation: str, actor: str) -> AbstractAsyncContextManager[None]:
+    def operation(
+        self, name: str, operation: str, actor: str
+    ) -> AbstractAsyncContextManager[Operation]:
         """The server's lease plus one audit row, for operations outside this service (backup,
         restore): inside it, use the *_held methods."""
         return self._operation(name, operation, actor)
@@ -541,8 +562,10 @@ class ServerService:
     async def start(
         self, name: str, *, actor: str, progress: Progress | None = None
     ) -> StartResult:
-        async with self._operation(name, "start", actor):
-            return await self._start(name, progress)
+        async with self._operation(name, "start", actor) as op:
+            result = await self._start(name, progress)
+            op.joinable(result)
+            return result
 
     async def _start(self, name: str, progress: Progress | None) -> StartResult:
         began = time.monotonic()
@@ -674,9 +697,11 @@ class ServerService:
     async def restart(
         self, name: str, *, actor: str, progress: Progress | None = None
     ) -> StartResult:
-        async with self._operation(name, "restart", actor):
+        async with self._operation(name, "restart", actor) as op:
             await self._stop(name, progress)
-            return await self._start(name, progress)
+            result = await self._start(name, progress)
+            op.joinable(result)
+            return result
 
     # --- read-only --------------------------------------------------------------------------
 

@@ -438,6 +438,15 @@ class Store:
     async def release(self, name: str) -> None:
         await self._write(SQL_RELEASE, (name, self.owner))
 
+    async def finish_operation(self, name: str, event: NewEvent) -> None:
+        """Release the lease and record how the operation ended, together: a process killed
+        in between leaves neither a free server without its event nor an event for a server
+        still held."""
+        async with self.transaction() as db:
+            await db.execute(SQL_RELEASE, (name, self.owner))
+            await db.execute(SQL_EVENT, event.row(_ts(utcnow())))
+        self._notify()
+
     async def stale_leases(self, name: str | None = None) -> list[StaleLease]:
         """Leases whose owner process is gone (all, or the one server's)."""
         sql = "SELECT name, op, op_owner FROM servers WHERE op IS NOT NULL"

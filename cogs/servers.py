@@ -54,7 +54,7 @@ from cogs.common import (
 )
 
 if TYPE_CHECKING:
-    from bot.client import DiscordNotifier, PeonBot
+    from bot.client import PeonBot
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,6 @@ class ServersCog(commands.Cog, name="ServersCog"):
         self.servers: ServerService = bot.services.servers
         self.warplans: WarplanLibrary = bot.services.warplans
         self.access: Access = bot.access
-        self.notifier: DiscordNotifier = bot.notifier
         self.automation: Automation | None = bot.automation
         self.interval = bot.discord_settings.progress_interval
         self.confirm_timeout = bot.discord_settings.confirm_timeout
@@ -336,9 +335,6 @@ class ServersCog(commands.Cog, name="ServersCog"):
         progress = await self._long(interaction, "start", name, f"Starting {name}")
         result = await self.servers.start(name, actor=actor(interaction), progress=progress)
         await progress.finish(started_embed(result))
-        if not result.already_running:
-            await self.notifier.server_ready(name, result.connect())
-        await self.reschedule(name)
 
     @server.command(name="stop", description="Stop a server gracefully (it saves first)")
     @app_commands.describe(
@@ -360,7 +356,6 @@ class ServersCog(commands.Cog, name="ServersCog"):
         stopped = await self.servers.stop(name, actor=actor(interaction), progress=progress)
         text = f"**{name}** stopped." if stopped else f"**{name}** was not running."
         await progress.finish(Embed(description=text, colour=OK))
-        await self.reschedule(name)
 
     async def _stop_later(
         self, interaction: discord.Interaction[Any], name: str, after: str | None, at: str | None
@@ -387,19 +382,12 @@ class ServersCog(commands.Cog, name="ServersCog"):
             raise RuntimeError("automation is not running")
         return self.automation
 
-    async def reschedule(self, name: str) -> None:
-        """A start or stop by hand changes what the schedules will do next."""
-        if self.automation is not None:
-            await self.automation.touch(name)
-
     @server.command(name="restart", description="Stop and start a server")
     @app_commands.autocomplete(name=server_autocomplete)
     async def restart(self, interaction: discord.Interaction[Any], name: str) -> None:
         progress = await self._long(interaction, "restart", name, f"Restarting {name}")
         result = await self.servers.restart(name, actor=actor(interaction), progress=progress)
         await progress.finish(started_embed(result))
-        await self.notifier.server_ready(name, result.connect())
-        await self.reschedule(name)
 
     @server.command(name="update", description="Pull the newest image and recreate (data kept)")
     @app_commands.autocomplete(name=server_autocomplete)
@@ -514,7 +502,6 @@ class ServersCog(commands.Cog, name="ServersCog"):
     async def confirmed(self, interaction: discord.Interaction[Any], kind: str, arg: str) -> str:
         self.access.check(interaction, "delete", arg)  # roles may have changed since
         result = await self.servers.delete(arg, actor=actor(interaction), purge=kind == "purge")
-        await self.reschedule(arg)  # drop its automatic stops and warnings
         if result.removed_volumes:
             return f"Deleted **{arg}** and its data."
         return (
@@ -557,11 +544,7 @@ class ServersCog(commands.Cog, name="ServersCog"):
             stopped = await self.servers.stop(name, actor=actor(interaction), progress=progress)
             text = f"**{name}** stopped." if stopped else f"**{name}** was not running."
             await progress.finish(Embed(description=text, colour=OK))
-            await self.reschedule(name)
             return
         call = self.servers.start if action == "start" else self.servers.restart
         result = await call(name, actor=actor(interaction), progress=progress)
         await progress.finish(started_embed(result))
-        if not result.already_running:
-            await self.notifier.server_ready(name, result.connect())
-        await self.reschedule(name)

@@ -58,6 +58,7 @@ BASIC_PERMISSIONS = discord.Permissions(
     attach_files=True, add_reactions=True, use_application_commands=True,
 ).value  # fmt: skip
 HEARTBEAT_MS = 41_250
+NONCE_WINDOW = 300.0  # seconds an enforced nonce is remembered ("the past few minutes")
 # discord.py sends at most 110 gateway frames a minute per connection (GatewayRatelimiter) and
 # answers our barrier op 1 through that limiter: past it, its receive loop stalls for seconds.
 BARRIER_BUDGET = 100
@@ -146,6 +147,8 @@ def _check_message(body: JSONDict, errors: FormErrors) -> None:
     create-message params, components/reference. `errors` carries the path prefix ("data" for
     an interaction callback)."""
     errors.max_len(("content",), body.get("content"), 2000)
+    if body.get("nonce") is not None:
+        errors.max_len(("nonce",), str(body["nonce"]), 25)  # "up to 25 characters"
     embeds = body.get("embeds") or []
     errors.max_len(("embeds",), embeds, 10)
     total = 0
@@ -383,6 +386,9 @@ class DiscordEmulator:
         self._denied: dict[int, int] = {}  # channel -> permission bits denied to the bot's role
         self._mentionable: set[int] = set()  # role ids
         self._buckets: dict[tuple[str, int], tuple[float, int]] = {}  # -> (window start, count)
+        self._nonces: dict[str, tuple[float, int]] = {}  # enforced nonce -> (when, message id)
+        self.nonce_hits = 0  # creates answered with the message an earlier one made
+        self.on_create: Callable[[Message], None] | None = None
         self._pending: set[asyncio.Task[int]] = set()  # dispatches started by sync methods
         self.channels = dict(channels or {"general": 3000, "peon": 3001})
         self.roles = dict(roles or {"admin": 4001, "operator": 4002, "player": 4003})
@@ -1176,8 +1182,21 @@ class DiscordEmulator:
         self._rate_limited(rec, cid)
         self._require(cid, SEND_MESSAGES, body)
         self._validate(body, FormErrors(), create=True, files=rec.files)
+        nonce = body.get("nonce")
+        if nonce is not None and body.get("enforce_nonce"):
+            # resources/message "Create Message": with enforce_nonce, a nonce (at most 25
+            # characters) is checked for uniqueness "in the past few minutes"; a message the
+            # same author made with it is returned, and no new one is created.
+            prior = self._nonces.get(str(nonce))
+            if prior is not None and time.monotonic() - prior[0] < NONCE_WINDOW:
+                self.nonce_hits += 1
+                return 200, self._message_json(self._messages[prior[1]])
         msg = self._new_message(cid, body, rec.files, None)
+        if nonce is not None:
+            self._nonces[str(nonce)] = (time.monotonic(), msg.id)
         self.channel_messages.setdefault(cid, []).append(msg)
+        if self.on_create is not None:
+            self.on_create(msg)  # a test's hook: e.g. kill the bot before it hears back
         member = self._member_json(msg.author_id, user=False)
         event = {**self._message_json(msg), "guild_id": str(self.guild_id), "member": member}
         await self._dispatch("MESSAGE_CREATE", event)
