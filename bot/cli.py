@@ -20,9 +20,11 @@ from typing import IO
 from bot import __version__, rules
 from bot.app import Services, open_services
 from bot.errors import ConfigError, PeonError, StartFailed, WarplanError
+from bot.events import Event
 from bot.models import Backup, Phase, ProgressEvent, PullProgress, human_duration
 from bot.players import format_players
 from bot.settings import Settings, config_path, load_settings
+from bot.store import Store
 from bot.warplans import (
     dump_warplan,
     import_peon_plan,
@@ -97,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     s = ssub.add_parser("audit", help="recent audit log")
     s.add_argument("name", nargs="?")
     s.add_argument("-n", "--limit", type=int, default=20)
+
+    ev = sub.add_parser("events", help="the event stream: what happened, oldest first")
+    ev.add_argument("name", nargs="?", help="only this server's")
+    ev.add_argument("-n", "--limit", type=int, default=20, help="the last N (default 20)")
+    ev.add_argument("--since", type=int, metavar="ID", help="those after event ID instead")
+    ev.add_argument("-f", "--follow", action="store_true", help="keep printing new ones")
+    ev.add_argument("--json", action="store_true", help="one JSON object per line")
 
     sc = sub.add_parser("schedule", help="schedules (change them in Discord)")
     scsub = sc.add_subparsers(dest="action", required=True)
@@ -484,6 +493,50 @@ async def _check(settings: Settings, out: IO[str]) -> int:
     return 1 if failed else 0
 
 
+async def _events(args: argparse.Namespace, settings: Settings, out: IO[str]) -> int:
+    """Only the database: the stream is readable while Docker is down."""
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    store = Store(settings.db_path)
+    await store.open()
+    try:
+        if args.since is not None:
+            events = await store.events_after(args.since, 1000, args.name)
+        else:
+            events = list(reversed(await store.latest_events(args.name, args.limit)))
+        position = events[-1].id if events else args.since
+        if position is None:
+            position = await store.last_event_id()
+        while True:
+            for e in events:
+                out.write(_event_text(e, as_json=args.json) + "\n")
+                position = e.id
+            out.flush()
+            if not args.follow:
+                return 0
+            # Polling: the bot and other CLI processes write from their own connections.
+            await store.wait_for_events(EVENTS_POLL, store.generation)
+            events = await store.events_after(position, 1000, args.name)
+    finally:
+        await store.close()
+
+
+EVENTS_POLL = 0.5
+
+
+def _event_text(e: Event, *, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(
+            {"id": e.id, "at": e.at.isoformat(), "kind": e.kind, "server": e.server,
+             "actor": e.actor, "ok": e.ok, "detail": e.detail, "payload": e.payload},
+            sort_keys=True,
+        )  # fmt: skip
+    result = "ok" if e.ok else "failed"
+    detail = f" {e.detail}" if e.detail else ""
+    at = e.at.strftime("%Y-%m-%d %H:%M:%S")
+    return f"#{e.id} {at} {e.server or '-'} {e.kind} {result} by {e.actor}{detail}"
+
+
 async def _main(args: argparse.Namespace, settings: Settings, out: IO[str], stdin: IO[str]) -> int:
     if args.group == "warplan":
         return await _warplan(args, settings, out)
@@ -498,6 +551,8 @@ async def _main(args: argparse.Namespace, settings: Settings, out: IO[str], stdi
     if args.group == "schedule":
         async with open_services(settings) as svc:
             return await _schedule(args, svc, out)
+    if args.group == "events":
+        return await _events(args, settings, out)
     raise UsageError(f"unknown command {args.group}")
 
 

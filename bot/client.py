@@ -491,6 +491,7 @@ class PeonBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         # Cogs imported here: bot/ must not depend on cogs/ at import time.
+        from cogs.audit import AuditButton  # noqa: PLC0415
         from cogs.backups import BackupsCog  # noqa: PLC0415
         from cogs.common import ConfirmButton  # noqa: PLC0415
         from cogs.peon import PeonCog  # noqa: PLC0415
@@ -540,7 +541,7 @@ class PeonBot(commands.Bot):
         await self.add_cog(BackupsCog(self))
         await self.add_cog(WarplansCog(self))
         await self.add_cog(PeonCog(self))
-        self.add_dynamic_items(PanelButton, WarningButton, ConfirmButton)
+        self.add_dynamic_items(PanelButton, WarningButton, ConfirmButton, AuditButton)
         await self.sync_commands()
         # After the commands: catching up may start servers and post in the channel.
         await self.automation.start()

@@ -37,6 +37,7 @@ from bot.warplans import (
     WarplanLibrary,
     coerce_value,
 )
+from cogs.audit import audit_page
 from cogs.common import (
     INFO,
     MAX_CHOICES,
@@ -457,6 +458,16 @@ class ServersCog(commands.Cog, name="ServersCog"):
         room = CONTENT_MAX - len(head)
         body = code_block(reply.text.splitlines(), room) if reply.text.strip() else "(no reply)"
         await interaction.edit_original_response(content=head + body)
+
+    @server.command(name="audit", description="What happened to a server, newest first")
+    @app_commands.autocomplete(name=server_autocomplete)
+    async def audit(self, interaction: discord.Interaction[Any], name: str) -> None:
+        self.access.check(interaction, "audit", name)
+        embed, view = await audit_page(self.servers.store, name, None)
+        if view is None:
+            await interaction.response.send_message(embed=embed, ephemeral=True)
+        else:
+            await interaction.response.send_message(embed=embed, view=view, ephemeral=True)
 
     @server.command(name="list", description="All game servers")
     async def list_servers(self, interaction: discord.Interaction[Any]) -> None:

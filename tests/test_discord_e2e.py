@@ -162,6 +162,7 @@ async def test_commands_sync_to_the_guild_and_list(peon: Runner, emu: DiscordEmu
         "status",
         "logs",
         "console",
+        "audit",
         "list",
         "delete",
         "panel",

@@ -6,6 +6,7 @@ notice posts it exactly once after its restart."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -17,9 +18,17 @@ import pytest
 import yaml
 
 from bot.settings import Settings
-from tests.conftest import ROOT, cleanup_instance, peon
+from tests.conftest import (
+    OPERATOR,
+    PLAYER,
+    ROOT,
+    cleanup_instance,
+    config_file,
+    make_settings,
+    peon,
+)
 from tests.discord_emulator import DiscordEmulator, Message
-from tests.test_discord_e2e import bot_settings
+from tests.test_discord_e2e import bot_settings, refusal, running_bot
 
 pytestmark = pytest.mark.docker
 
@@ -111,3 +120,63 @@ async def test_cli_events_reach_the_bot_and_a_killed_delivery_posts_once(
             await emu.wait_for(lambda: len(notices(emu, ready)) == 3, 30)
     finally:
         cleanup_instance(settings.instance_id)
+
+
+async def test_peon_events_prints_and_follows_what_other_processes_record(
+    tmp_path: Path, fakegame: str
+) -> None:
+    settings = make_settings(tmp_path)
+    config = config_file(settings, tmp_path / "peon.yaml")
+    try:
+        await cli(config, "server", "create", "fakegame", "evt-cli")
+        r = await asyncio.to_thread(peon, config, "events", "evt-cli")
+        assert r.returncode == 0 and r.stdout.splitlines()[-1].startswith("#")
+        assert " evt-cli create ok by cli:" in r.stdout
+
+        follow = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot.cli", "events", "--follow", "--json", "-n", "1",
+            env={**os.environ, "PEON_CONFIG": str(config)}, cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert follow.stdout is not None
+        try:
+            first = json.loads(await asyncio.wait_for(follow.stdout.readline(), 30))
+            assert (first["kind"], first["server"]) == ("create", "evt-cli")
+            await cli(config, "server", "start", "evt-cli")  # another process
+            started = json.loads(await asyncio.wait_for(follow.stdout.readline(), 30))
+            assert (started["kind"], started["ok"]) == ("start", True)
+            assert started["payload"]["connect"].startswith("127.0.0.1:")
+        finally:
+            follow.send_signal(signal.SIGINT)
+            await asyncio.wait_for(follow.wait(), 10)
+        r = await asyncio.to_thread(peon, config, "events", "-n", "0")
+        assert r.returncode == 2 and "--limit must be at least 1" in r.stderr
+    finally:
+        cleanup_instance(settings.instance_id)
+
+
+async def test_server_audit_in_discord_is_paged(
+    tmp_path: Path, emu: DiscordEmulator, fakegame: str
+) -> None:
+    async with running_bot(bot_settings(tmp_path, emu), emu) as bot:
+        await bot.services.servers.create("fakegame", "evt-aud", actor="test")
+        for n in range(20):
+            await bot.services.store.audit("test", "console", "evt-aud", True, f"say {n}")
+        i = await emu.slash(OPERATOR, "server", subcommand="audit", options={"name": "evt-aud"})
+        await i.wait_done()
+        assert i.original is not None and i.original.ephemeral
+        first = i.original.embeds[0]
+        assert first["title"] == "Audit log of evt-aud"
+        assert first["description"].count("\n") == 14  # a page of 15, newest first
+        assert "say 19" in first["description"].splitlines()[0]
+        (older,) = [b["custom_id"] for b in i.original.buttons()]
+        click = await emu.click(OPERATOR, i.original, older)
+        await click.wait_done()
+        page = click.original.embeds[0]["description"]  # type: ignore[union-attr]
+        assert "say 4" in page.splitlines()[0] and "create" in page.splitlines()[-1]
+        denied = await emu.slash(PLAYER, "server", subcommand="audit", options={"name": "evt-aud"})
+        await denied.wait_done()
+        assert refusal(denied) == "You need the PEON operator role to read the audit log."
+        missing = await emu.slash(OPERATOR, "server", subcommand="audit", options={"name": "nope"})
+        await missing.wait_done()
+        assert refusal(missing) == "There is no server named 'nope'."
