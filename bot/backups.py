@@ -256,8 +256,11 @@ class BackupService:
 
     async def create(self, name: str, *, actor: str, trigger: str = "manual") -> Backup:
         """Back up a server now (holding its lease); prunes old backups after success."""
-        async with self.servers.operation(name, "backup", actor):
-            return await self.create_held(name, actor=actor, trigger=trigger)
+        async with self.servers.operation(name, "backup", actor) as op:
+            backup = await self.create_held(name, actor=actor, trigger=trigger)
+            op.detail = f"#{backup.id}, {backup.size} bytes"
+            op.payload.update(backup=backup.id, size=backup.size, trigger=trigger)
+            return backup
 
     async def create_held(self, name: str, *, actor: str, trigger: str) -> Backup:
         """For callers that hold the server's lease (update, restore, purge)."""
