@@ -12,6 +12,7 @@ from bot.docker_driver import DockerDriver
 from bot.servers import ServerService
 from bot.settings import Settings
 from bot.store import Store
+from bot.updates import UpdateService
 from bot.warplans import WarplanLibrary
 
 
@@ -23,6 +24,7 @@ class Services:
     warplans: WarplanLibrary
     servers: ServerService
     backups: BackupService
+    updates: UpdateService
 
     @property
     def driver(self) -> DockerDriver:
@@ -46,7 +48,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
 
         servers.backup_hook = backup_first
         servers.recovery_hooks.append(backups.after_interrupted)
-        yield Services(settings, store, camps, warplans, servers, backups)
+        updates = UpdateService(servers=servers, store=store)
+        yield Services(settings, store, camps, warplans, servers, backups, updates)
     finally:
         await camps.close()
         await store.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,7 @@ from bot import rules
 from bot.aio import quietly
 from bot.backups import BackupService
 from bot.errors import PeonError, ServerBusy, ServerNotFound
-from bot.models import Schedule
+from bot.models import Schedule, ServerRecord
 from bot.players import PlayerCount
 from bot.rules import CronRule, Due, IdleRule, Pending, WindowRule
 from bot.scheduler import Scheduler
@@ -41,14 +42,20 @@ from bot.schedules import (
 from bot.servers import ServerService
 from bot.settings import AutomationSettings
 from bot.store import Store
+from bot.updates import UpdateService
 
 log = logging.getLogger(__name__)
 # Jobs report through the notifier; an error there must not kill the job.
 _quiet = functools.partial(quietly, what="automation step", logger=log)
 
 HEARTBEAT_KEY = "automation.last_seen"
+UPDATES_KEY = "automation.updates"  # the updates waiting for their server to be empty
+UPDATE_ACTOR = "peon:update"
 BUSY_RETRY = timedelta(minutes=1)  # an automatic action that met a running operation retries
 RETRY_WINDOW = timedelta(minutes=1)  # a timer this close to an existing one is a retry
+# A warned update is planned this much beyond its first lead, so that warning is still ahead
+# when the plan is armed.
+UPDATE_WARN_SLACK = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,40 @@ class Notifier(Protocol):
         self, server: str, joined: list[str], left: list[str], online: int
     ) -> None: ...
 
+    async def update_waiting(
+        self, server: str, why: str, online: int | None, until: datetime, actor: str
+    ) -> None:
+        """An update waits for the players to leave (at most until `until`)."""
+
+    async def update_done(self, server: str, why: str, changed: bool, restarted: bool) -> None:
+        """An update asked to wait for an empty server happened."""
+
+    async def update_skipped(self, server: str, why: str, reason: str) -> None:
+        """Players were still on when the wait ran out, and updates are set to be skipped."""
+
+
+@dataclass(frozen=True)
+class UpdateWait:
+    """An update waiting for its server to be empty (kept in the store across restarts)."""
+
+    server: str
+    since: datetime
+    until: datetime
+    why: str
+    actor: str
+
+
+@dataclass(frozen=True)
+class UpdateRequest:
+    """What asking for an update when nobody plays did."""
+
+    server: str
+    now: bool  # nobody played: the update started at once
+    online: int | None  # players on when asked (None: could not be counted)
+    until: datetime  # players still on then: warned and updated anyway, or skipped
+    when_busy: str  # automation.update_when_busy
+    already: bool = False  # an update of this server was already waiting
+
 
 @dataclass(frozen=True)
 class ScheduleView:
@@ -101,6 +142,7 @@ class Automation:
         *,
         servers: ServerService,
         backups: BackupService | None = None,
+        updates: UpdateService | None = None,
         store: Store,
         scheduler: Scheduler,
         settings: AutomationSettings,
@@ -108,7 +150,7 @@ class Automation:
         clock: Clock = _utcnow,
     ) -> None:
         self.servers, self.store, self.scheduler = servers, store, scheduler
-        self.backups = backups
+        self.backups, self.updates = backups, updates
         self.settings, self.notifier, self.clock = settings, notifier, clock
         self.leads = settings.leads
         self.zone = settings.zone
@@ -116,6 +158,7 @@ class Automation:
         self._forced: dict[str, list[Due]] = defaultdict(list)  # catch-up stops
         self._idle: dict[str, IdleTracker] = {}
         self._seen_names: dict[str, set[str]] = {}
+        self._updates: dict[str, UpdateWait] = {}
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
@@ -129,6 +172,7 @@ class Automation:
         seen_text = await self.store.get_meta(HEARTBEAT_KEY)
         last_seen = datetime.fromisoformat(seen_text) if seen_text else now
         schedules = await self.store.list_schedules()
+        await self._load_updates()
         by_server: dict[str, list[Schedule]] = defaultdict(list)
         for s in schedules:
             by_server[s.server].append(s)
@@ -277,6 +321,7 @@ class Automation:
         self._forced.pop(server, None)
         self._idle.pop(server, None)
         self._seen_names.pop(server, None)
+        self._updates.pop(server, None)
 
     # --- the jobs ---------------------------------------------------------------------------
 
@@ -288,7 +333,7 @@ class Automation:
         zone = p.due.zone or self.zone
         warning = Warning(server, p.due.action, p.at, left, p.due.why, zone, self.settings.keep_for)
         await _quiet(self.notifier.warn(warning))
-        verb = "stops" if p.due.action == "stop" else "restarts"
+        verb = {"stop": "stops", "update": "restarts to update"}.get(p.due.action, "restarts")
         text = f"This server {verb} in {format_span(left)} ({p.due.why})."
         try:
             await self.servers.say(server, text)
@@ -333,6 +378,8 @@ class Automation:
                     return
                 result = await self.servers.restart(server, actor=actor)
                 await _quiet(self.notifier.acted(server, "restart", why, result.connect()))
+            elif action == "update":
+                await self._update_now(server)  # says itself what happened
             else:
                 started = await self.servers.start(server, actor=actor)
                 if not started.already_running:
@@ -393,6 +440,15 @@ class Automation:
             log.info("%s: cron %s skipped, the server is not running", s.server, rule.action)
             return
         why = f"scheduled {rule.action} (`{rule.expr}`)"
+        if rule.action in ("update", "update-check"):
+            try:
+                if rule.action == "update":
+                    await self.update_when_empty(s.server, actor="peon:cron", why=why)
+                elif self.updates is not None:
+                    await self.updates.check(s.server, actor="peon:cron")
+            except PeonError as e:
+                await _quiet(self.notifier.failed(s.server, rule.action, why, str(e)))
+            return
         if rule.action in ("console", "backup"):
             try:
                 if rule.action == "backup" and self.backups is not None:
@@ -415,6 +471,8 @@ class Automation:
         await _quiet(self.servers.recover_interrupted("peon:tick"))
         if self.backups is not None:
             await _quiet(self.backups.recover())
+        for server in sorted(self._updates):
+            await _quiet(self._update_step(server))
         schedules = await self.store.list_schedules()
         idle = {s.server: rules.rule_of(s) for s in schedules if s.kind == "idle" and not s.paused}
         watched = set(idle)
@@ -523,6 +581,140 @@ class Automation:
         """A member started or stopped the server: its automatic stop may have changed."""
         self._idle.pop(server, None)
         await _quiet(self.replan(server))
+
+    # --- updates when nobody plays ----------------------------------------------------------
+
+    async def update_when_empty(
+        self, server: str, *, actor: str, why: str | None = None
+    ) -> UpdateRequest:
+        """Update the server as soon as nobody plays: now when it is empty (or stopped), else
+        at the first check that finds it empty, waiting at most `update_wait`. Players still
+        on then: warned like any automatic stop and updated, or skipped (`update_when_busy`)."""
+        record = await self.store.get_server(server)
+        self.refuse_uncounted(record)
+        mode = self.settings.update_when_busy
+        existing = self._updates.get(server)
+        if existing is not None:  # asked again (or a retried command): one wait
+            return UpdateRequest(server, False, None, existing.until, mode, already=True)
+        running, count = await self.servers.player_count(server)
+        online = (count.online if count is not None else None) if running else 0
+        now = self.clock()
+        why = why or f"update asked by {actor}"
+        wait = UpdateWait(server, now, now + self.settings.update_limit, why, actor)
+        self._updates[server] = wait
+        await self._save_updates()
+        if online == 0:
+            self._spawn(self._update_now(server))
+            return UpdateRequest(server, True, online, wait.until, mode)
+        log.info("%s: update waits for the players to leave (%s)", server, why)
+        await _quiet(self.notifier.update_waiting(server, why, online, wait.until, actor))
+        return UpdateRequest(server, False, online, wait.until, mode)
+
+    def waiting_update(self, server: str) -> UpdateWait | None:
+        return self._updates.get(server)
+
+    def refuse_uncounted(self, record: ServerRecord) -> None:
+        """Refuse, in one sentence, to wait for a server to be empty when its players cannot
+        be counted (it would never look empty)."""
+        uncounted = self.servers.uncounted_reason(record)
+        if uncounted is not None:
+            raise ScheduleError(f"{record.name} cannot update when nobody plays: {uncounted}")
+        if not self.servers.counts_players(record):
+            raise ScheduleError(
+                f"War plan '{record.warplan}' cannot count players, so {record.name} cannot "
+                "update when nobody plays; update it now instead."
+            )
+
+    async def _update_step(self, server: str) -> None:
+        """One check of a waiting update, at each tick."""
+        wait = self._updates.get(server)
+        if wait is None:
+            return
+        try:
+            running, count = await self.servers.player_count(server)
+        except ServerNotFound:
+            self._updates.pop(server, None)
+            await self._save_updates()
+            return
+        except PeonError as e:
+            log.info("players of %s not counted for its update: %s", server, e)
+            return
+        if not running or (count is not None and count.online == 0):
+            await self._update_now(server)
+            return
+        now = self.clock()
+        if now < wait.until:
+            return
+        players = "players were still on" if count is None else f"{count.online} still playing"
+        after = f"{players} after {format_span(wait.until - wait.since)}"
+        if self.settings.update_when_busy == "skip":
+            async with self._locks[server]:
+                skipped = self._updates.pop(server, None)
+            if skipped is not None:
+                await self._save_updates()
+                log.info("%s: update skipped, %s", server, after)
+                await _quiet(self.notifier.update_skipped(server, wait.why, after))
+            return
+        async with self._locks[server]:
+            if any(d.action == "update" for d in self._forced[server]):
+                return  # already warned: it happens at its time (or as soon as they leave)
+            lead = max(self.leads, default=self.settings.catch_up_lead) + UPDATE_WARN_SLACK
+            self._forced[server].append(
+                Due(server, now + lead, "update", "update", f"{wait.why}; {after}")
+            )
+        await _quiet(self.replan(server))
+
+    async def _update_now(self, server: str) -> None:
+        """Run a waiting update (its wait and any warned update end here) and say so."""
+        async with self._locks[server]:
+            wait = self._updates.pop(server, None)
+            if wait is None:
+                return  # done already (players left just as its warned time came)
+            self._forced[server] = [d for d in self._forced.get(server, []) if d.action != "update"]
+            p = self._pending.get(server)
+            if p is not None and p.due.action == "update":
+                del self._pending[server]
+                self.scheduler.cancel_prefix(f"auto:stop:{server}:")
+        await self._save_updates()
+        try:
+            result = await self.servers.update(server, actor=UPDATE_ACTOR)
+        except ServerBusy:
+            # Another operation (a backup, a member's start): the next tick tries again.
+            self._updates.setdefault(server, wait)
+            await self._save_updates()
+            log.info("%s is busy; its update is tried again at the next check", server)
+            return
+        except ServerNotFound:
+            self._forget(server)
+            return
+        except PeonError as e:
+            await _quiet(self.notifier.failed(server, "update", wait.why, str(e)))
+            return
+        finally:
+            if (tracker := self._idle.get(server)) is not None:
+                tracker.reset()
+        log.info("%s updated: %s", server, wait.why)
+        await _quiet(self.notifier.update_done(server, wait.why, result.changed, result.restarted))
+        await _quiet(self.replan(server))
+
+    async def _save_updates(self) -> None:
+        data = {
+            w.server: {"since": w.since.isoformat(), "until": w.until.isoformat(),
+                       "why": w.why, "actor": w.actor}
+            for w in self._updates.values()
+        }  # fmt: skip
+        await self.store.set_meta(UPDATES_KEY, json.dumps(data, sort_keys=True))
+
+    async def _load_updates(self) -> None:
+        text = await self.store.get_meta(UPDATES_KEY)
+        for server, w in (json.loads(text) if text else {}).items():
+            self._updates[server] = UpdateWait(
+                server,
+                datetime.fromisoformat(w["since"]),
+                datetime.fromisoformat(w["until"]),
+                str(w["why"]),
+                str(w["actor"]),
+            )
 
     # --- managing schedules -----------------------------------------------------------------
 

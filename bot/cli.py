@@ -87,7 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-n", "--tail", type=int, default=100)
     s = ssub.add_parser("update", help="pull a newer image and recreate, keeping data")
     s.add_argument("name")
-    s.add_argument("--no-pull", action="store_true", help="recreate from the local image")
+    how = s.add_mutually_exclusive_group()
+    how.add_argument("--no-pull", action="store_true", help="recreate from the local image")
+    how.add_argument(
+        "--check", action="store_true", help="only ask the registry whether there is a newer image"
+    )
     s = ssub.add_parser("delete", help="delete a server (data kept unless --purge)")
     s.add_argument("name")
     s.add_argument("--purge", action="store_true", help="also delete its data volumes")
@@ -329,6 +333,18 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
     if args.action == "logs":
         for line in await servers.logs(args.name, args.tail):
             out.write(line + "\n")
+        return 0
+    if args.action == "update" and args.check:
+        check = await svc.updates.check(args.name, actor=actor)
+        if check.available:
+            local = check.local or "none (not pulled from it)"
+            behind = "; its container runs an older image" if check.behind_local else ""
+            out.write(
+                f"{args.name}: update available for {check.image} (registry {check.remote}, "
+                f"local {local}{behind}); update with: peon server update {args.name}\n"
+            )
+        else:
+            out.write(f"{args.name} is up to date ({check.image} {check.remote})\n")
         return 0
     if args.action == "update":
         updated = await servers.update(

@@ -301,6 +301,8 @@ class DiscordNotifier:
                 await self.recovered(notice.server, notice.p["attempt"], notice.p["connect"])
             elif event.kind == notices.GAVE_UP:
                 await self.gave_up(notice.server, notice.p["attempts"], notice.p.get("error"))
+            elif event.kind in notices.UPDATE_KINDS:
+                await self.update_notice(notice)
         finally:
             self._event = None
 
@@ -373,7 +375,7 @@ class DiscordNotifier:
     # --- the automation Notifier ------------------------------------------------------------
 
     async def warn(self, warning: Warning) -> None:
-        verb = "stops" if warning.action == "stop" else "restarts"
+        verb = {"stop": "stops", "update": "restarts to update"}.get(warning.action, "restarts")
         local = warning.at.astimezone(warning.zone)
         text = (
             f"⚠️ **{warning.server}** {verb} in {format_span(warning.left)} "
@@ -406,6 +408,40 @@ class DiscordNotifier:
         parts = [f"{', '.join(map(escape, joined))} joined"] if joined else []
         parts += [f"{', '.join(map(escape, left))} left"] if left else []
         await self.announce(f"👋 **{server}**: {'; '.join(parts)} ({online} online)")
+
+    async def update_notice(self, notice: Notice) -> None:
+        """An update found by a check (once per new image), waiting for players to leave,
+        done or skipped."""
+        kind, p, server = notice.event.kind, notice.p, notice.server
+        why = mention_actors(str(p.get("why", "")))
+        if kind == notices.UPDATE_AVAILABLE:
+            if not p.get("new", True):
+                return  # this image was announced already; a cron checks again and again
+            text = (
+                f"🆕 **{server}** has an update: its registry has a new `{clip(p['image'], 200)}`."
+                f" Update with `/server update name:{server}` (`when:empty` waits for the "
+                "players to leave)."
+            )
+        elif kind == notices.UPDATE_WAITING:
+            online = p.get("online")
+            on = f"{online} playing" if online is not None else "players could not be counted"
+            until = datetime.fromisoformat(str(p["until"]))
+            then = (
+                "the update is skipped"
+                if self.bot.settings.automation.update_when_busy == "skip"
+                else "it is warned and updated anyway"
+            )
+            text = (
+                f"⏳ **{server}** updates as soon as nobody plays ({on}): {why}. If players "
+                f"are still on {timestamp(until)}, {then}."
+            )
+        elif kind == notices.UPDATE_DONE:
+            what = "a new image" if p.get("changed") else "the same image (it was up to date)"
+            again = " It is running again." if p.get("restarted") else ""
+            text = f"⬆️ **{server}** was updated to {what}: {why}.{again}"
+        else:
+            text = f"⏭️ The update of **{server}** was skipped: {p.get('reason')} ({why})."
+        await self.announce(text)
 
     # --- the crash watch's CrashNotifier ----------------------------------------------------
 
@@ -530,6 +566,7 @@ class PeonBot(commands.Bot):
         self.automation = Automation(
             servers=self.services.servers,
             backups=self.services.backups,
+            updates=self.services.updates,
             store=self.services.store,
             scheduler=Scheduler(),
             settings=self.settings.automation,

@@ -31,6 +31,7 @@ from bot.errors import (
     DockerUnavailable,
     ImageUnavailable,
     PeonError,
+    UpdateCheckFailed,
 )
 from bot.models import (
     ContainerEvent,
@@ -340,6 +341,19 @@ class DockerDriver:
                 for m in attrs.get("Mounts") or []
                 if m.get("Type") == "volume" and not str(m.get("Name", "")).startswith(prefix)
             }
+
+        return await self._run(call)
+
+    async def registry_digest(self, image: str) -> str:
+        """The digest the image's registry gives for its tag now, without pulling: what a
+        pull would fetch (the engine asks the registry, with its own credentials)."""
+
+        def call() -> str:
+            try:
+                data = self._docker().images.get_registry_data(image)
+            except docker.errors.APIError as e:
+                raise _registry_error(image, e) from e
+            return str(data.id)
 
         return await self._run(call)
 
@@ -730,6 +744,20 @@ class DockerDriver:
             raise ContainerMissing(ref) from e
 
 
+_UNREACHABLE = ("no such host", "dial tcp", "timeout", "connection refused", "TLS handshake")
+
+
+def _registry_error(image: str, error: docker.errors.APIError) -> PeonError:
+    text = _explain(error)
+    if any(s in text for s in _UNREACHABLE):
+        return UpdateCheckFailed(image, f"its registry could not be reached ({text})")
+    if isinstance(error, docker.errors.NotFound) or any(
+        s in text for s in ("denied", "unauthorized", "not found", "unknown")
+    ):
+        return UpdateCheckFailed(image, f"its registry has no such image or denied access ({text})")
+    return UpdateCheckFailed(image, text)
+
+
 def _pull_error(image: str, error: BaseException) -> PeonError:
     if isinstance(error, ImageUnavailable):
         return error
@@ -737,17 +765,7 @@ def _pull_error(image: str, error: BaseException) -> PeonError:
         return ImageUnavailable(image, "no such image, or the registry denied access")
     if isinstance(error, docker.errors.APIError):
         text = _explain(error)
-        if any(
-            s in text
-            for s in (
-                "no such host",
-                "dial tcp",
-                "timeout",
-                "connection refused",
-                "i/o timeout",
-                "TLS handshake",
-            )
-        ):
+        if any(s in text for s in _UNREACHABLE):
             return ImageUnavailable(image, f"the registry could not be reached ({text})")
         if "denied" in text or "not found" in text or "manifest unknown" in text:
             return ImageUnavailable(image, "no such image, or the registry denied access")

@@ -127,6 +127,14 @@ class ImageUnavailable(PeonError):
         super().__init__(f"Image '{image}' could not be pulled: {reason}")
 
 
+class UpdateCheckFailed(PeonError):
+    """The registry could not say whether an image has an update (unreachable, unknown)."""
+
+    def __init__(self, image: str, reason: str) -> None:
+        self.image, self.reason = image, reason
+        super().__init__(f"Cannot check image '{image}' for updates: {reason.rstrip('.')}.")
+
+
 class ContainerMissing(PeonError):
     def __init__(self, ref: str) -> None:
         self.ref = ref

@@ -10,10 +10,11 @@ reaches the bot of another. `Notice` turns an event back into what a consumer re
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot import updates
 from bot.automation import Warning
 from bot.events import Event, NewEvent
 from bot.hang import Hang
@@ -33,7 +34,10 @@ WARNING, SCHEDULED, SCHEDULE_FAILED, CANCELLED, PLAYERS = (
     "players",
 )
 CRASHED, HUNG, RECOVERED, GAVE_UP = "crashed", "hung", "recovered", "gave-up"
-NOTICE_KINDS = frozenset(
+UPDATE_AVAILABLE = updates.UPDATE_AVAILABLE  # recorded by the update checks themselves
+UPDATE_WAITING, UPDATE_DONE, UPDATE_SKIPPED = "update-waiting", "update-done", "update-skipped"
+UPDATE_KINDS = frozenset({UPDATE_AVAILABLE, UPDATE_WAITING, UPDATE_DONE, UPDATE_SKIPPED})
+NOTICE_KINDS = UPDATE_KINDS | frozenset(
     {WARNING, SCHEDULED, SCHEDULE_FAILED, CANCELLED, PLAYERS, CRASHED, HUNG, RECOVERED, GAVE_UP}
 )
 READY_KINDS = frozenset({"start", "restart"})
@@ -90,6 +94,26 @@ class EventNotifier:
             PLAYERS, server, SCHEDULE_ACTOR, f"{online} online", joined=joined, left=left,
             online=online,
         )  # fmt: skip
+
+    async def update_waiting(
+        self, server: str, why: str, online: int | None, until: datetime, actor: str
+    ) -> None:
+        await self._append(
+            UPDATE_WAITING, server, actor, f"until {until.isoformat(timespec='seconds')}: {why}",
+            why=why, online=online, until=until.astimezone(UTC).isoformat(),
+        )  # fmt: skip
+
+    async def update_done(self, server: str, why: str, changed: bool, restarted: bool) -> None:
+        image = "new image" if changed else "same image"
+        await self._append(
+            UPDATE_DONE, server, SCHEDULE_ACTOR, f"{image}: {why}", why=why, changed=changed,
+            restarted=restarted,
+        )  # fmt: skip
+
+    async def update_skipped(self, server: str, why: str, reason: str) -> None:
+        await self._append(
+            UPDATE_SKIPPED, server, SCHEDULE_ACTOR, f"{reason}: {why}", why=why, reason=reason
+        )
 
     # --- crash watch ------------------------------------------------------------------------
 

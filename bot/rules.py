@@ -25,7 +25,7 @@ from bot.schedules import (
     parse_zone,
 )
 
-CRON_ACTIONS = ("start", "stop", "restart", "backup", "console")
+CRON_ACTIONS = ("start", "stop", "restart", "backup", "console", "update", "update-check")
 STOPPING = ("stop", "restart")  # actions that end a session: warned first, postponable
 MAX_IDLE = timedelta(days=7)
 
@@ -56,6 +56,8 @@ class CronRule:
 
     def describe(self) -> str:
         what = f"console `{self.command}`" if self.action == "console" else self.action
+        if self.action == "update":
+            what = "update when nobody plays"
         cond = " (only when running)" if self.only_when_running else ""
         return f"{what} at cron `{self.expr}` {self.zone.key}{cond}"
 

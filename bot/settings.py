@@ -200,6 +200,16 @@ class AutomationSettings(_Model):
         default="1m", description="The shortest idle limit or timer members may set."
     )
     announce_players: bool = Field(default=False, description="Post joins and leaves.")
+    update_wait: str = Field(
+        default="2h",
+        description="How long an update 'when empty' (cron update, /server update when:empty) "
+        "waits for the last player to leave.",
+    )
+    update_when_busy: Literal["warn-and-update", "skip"] = Field(
+        default="warn-and-update",
+        description="When players are still on after update_wait: warn like an automatic stop, "
+        "then update; or skip this update.",
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -211,7 +221,7 @@ class AutomationSettings(_Model):
         return v
 
     _durations = field_validator(
-        "keep_running", "catch_up_warning", "player_check_interval", "shortest"
+        "keep_running", "catch_up_warning", "player_check_interval", "shortest", "update_wait"
     )(_check_span)
 
     @field_validator("warn_before")
@@ -244,6 +254,10 @@ class AutomationSettings(_Model):
     @property
     def minimum(self) -> timedelta:
         return _span(self.shortest)
+
+    @property
+    def update_limit(self) -> timedelta:
+        return _span(self.update_wait)
 
 
 class CrashSettings(_Model):

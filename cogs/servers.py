@@ -8,7 +8,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 from discord import app_commands
@@ -391,8 +391,17 @@ class ServersCog(commands.Cog, name="ServersCog"):
         await progress.finish(started_embed(result))
 
     @server.command(name="update", description="Pull the newest image and recreate (data kept)")
+    @app_commands.describe(when="now, or empty: as soon as nobody plays")
     @app_commands.autocomplete(name=server_autocomplete)
-    async def update(self, interaction: discord.Interaction[Any], name: str) -> None:
+    async def update(
+        self,
+        interaction: discord.Interaction[Any],
+        name: str,
+        when: Literal["now", "empty"] = "now",
+    ) -> None:
+        if when == "empty":
+            await self._update_when_empty(interaction, name)
+            return
         progress = await self._long(interaction, "update", name, f"Updating {name}")
         result = await self.servers.update(name, actor=actor(interaction), progress=progress)
         what = "a new image" if result.changed else "the same image (already up to date)"
@@ -400,6 +409,30 @@ class ServersCog(commands.Cog, name="ServersCog"):
         await progress.finish(
             Embed(description=f"**{name}** now runs {what}; its data is kept.{again}", colour=OK)
         )
+
+    async def _update_when_empty(self, interaction: discord.Interaction[Any], name: str) -> None:
+        self.access.check(interaction, "update", name)
+        automation = self._automation()
+        automation.refuse_uncounted(await self.servers.store.get_server(name))
+        await interaction.response.defer(thinking=True)  # counting players asks the game
+        req = await automation.update_when_empty(name, actor=actor(interaction))
+        until = when_text(req.until, automation.zone)
+        if req.already:
+            text = f"An update of **{name}** already waits for nobody to play (until {until})."
+        elif req.now:
+            text = f"Nobody plays on **{name}**: it updates now; the channel hears when it is done."
+        else:
+            then = (
+                "this update is skipped"
+                if req.when_busy == "skip"
+                else "the channel is warned and it updates anyway"
+            )
+            on = f"{req.online} playing" if req.online is not None else "players not counted"
+            text = (
+                f"**{name}** updates as soon as nobody plays ({on} now). If players are still "
+                f"on {until}, {then}."
+            )
+        await interaction.edit_original_response(embed=Embed(description=text, colour=OK))
 
     @server.command(name="status", description="State, address, uptime, CPU and memory")
     @app_commands.autocomplete(name=server_autocomplete)
