@@ -769,6 +769,8 @@ class Automation:
         )
         if action == "console":
             await self.servers.require_console(server)
+        if action == "update":
+            self.refuse_uncounted(await self.store.get_server(server))
         return await self._view(await self._add(server, "cron", spec, actor))
 
     async def add_timer(

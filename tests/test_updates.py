@@ -18,8 +18,17 @@ from bot.automation import Automation
 from bot.events import Event
 from bot.notices import EventNotifier
 from bot.scheduler import Scheduler
+from bot.schedules import ScheduleError
 from bot.settings import AutomationSettings, Settings
-from tests.conftest import OPERATOR, PLAYER, config_file, make_settings, peon, services_for
+from tests.conftest import (
+    OPERATOR,
+    PLAYER,
+    config_file,
+    fakegame_variant,
+    make_settings,
+    peon,
+    services_for,
+)
 from tests.discord_emulator import DiscordEmulator
 from tests.images import Images
 from tests.registry import LocalRegistry
@@ -239,6 +248,28 @@ async def test_a_waiting_update_survives_a_restart_and_a_stopped_server_updates_
             async with asyncio.timeout(30):
                 while len(await events(svc, "upd-keep", "update-done")) < 2:
                     await asyncio.sleep(0.2)
+
+
+async def test_a_server_whose_players_cannot_be_counted_cannot_wait_for_empty(
+    tmp_path: Path, fakegame: str
+) -> None:
+    settings = make_settings(tmp_path, warplans_dir=fakegame_variant(tmp_path, players=None))
+    async with services_for(settings) as svc, automation(svc, fast()) as a:
+        await svc.servers.create("fakegame", "upd-blind", actor="test")
+        refused = (
+            "War plan 'fakegame' cannot count players, so upd-blind cannot update when nobody "
+            "plays; update it now instead."
+        )
+        with pytest.raises(ScheduleError) as e:
+            await a.update_when_empty("upd-blind", actor="test")
+        assert str(e.value) == refused
+        with pytest.raises(ScheduleError) as e:
+            await a.add_cron(
+                "upd-blind", "0 4 * * *", "update", zone=None, command=None,
+                only_when_running=False, actor="test",
+            )  # fmt: skip
+        assert str(e.value) == refused
+        assert await svc.store.list_schedules("upd-blind") == []
 
 
 # --- in Discord ---------------------------------------------------------------------------------
