@@ -91,6 +91,11 @@ class VariableSpec(_Model):
         default=False,
         description="A secret left empty at create gets a random value, stored as the secret.",
     )
+    create_only: bool = Field(
+        default=False,
+        description="Set only when the server is created (e.g. a world name whose change would "
+        "start a new world): /server settings and `peon server set` refuse to change it.",
+    )
 
     _pattern_ok = field_validator("pattern")(_check_regex)
 
@@ -492,17 +497,21 @@ def coerce_value(spec: VariableSpec, raw: str) -> str:
     return text
 
 
+def _refuse_unknown(plan: WarPlan, given: Mapping[str, str]) -> None:
+    known = {v.name for v in plan.variables}
+    for name in given:
+        if name not in known:
+            hint = f" Known: {', '.join(sorted(known))}." if known else ""
+            raise VariableError(name, f"this war plan has no such variable.{hint}")
+
+
 def resolve_variables(plan: WarPlan, given: Mapping[str, str], server: str) -> dict[str, str]:
     """Validate what a user chose against the plan; return every variable's value by name.
 
     Unknown names are refused; missing ones take the default ({server} filled in); a required
     variable without a value and without a default is refused.
     """
-    known = {v.name for v in plan.variables}
-    for name in given:
-        if name not in known:
-            hint = f" Known: {', '.join(sorted(known))}." if known else ""
-            raise VariableError(name, f"this war plan has no such variable.{hint}")
+    _refuse_unknown(plan, given)
     values: dict[str, str] = {}
     for spec in plan.variables:
         raw = given.get(spec.name)
@@ -518,6 +527,43 @@ def resolve_variables(plan: WarPlan, given: Mapping[str, str], server: str) -> d
             continue
         values[spec.name] = coerce_value(spec, raw)
     return values
+
+
+def change_variables(
+    plan: WarPlan, current: Mapping[str, str], given: Mapping[str, str], server: str
+) -> tuple[dict[str, str], list[str]]:
+    """A settings change of an existing server: its variables with `given` applied and
+    validated as at create, and the names of those whose value changed (sorted).
+
+    An empty value keeps a secret as it is and puts any other variable back to its default.
+    Changing a `create_only` variable is refused; one the server never had (the plan gained
+    it later) is left unset unless given.
+    """
+    _refuse_unknown(plan, given)
+    merged = dict(current)
+    for name, raw in given.items():
+        spec = plan.variable(name)
+        if raw.strip():
+            merged[name] = raw
+        elif spec is not None and not spec.secret:
+            merged.pop(name, None)
+    values = resolve_variables(plan, merged, server)
+    for spec in plan.variables:
+        if spec.create_only and spec.name not in given:
+            if spec.name in current:
+                values[spec.name] = current[spec.name]
+            else:
+                values.pop(spec.name, None)
+    changed = sorted(k for k in values.keys() | current.keys() if values.get(k) != current.get(k))
+    for name in changed:
+        spec = plan.variable(name)
+        if spec is not None and spec.create_only:
+            raise VariableError(
+                name,
+                "is set only when the server is created; create another server to use "
+                "another value.",
+            )
+    return values, changed
 
 
 def fill_template(text: str, server: str, host_ports: Mapping[str, int]) -> str:
