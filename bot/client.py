@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
+import json
 import logging
+import math
 import platform
 import re
 from collections.abc import Callable, Coroutine
@@ -26,8 +29,10 @@ from discord.ext import commands
 from bot import __version__, notices
 from bot.app import Services
 from bot.automation import Automation, Warning
+from bot.board import UNKNOWN, Board, BoardBuilder
 from bot.errors import PeonError
 from bot.events import Event, EventFeed
+from bot.models import BoardMessage
 from bot.notices import EventNotifier, Notice
 from bot.permissions import Level, Member, check, level_of
 from bot.scheduler import Scheduler
@@ -485,6 +490,264 @@ class DiscordNotifier:
         )
 
 
+BOARD_NAMES = 10  # player names shown per server on the status board; the rest are counted
+BOARD_BUTTONS = 25  # Discord: 5 rows of 5 buttons
+BOARD_STATES = {
+    "running": "🟢 Running", "exited": "⚪ Stopped", "created": "⚪ Stopped",
+    "missing": "🟠 Container missing (a start recreates it)", "start": "⏳ Starting…",
+    "stop": "⏳ Stopping…", "restart": "⏳ Restarting…", "update": "⏳ Updating…",
+    "create": "⏳ Being created…", "delete": "⏳ Being deleted…", "backup": "⏳ Backing up…",
+    "restore": "⏳ Restoring…",
+}  # fmt: skip
+StartButton = Callable[[str], discord.ui.Item[Any]]
+
+
+class BoardChannelError(PeonError):
+    def __init__(self, channel_id: int) -> None:
+        super().__init__(
+            f"PEON cannot post in <#{channel_id}>; it needs View Channel, Send Messages and "
+            "Embed Links there."
+        )
+
+
+def board_embed(board: Board) -> discord.Embed:
+    """The board's message: a field per server. Times are Discord timestamps, so an unchanged
+    board renders the same whenever it is built."""
+    embed = Embed(title="Game servers", colour=discord.Colour.blurple())
+    if not board.rows:
+        embed.description = "No servers yet. An admin can create one with `/server create`."
+    for row in board.rows:
+        if row.state == UNKNOWN:
+            lines = [f"❔ Unknown: its Docker host {row.host} does not answer"]
+        else:
+            state = BOARD_STATES.get(row.state, f"🟠 {row.state}")
+            lines = [state + (f" · started {timestamp(row.since)}" if row.since else "")]
+        if row.addresses:
+            lines.append(" · ".join(f"`{a.split()[0]}` {a.split()[1]}" for a in row.addresses))
+        if row.players is not None:
+            p = row.players
+            total = f"{p.online}/{p.max}" if p.max is not None else str(p.online)
+            names = [escape(n) for n in p.names[:BOARD_NAMES]]
+            if len(p.names) > BOARD_NAMES:
+                names.append(f"and {len(p.names) - BOARD_NAMES} more")
+            lines.append(f"👥 {total} playing" + (f": {', '.join(names)}" if names else ""))
+        if row.next_stop is not None:
+            action, at = row.next_stop
+            verb = {"stop": "⏹️ Stops", "restart": "🔄 Restarts"}.get(action, f"⏱️ {action}")
+            lines.append(f"{verb} {timestamp(at)}")
+        if board.hosts > 1:
+            lines.append(f"on {row.host}")
+        embed.add_field(name=f"{row.name} · {row.title}", value="\n".join(lines), inline=False)
+    embed.set_footer(text=board.summary())
+    return embed
+
+
+class BoardKeeper:
+    """Keeps each guild's status board message, and the bot's presence, showing the board.
+
+    A consumer of the event stream (every event makes it look again) and of a timer (player
+    counts change without events). It sends only what changed: a board is edited when its
+    rendered payload differs from the last one sent (a digest kept in the database, so a
+    restart edits nothing that did not change), at most once every `interval` seconds per
+    board (changes in between are shown together). A board deleted in Discord is posted again.
+    """
+
+    def __init__(self, bot: PeonBot, builder: BoardBuilder) -> None:
+        self.bot, self.builder, self.store = bot, builder, bot.services.store
+        self.start_button: StartButton | None = None  # set by the servers cog
+        self.boards: dict[int, BoardMessage] = {}
+        self.board: Board | None = None  # the last one built
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()  # one update, placement or removal at a time
+        self._edited: dict[int, float] = {}  # guild -> loop time of its board's last send
+        self._later: asyncio.TimerHandle | None = None
+        self._failed: dict[int, str] = {}  # guild -> digest whose send failed (logged once)
+        self._presence: str | None = None  # what the gateway was last told
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def interval(self) -> float:
+        return self.bot.discord_settings.board_interval
+
+    async def start(self) -> None:
+        """Load the boards and check their messages still exist (a board deleted while PEON
+        was down is posted again), then keep them up to date."""
+        for b in await self.store.list_boards():
+            self.boards[b.guild_id] = b
+            if b.message_id is None:
+                continue
+            try:
+                channel = self.bot.get_partial_messageable(b.channel_id)
+                await channel.fetch_message(b.message_id)
+            except discord.NotFound:
+                self.boards[b.guild_id] = BoardMessage(b.guild_id, b.channel_id, None, "")
+            except (discord.HTTPException, OSError, aiohttp.ClientError) as e:
+                log.warning("cannot look up the status board of guild %s: %s", b.guild_id, e)
+        self._wake.set()
+        self._task = asyncio.create_task(self._run(), name="status-board")
+
+    async def close(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def poke(self) -> None:
+        """Something may have changed: look again (now, or when the interval allows)."""
+        self._wake.set()
+
+    async def on_event(self, event: Event) -> None:
+        self.poke()
+
+    def reconnected(self) -> None:
+        """A new gateway session starts with no presence: send it again."""
+        self._presence = None
+        self.poke()
+
+    def deleted(self, message_id: int) -> None:
+        """A message was deleted in Discord: if it was a board, post it again."""
+        for gid, b in self.boards.items():
+            if b.message_id == message_id:
+                self.boards[gid] = BoardMessage(gid, b.channel_id, None, "")
+                self.poke()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.bot.discord_settings.board_refresh)
+            self._wake.clear()
+            try:
+                await self.update()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("status board: update failed")
+
+    async def update(self) -> None:
+        board = await self.builder.build()
+        async with self._lock:
+            self.board = board
+            for gid in list(self.boards):
+                if gid in self.bot.discord_settings.guilds:
+                    await self._show(gid, board)
+        await self._set_presence(board.summary())
+
+    def render(
+        self, board: Board, guild_id: int
+    ) -> tuple[discord.Embed, discord.ui.View | None, str]:
+        """The board for one guild: embed, Start buttons (for stopped servers, where players
+        may start them), and the digest of that payload."""
+        embed = board_embed(board)
+        guild = self.bot.discord_settings.guilds.get(guild_id)
+        view = None
+        if self.start_button is not None and guild is not None and guild.players_can_start:
+            startable = [r.name for r in board.rows if r.startable][:BOARD_BUTTONS]
+            if startable:
+                view = discord.ui.View(timeout=None)
+                for name in startable:
+                    view.add_item(self.start_button(name))
+        payload = {"embeds": [embed.to_dict()], "components": view.to_components() if view else []}
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return embed, view, hashlib.sha256(text.encode()).hexdigest()
+
+    async def _show(self, gid: int, board: Board) -> None:
+        b = self.boards[gid]
+        embed, view, digest = self.render(board, gid)
+        if digest == b.digest and b.message_id is not None:
+            return  # nothing on it changed
+        loop = asyncio.get_running_loop()
+        wait = self._edited.get(gid, -math.inf) + self.interval - loop.time()
+        if wait > 0 and b.message_id is not None:
+            if self._later is None:  # coalesce: look again once the interval allows
+                self._later = loop.call_later(wait, self._retry)
+            return
+        channel = self.bot.get_partial_messageable(b.channel_id, guild_id=gid)
+        try:
+            if b.message_id is not None:
+                try:
+                    await channel.get_partial_message(b.message_id).edit(embed=embed, view=view)
+                    message_id: int = b.message_id
+                except discord.NotFound as e:
+                    if e.code != 10008:  # Unknown Message: deleted, so posted again below
+                        raise
+                    log.warning("the status board of guild %s was deleted; posting it again", gid)
+                    message_id = (await self._post(channel, embed, view)).id
+            else:
+                message_id = (await self._post(channel, embed, view)).id
+        except (discord.HTTPException, OSError, aiohttp.ClientError) as e:
+            if self._failed.get(gid) != digest:
+                log.warning("cannot show the status board of guild %s in channel %s: %s",
+                            gid, b.channel_id, e)  # fmt: skip
+            self._failed[gid] = digest
+            return
+        self._failed.pop(gid, None)
+        self._edited[gid] = loop.time()
+        self.boards[gid] = BoardMessage(gid, b.channel_id, message_id, digest)
+        await self.store.set_board(self.boards[gid])
+
+    def _retry(self) -> None:
+        self._later = None
+        self.poke()
+
+    @staticmethod
+    async def _post(
+        channel: discord.PartialMessageable, embed: discord.Embed, view: discord.ui.View | None
+    ) -> discord.Message:
+        if view is None:
+            return await channel.send(embed=embed)
+        return await channel.send(embed=embed, view=view)
+
+    async def place(self, guild_id: int, channel_id: int) -> None:
+        """Post the guild's board in `channel_id`; the one posted before is deleted."""
+        board = await self.builder.build()
+        async with self._lock:
+            embed, view, digest = self.render(board, guild_id)
+            channel = self.bot.get_partial_messageable(channel_id, guild_id=guild_id)
+            try:
+                message = await self._post(channel, embed, view)
+            except discord.Forbidden as e:
+                raise BoardChannelError(channel_id) from e
+            old = self.boards.get(guild_id)
+            self.boards[guild_id] = BoardMessage(guild_id, channel_id, message.id, digest)
+            self._edited[guild_id] = asyncio.get_running_loop().time()
+            await self.store.set_board(self.boards[guild_id])
+            if old is not None and old.message_id is not None:
+                await self._delete(old.channel_id, old.message_id)
+        self.poke()  # the board used may be a little old
+
+    async def remove(self, guild_id: int) -> bool:
+        """Take the guild's board down; False when it had none."""
+        async with self._lock:
+            old = self.boards.pop(guild_id, None)
+            await self.store.remove_board(guild_id)
+            if old is not None and old.message_id is not None:
+                await self._delete(old.channel_id, old.message_id)
+        return old is not None
+
+    async def _delete(self, channel_id: int, message_id: int) -> None:
+        channel = self.bot.get_partial_messageable(channel_id)
+        try:
+            await channel.get_partial_message(message_id).delete()
+        except discord.NotFound:
+            pass  # deleted already
+        except discord.HTTPException as e:
+            log.warning("cannot delete the old status board in channel %s: %s", channel_id, e)
+
+    async def _set_presence(self, text: str) -> None:
+        """The bot's presence: the board's summary, sent when it changed (and once more after
+        each new gateway session)."""
+        if text == self._presence or not self.bot.is_ready():
+            return
+        try:
+            await self.bot.change_presence(activity=discord.CustomActivity(name=text))
+        except (discord.DiscordException, OSError) as e:
+            log.warning("cannot set the presence: %s", e)
+            return
+        self._presence = text
+
+
 class PeonBot(commands.Bot):
     services: Services
     settings: Settings
@@ -510,6 +773,7 @@ class PeonBot(commands.Bot):
         self.automation: Automation | None = None
         self.crash_watch: CrashWatch | None = None
         self.feeds: list[EventFeed] = []
+        self.board: BoardKeeper | None = None  # the status boards and the presence
         self.engine_version = "?"
         self.max_loop_stall = 0.0  # seconds; the worst event-loop stall since start
         self._watchdog: asyncio.Task[None] | None = None
@@ -532,7 +796,7 @@ class PeonBot(commands.Bot):
         from cogs.common import ConfirmButton  # noqa: PLC0415
         from cogs.peon import PeonCog  # noqa: PLC0415
         from cogs.schedules import SchedulesCog, WarningButton, warning_view  # noqa: PLC0415
-        from cogs.servers import PanelButton, ServersCog  # noqa: PLC0415
+        from cogs.servers import PanelButton, ServersCog, board_start_button  # noqa: PLC0415
         from cogs.warplans import WarplansCog  # noqa: PLC0415
 
         health = await self.services.servers.host_health()
@@ -573,6 +837,8 @@ class PeonBot(commands.Bot):
             notifier=events,
         )
         self.notifier.warning_view = warning_view
+        self.board = BoardKeeper(self, BoardBuilder(self.services.servers, self.automation.pending))
+        self.board.start_button = board_start_button
         await self.add_cog(ServersCog(self))
         await self.add_cog(SchedulesCog(self))
         await self.add_cog(BackupsCog(self))
@@ -592,8 +858,11 @@ class PeonBot(commands.Bot):
                       kinds=notices.NOTICE_KINDS | notices.READY_KINDS),
             EventFeed(store, "automation-replan", self._replan, kinds=notices.REPLAN_KINDS),
         ]  # fmt: skip
+        # The status boards and the presence look again after every event (and on a timer).
+        self.feeds.append(EventFeed(store, "status-board", self.board.on_event))
         for feed in self.feeds:
             await feed.start()
+        await self.board.start()
         self._watchdog = asyncio.create_task(self._watch_loop(), name="loop-watchdog")
 
     async def _watch_loop(self) -> None:
@@ -612,6 +881,8 @@ class PeonBot(commands.Bot):
             self._watchdog.cancel()
         for task in list(self._background):
             task.cancel()
+        if self.board is not None:
+            await self.board.close()
         for feed in self.feeds:
             await feed.close()
         if self.crash_watch is not None:
@@ -626,6 +897,8 @@ class PeonBot(commands.Bot):
         by_hand = event.ok and not event.actor.startswith("peon:")
         if self.automation is not None and event.server is not None and by_hand:
             await self.automation.touch(event.server)
+            if self.board is not None:
+                self.board.poke()  # it shows the next automatic stop
 
     async def sync_commands(self) -> None:
         # Global commands show in every guild; copied into a configured guild as well they
@@ -661,6 +934,8 @@ class PeonBot(commands.Bot):
             getattr(self.user, "id", "?"),
             len(self.guilds),
         )
+        if self.board is not None:
+            self.board.reconnected()  # a new gateway session: the presence is sent again
         await self._clear_unconfigured()
         for line in self.notice_problems():
             log.warning("%s", line)
@@ -715,6 +990,10 @@ class PeonBot(commands.Bot):
                                "mention everyone, so notices will not ping it; make the role "
                                "mentionable.")  # fmt: skip
         return out
+
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        if self.board is not None:
+            self.board.deleted(payload.message_id)  # a board is posted again
 
     async def on_message(self, message: discord.Message) -> None:
         """PEON has slash commands only: a message mentioning it ("@PEON hi") is not a

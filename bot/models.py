@@ -68,6 +68,16 @@ class StaleLease:
 
 
 @dataclass(frozen=True)
+class BoardMessage:
+    """Where a guild's status board is posted, and a digest of what it shows."""
+
+    guild_id: int
+    channel_id: int
+    message_id: int | None  # None: to be posted (again) at the next refresh
+    digest: str  # of the last payload sent; the same payload is not sent again
+
+
+@dataclass(frozen=True)
 class Schedule:
     """One schedule row: kind is window|idle|cron|timer; spec holds its settings."""
 

@@ -41,6 +41,7 @@ ACTIONS: dict[str, Level] = {
     "create": Level.ADMIN,
     "delete": Level.ADMIN,
     "panel": Level.ADMIN,
+    "board": Level.ADMIN,
     "reload": Level.ADMIN,
 }
 
@@ -62,6 +63,7 @@ VERBS = {
     "create": "create servers",
     "delete": "delete servers",
     "panel": "post control panels",
+    "board": "post the status board",
     "reload": "reload the configuration",
 }
 

@@ -170,6 +170,20 @@ class DiscordSettings(_Model):
         description="Seconds an interaction token works (Discord: 15 minutes). Long operations "
         "move their progress to a channel message before it runs out; lower only to test.",
     )
+    board_interval: float = Field(
+        default=5,
+        ge=0.2,
+        le=300,
+        description="Least seconds between two edits of a status board: changes in between "
+        "are shown together (Discord rate-limits edits).",
+    )
+    board_refresh: float = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="Seconds between rebuilds of the status board and presence without an "
+        "event (player counts change without one).",
+    )
 
 
 def _span(text: str, lo: timedelta = timedelta(seconds=1)) -> timedelta:

@@ -32,6 +32,7 @@ from bot.models import (
     AuditEntry,
     Backup,
     BackupVolume,
+    BoardMessage,
     PortBinding,
     Schedule,
     ServerRecord,
@@ -161,6 +162,17 @@ MIGRATIONS: list[str] = [
     DROP TABLE audit;
     CREATE INDEX events_server ON events(server, id);
     CREATE TABLE event_cursors (consumer TEXT PRIMARY KEY, position INTEGER NOT NULL);
+    """,
+    # 7: the live status board: one message per guild, found again after a restart, with a
+    # digest of what it shows so an unchanged board is not edited.
+    """
+    CREATE TABLE boards (
+        guild_id INTEGER PRIMARY KEY,
+        channel_id INTEGER NOT NULL,
+        message_id INTEGER,
+        digest TEXT NOT NULL DEFAULT '',
+        updated_at TEXT NOT NULL
+    );
     """,
 ]
 
@@ -714,6 +726,26 @@ class Store:
             pass
         finally:
             self._waiters.discard(waiter)
+
+    # --- status boards ----------------------------------------------------------------------
+
+    async def list_boards(self) -> list[BoardMessage]:
+        sql = "SELECT guild_id, channel_id, message_id, digest FROM boards ORDER BY guild_id"
+        rows = await (await self.db.execute(sql)).fetchall()
+        return [BoardMessage(int(r[0]), int(r[1]), r[2], str(r[3])) for r in rows]
+
+    async def set_board(self, board: BoardMessage) -> None:
+        await self._write(
+            "INSERT INTO boards (guild_id, channel_id, message_id, digest, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(guild_id) DO UPDATE SET "
+            "channel_id = excluded.channel_id, message_id = excluded.message_id, "
+            "digest = excluded.digest, updated_at = excluded.updated_at",
+            (board.guild_id, board.channel_id, board.message_id, board.digest, _ts(utcnow())),
+        )
+
+    async def remove_board(self, guild_id: int) -> bool:
+        cur = await self._write("DELETE FROM boards WHERE guild_id = ?", (guild_id,))
+        return cur.rowcount > 0
 
     async def audit_log(self, server: str | None = None, limit: int = 50) -> list[AuditEntry]:
         sql = "SELECT id, at, actor, kind, server, ok, detail FROM events"

@@ -29,6 +29,7 @@ HELP = [
     ("/server create warplan name", "create"),
     ("/server delete name", "delete"),
     ("/server panel name", "panel"),
+    ("/peon board channel", "board"),
     ("/warplan list · /warplan show", "warplan"),
     ("/peon reload", "reload"),
 ]
@@ -101,6 +102,30 @@ class PeonCog(commands.Cog, name="PeonCog"):
         if level == Level.NONE:
             embed.set_footer(text="Ask an admin for a role PEON knows (config/peon.yaml).")
         await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @peon.command(name="board", description="Post the live status board in a channel (admin)")
+    @app_commands.describe(
+        channel="Where to post it (it moves there from where it was); leave out to take it down"
+    )
+    async def board(
+        self, interaction: discord.Interaction[Any], channel: discord.TextChannel | None = None
+    ) -> None:
+        self.access.check(interaction, "board")
+        keeper, guild_id = self.bot.board, interaction.guild_id
+        if keeper is None or guild_id is None:
+            raise RuntimeError("the status board is not running")
+        await interaction.response.defer(ephemeral=True, thinking=True)  # it asks every host
+        if channel is not None:
+            await keeper.place(guild_id, channel.id)
+            text = (
+                f"The status board is now in {channel.mention}; it changes by itself as "
+                "servers start, stop and fill up."
+            )
+        elif await keeper.remove(guild_id):
+            text = "The status board was taken down."
+        else:
+            text = "There is no status board here; name a channel to post one."
+        await interaction.edit_original_response(embed=Embed(description=text, colour=OK))
 
     @peon.command(name="reload", description="Re-read config and war plans (admin)")
     async def reload(self, interaction: discord.Interaction[Any]) -> None:

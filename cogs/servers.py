@@ -201,6 +201,13 @@ class PanelButton(
             await render_error(interaction, e)
 
 
+def board_start_button(server: str) -> discord.ui.Item[Any]:
+    """The status board's Start button for a server: the panel's, named after the server."""
+    button = PanelButton("start", server)
+    button.item.label = f"Start {server}"
+    return button
+
+
 def panel_view(server: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for action in PANEL_ACTIONS:

@@ -399,6 +399,9 @@ class DiscordEmulator:
         self.global_commands: list[JSONDict] = []
         self.channel_messages: dict[int, list[Message]] = {}
         self.identified = asyncio.Event()
+        # Every presence the bot set, oldest first: IDENTIFY's `presence` and each op 3 `d`
+        # (topics/gateway-events "Update Presence"); `presence_texts()` reads them.
+        self.presences: list[JSONDict] = []
         self.interactions: dict[int, Interaction] = {}
         self.dispatch_times: dict[int, float] = {}
         self.callback_times: dict[int, float] = {}
@@ -1362,6 +1365,51 @@ class DiscordEmulator:
                 await self._live.send_str(json.dumps(frame))
             return self._seq
 
+    async def _presence_update(self, ws: web.WebSocketResponse, d: JSONDict) -> None:
+        """Op 3 Update Presence (topics/gateway-events): `since` (?integer), `activities`
+        (array), `status` (online, dnd, idle, invisible, offline), `afk` (boolean); of an
+        activity "bot users are only able to set name, state, type, and url", type 0-5. A
+        payload Discord cannot decode closes the connection with 4002 Decode error
+        (topics/opcodes-and-status-codes)."""
+        activities = d.get("activities")
+        ok = (
+            isinstance(activities, list)
+            and d.get("status") in ("online", "dnd", "idle", "invisible", "offline")
+            and isinstance(d.get("afk"), bool)
+            and (d.get("since") is None or isinstance(d.get("since"), int | float))
+            and all(
+                isinstance(a, dict) and isinstance(a.get("name"), str)
+                and a.get("type") in range(6) and set(a) <= {"name", "state", "type", "url"}
+                for a in activities
+            )
+        )  # fmt: skip
+        if not ok:
+            self.rejected.append((4002, 4002, "GATEWAY", "op 3"))
+            await ws.close(code=4002, message=b"Decode error")
+            return
+        self.presences.append(dict(d))
+
+    def presence_texts(self) -> list[str]:
+        """The text each recorded presence shows: a custom status's `state`, else the first
+        activity's name ("" without one)."""
+        out = []
+        for p in self.presences:
+            acts = p.get("activities") or ([p["game"]] if p.get("game") else [])
+            first = acts[0] if acts else {}
+            out.append(str(first.get("state") or first.get("name") or ""))
+        return out
+
+    async def delete_message(self, message_id: int, *, notify: bool = True) -> None:
+        """A member (a moderator) deletes a message. Discord then sends MESSAGE_DELETE {id,
+        channel_id, guild_id} (topics/gateway-events "Message Delete"); `notify=False` is a
+        deletion the bot missed (it was disconnected): it finds out from a 404 10008."""
+        msg = self._messages[message_id]
+        self._replace(replace(msg, deleted=True))
+        if notify:
+            await self._dispatch("MESSAGE_DELETE", {"id": str(msg.id),
+                                                    "channel_id": str(msg.channel_id),
+                                                    "guild_id": str(self.guild_id)})  # fmt: skip
+
     async def _gateway(self, request: web.Request) -> web.StreamResponse:
         """Plain TEXT frames: the client accepts them whatever compression it asked for."""
         ws = web.WebSocketResponse(max_msg_size=0)
@@ -1391,12 +1439,16 @@ class DiscordEmulator:
             if d.get("token") != self.token:
                 await ws.close(code=4004, message=b"Authentication failed.")
                 return
+            if d.get("presence"):
+                self.presences.append(dict(d["presence"]))
             async with self._send_lock:
                 self._session_id, self._seq, self._history = secrets.token_hex(16), 0, []
                 self._live, self._parsed_seq, self._barrier_times = ws, 0, []
             await self._dispatch("READY", self._ready_json())
             await self._dispatch("GUILD_CREATE", self._guild_create_json())
             self.identified.set()
+        elif op == 3:
+            await self._presence_update(ws, d)
         elif op == 6:
             if d.get("session_id") != self._session_id or d.get("token") != self.token:
                 await self._send(ws, {"op": 9, "d": False})

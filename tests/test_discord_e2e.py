@@ -168,7 +168,7 @@ async def test_commands_sync_to_the_guild_and_list(peon: Runner, emu: DiscordEmu
         "panel",
     }
     assert groups["warplan"] == {"list", "show"}
-    assert groups["peon"] == {"status", "help", "reload"}
+    assert groups["peon"] == {"status", "help", "reload", "board"}
     assert emu.global_commands == []  # global sync only when configured
     i = await slash(emu, PLAYER, "list")
     assert "No servers yet" in await finished(emu, i, "No servers yet")
