@@ -56,20 +56,37 @@ class CampHealth:
 
 class Camps:
     def __init__(self, settings: Settings) -> None:
-        several = len(settings.camps) > 1
         self._camps: dict[str, Camp] = {}
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: Settings) -> list[str]:
+        """Take the hosts of `settings` (at startup, and on a reload): a host not known yet
+        gets its engine; a known one keeps its engine (how it is reached changes only with a
+        restart) and takes its new pool, addresses and memory. Returns the hosts added."""
+        several = len(settings.camps) > 1
+        camps: dict[str, Camp] = {}
+        added = []
         for h in settings.camps:
-            self._camps[h.name] = Camp(
+            known = self._camps.get(h.name)
+            if known is None:
+                added.append(h.name)
+                driver = DockerDriver(
+                    h.base_url, h.timeout, host=h.name if several else None, tls=h.tls
+                )
+            else:
+                driver = known.driver
+            camps[h.name] = Camp(
                 name=h.name,
                 settings=h,
-                driver=DockerDriver(
-                    h.base_url, h.timeout, host=h.name if several else None, tls=h.tls
-                ),
+                driver=driver,
                 pool=parse_pool(h.pool) if h.pool else settings.ports.pool_range,
                 bind_address=h.bind_address or settings.ports.bind_address,
                 address=h.public_address or _default_address(h),
                 probe_address=h.probe_address,
             )
+        # Hosts gone from the list keep theirs: their servers still live there.
+        self._camps = {**{k: v for k, v in self._camps.items() if k not in camps}, **camps}
+        return added
 
     @property
     def names(self) -> list[str]:

@@ -78,3 +78,16 @@ def configure_logging(settings: LogSettings, secrets: Iterable[str] = ()) -> Non
     root.setLevel(settings.level)
     # discord.py logs every gateway event at DEBUG; keep it at INFO unless asked.
     logging.getLogger("discord").setLevel(max(logging.INFO, root.level))
+
+
+def reconfigure_logging(settings: LogSettings) -> None:
+    """Settings from a reload: the level, and the format of PEON's own handlers (their
+    redaction stays); handlers others added (a test's capture) are left alone."""
+    root = logging.getLogger()
+    root.setLevel(settings.level)
+    logging.getLogger("discord").setLevel(max(logging.INFO, root.level))
+    for handler in root.handlers:
+        current = handler.formatter
+        if isinstance(current, _Redacting):
+            kind = JsonFormatter if settings.format == "json" else LogfmtFormatter
+            handler.setFormatter(kind(current.secrets))

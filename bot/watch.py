@@ -96,9 +96,36 @@ class CrashWatch:
         self._ask: Ask = ask or _ask
 
     def start(self) -> None:
-        for camp in self.servers.camps:
-            self._tasks.append(asyncio.create_task(self._follow(camp), name=f"watch-{camp.name}"))
+        self.watch_new_hosts()
         if self.settings.hang_checks:
+            self._tasks.append(asyncio.create_task(self._hang_loop(), name="watch-hangs"))
+
+    def watch_new_hosts(self) -> list[str]:
+        """Follow the events of every host not followed yet (all of them at start, those a
+        reload added later); returns their names."""
+        followed = {t.get_name() for t in self._tasks}
+        added = []
+        for camp in self.servers.camps:
+            if f"watch-{camp.name}" not in followed:
+                task = asyncio.create_task(self._follow(camp), name=f"watch-{camp.name}")
+                self._tasks.append(task)
+                added.append(camp.name)
+        return added
+
+    async def reconfigure(self, settings: CrashSettings) -> None:
+        """Settings from a reload: restarts and backoff follow them from the next crash; the
+        hang checks are started, stopped or re-timed."""
+        old, self.settings = self.settings, settings
+        self.hangs.checks = settings.hang_checks
+        if (old.hang_checks > 0, old.hang_interval) == (settings.hang_checks > 0,
+                                                         settings.hang_interval):  # fmt: skip
+            return
+        for task in [t for t in self._tasks if t.get_name() == "watch-hangs"]:
+            self._tasks.remove(task)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if settings.hang_checks and self._tasks:  # started (the hosts are followed)
             self._tasks.append(asyncio.create_task(self._hang_loop(), name="watch-hangs"))
 
     async def close(self) -> None:

@@ -44,9 +44,19 @@ class BackupsCog(commands.Cog, name="BackupsCog"):
         self.backups: BackupService = bot.services.backups
         self.servers: ServerService = bot.services.servers
         self.access: Access = bot.access
-        self.confirm_timeout = bot.discord_settings.confirm_timeout
-        self.interval = bot.discord_settings.progress_interval
-        self.lifetime = bot.discord_settings.interaction_lifetime
+        self.bot = bot  # its Discord settings, as /peon reload leaves them
+
+    @property
+    def confirm_timeout(self) -> int:
+        return self.bot.discord_settings.confirm_timeout
+
+    @property
+    def interval(self) -> float:
+        return self.bot.discord_settings.progress_interval
+
+    @property
+    def lifetime(self) -> float:
+        return self.bot.discord_settings.interaction_lifetime
 
     async def backup_autocomplete(
         self, interaction: discord.Interaction[Any], current: str
