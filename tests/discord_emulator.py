@@ -20,7 +20,10 @@ discord/discord-api-docs; each check names its page) and lists every such answer
 - a channel the bot may not see (`deny(channel, "view_channel")`): 403 50001; may not post in,
   or post embeds in: 403 50013;
 - an ephemeral message edited through another token or the channel: 404 10008.
-Each stored `Message` records its `allowed_mentions` and `pings` (who it notifies).
+- a presence update (gateway op 3) Discord cannot decode: the connection is closed, 4002.
+Each stored `Message` records its `allowed_mentions` and `pings` (who it notifies); every
+presence the bot sets is kept in `presences` (`presence_texts()`), and `delete_message` deletes
+a message as a member would (MESSAGE_DELETE, or silently: the bot learns of it from a 404).
 """
 
 from __future__ import annotations
