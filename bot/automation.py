@@ -86,10 +86,9 @@ class Notifier(Protocol):
         self, server: str, joined: list[str], left: list[str], online: int
     ) -> None: ...
 
-    async def update_waiting(
-        self, server: str, why: str, online: int | None, until: datetime, actor: str
-    ) -> None:
-        """An update waits for the players to leave (at most until `until`)."""
+    async def update_waiting(self, wait: UpdateWait, online: int | None, when_busy: str) -> None:
+        """An update waits for the players to leave (at most until `wait.until`; then, as
+        `when_busy` says, warned and done or skipped)."""
 
     async def update_done(self, server: str, why: str, changed: bool, restarted: bool) -> None:
         """An update asked to wait for an empty server happened."""
@@ -607,7 +606,7 @@ class Automation:
             self._spawn(self._update_now(server))
             return UpdateRequest(server, True, online, wait.until, mode)
         log.info("%s: update waits for the players to leave (%s)", server, why)
-        await _quiet(self.notifier.update_waiting(server, why, online, wait.until, actor))
+        await _quiet(self.notifier.update_waiting(wait, online, mode))
         return UpdateRequest(server, False, online, wait.until, mode)
 
     def waiting_update(self, server: str) -> UpdateWait | None:
@@ -647,21 +646,23 @@ class Automation:
             return
         players = "players were still on" if count is None else f"{count.online} still playing"
         after = f"{players} after {format_span(wait.until - wait.since)}"
-        if self.settings.update_when_busy == "skip":
-            async with self._locks[server]:
-                skipped = self._updates.pop(server, None)
-            if skipped is not None:
-                await self._save_updates()
-                log.info("%s: update skipped, %s", server, after)
-                await _quiet(self.notifier.update_skipped(server, wait.why, after))
-            return
+        skip = self.settings.update_when_busy == "skip"
         async with self._locks[server]:
-            if any(d.action == "update" for d in self._forced[server]):
+            if self._updates.get(server) is not wait:
+                return  # it began (its warned time came) while the players were counted
+            if skip:
+                del self._updates[server]
+            elif any(d.action == "update" for d in self._forced[server]):
                 return  # already warned: it happens at its time (or as soon as they leave)
-            lead = max(self.leads, default=self.settings.catch_up_lead) + UPDATE_WARN_SLACK
-            self._forced[server].append(
-                Due(server, now + lead, "update", "update", f"{wait.why}; {after}")
-            )
+            else:
+                lead = max(self.leads, default=self.settings.catch_up_lead) + UPDATE_WARN_SLACK
+                why = f"{wait.why}; {after}"
+                self._forced[server].append(Due(server, now + lead, "update", "update", why))
+        if skip:
+            await self._save_updates()
+            log.info("%s: update skipped, %s", server, after)
+            await _quiet(self.notifier.update_skipped(server, wait.why, after))
+            return
         await _quiet(self.replan(server))
 
     async def _update_now(self, server: str) -> None:
@@ -675,24 +676,27 @@ class Automation:
             if p is not None and p.due.action == "update":
                 del self._pending[server]
                 self.scheduler.cancel_prefix(f"auto:stop:{server}:")
-        await self._save_updates()
+        # The wait stays in the store until the update ends: one cut short by a shutdown or a
+        # crash is done again after the restart.
         try:
             result = await self.servers.update(server, actor=UPDATE_ACTOR)
         except ServerBusy:
             # Another operation (a backup, a member's start): the next tick tries again.
             self._updates.setdefault(server, wait)
-            await self._save_updates()
             log.info("%s is busy; its update is tried again at the next check", server)
             return
         except ServerNotFound:
             self._forget(server)
+            await self._save_updates()
             return
         except PeonError as e:
+            await self._save_updates()
             await _quiet(self.notifier.failed(server, "update", wait.why, str(e)))
             return
         finally:
             if (tracker := self._idle.get(server)) is not None:
                 tracker.reset()
+        await self._save_updates()
         log.info("%s updated: %s", server, wait.why)
         await _quiet(self.notifier.update_done(server, wait.why, result.changed, result.restarted))
         await _quiet(self.replan(server))

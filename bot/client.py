@@ -433,7 +433,7 @@ class DiscordNotifier:
             until = datetime.fromisoformat(str(p["until"]))
             then = (
                 "the update is skipped"
-                if self.bot.settings.automation.update_when_busy == "skip"
+                if p.get("when_busy") == "skip"
                 else "it is warned and updated anyway"
             )
             text = (

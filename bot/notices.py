@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot import updates
-from bot.automation import Warning
+from bot.automation import UpdateWait, Warning
 from bot.events import Event, NewEvent
 from bot.hang import Hang
 from bot.store import Store
@@ -95,12 +95,11 @@ class EventNotifier:
             online=online,
         )  # fmt: skip
 
-    async def update_waiting(
-        self, server: str, why: str, online: int | None, until: datetime, actor: str
-    ) -> None:
+    async def update_waiting(self, wait: UpdateWait, online: int | None, when_busy: str) -> None:
+        until = wait.until.astimezone(UTC).isoformat()
         await self._append(
-            UPDATE_WAITING, server, actor, f"until {until.isoformat(timespec='seconds')}: {why}",
-            why=why, online=online, until=until.astimezone(UTC).isoformat(),
+            UPDATE_WAITING, wait.server, wait.actor, f"until {until}: {wait.why}", why=wait.why,
+            online=online, until=until, when_busy=when_busy,
         )  # fmt: skip
 
     async def update_done(self, server: str, why: str, changed: bool, restarted: bool) -> None:

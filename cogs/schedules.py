@@ -189,6 +189,8 @@ class SchedulesCog(commands.Cog, name="SchedulesCog"):
         self.access.check(interaction, "schedule", server)
         await self.servers.store.get_server(server)
         rules.cron_spec(expression, timezone or self.zone, action, command, only_when_running)
+        if action == "update":  # refused before deferring, so the refusal stays ephemeral
+            self.automation.refuse_uncounted(await self.servers.store.get_server(server))
         await self._answer_first(interaction)
         view = await self.automation.add_cron(
             server,

@@ -175,6 +175,8 @@ async def test_cron_update_waits_for_the_players_to_leave(
         await a._cron(view.schedule.id)  # the job body, now rather than at 04:00
         waiting = await wait_event(svc, "upd-wait", "update-waiting")
         assert waiting.payload["online"] == 1
+        assert waiting.payload["when_busy"] == "warn-and-update"
+        assert waiting.actor == "peon:cron"
         assert waiting.payload["why"] == "scheduled update (`0 4 * * *`)"
         assert a.waiting_update("upd-wait") is not None
 
