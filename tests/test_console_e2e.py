@@ -30,7 +30,7 @@ from tests.conftest import (
 )
 from tests.discord_emulator import DiscordEmulator, Interaction
 from tests.test_automation import Recorder
-from tests.test_discord_e2e import bot_settings, refusal, running_bot
+from tests.test_discord_e2e import bot_settings, finished, refusal, running_bot
 
 pytestmark = pytest.mark.docker
 
@@ -231,7 +231,7 @@ async def test_discord_console_respects_per_server_grants(
 
         i = await console(emu, PLAYER, "rc-d", "echo **hi** <@1>")
         assert i.response_type == 5 and i.original is not None and i.original.ephemeral
-        text = i.original.text()
+        text = await finished(emu, i, "Sent to")  # the deferred answer, once edited
         assert text.startswith("Sent to **rc-d** over RCON: echo \\*\\*hi\\*\\*")
         assert "```\n**hi** <\u200b@1>\n```" in text
 
@@ -244,7 +244,7 @@ async def test_discord_console_respects_per_server_grants(
             "command at a time."
         )
         i = await console(emu, ADMIN, "rc-other", "echo hi")
-        assert "Server 'rc-other' is not running." in i.original.text()  # type: ignore[union-attr]
+        assert "Server 'rc-other' is not running." in await finished(emu, i, "not running")
         assert i.original.ephemeral  # type: ignore[union-attr]
         actors = [
             e.actor for e in await peon.services.store.audit_log("rc-d") if e.action == "console"
