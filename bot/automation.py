@@ -196,6 +196,24 @@ class Automation:
     async def _beat(self) -> None:
         await self.store.set_meta(HEARTBEAT_KEY, self.clock().isoformat())
 
+    def reconfigure(self, settings: AutomationSettings) -> None:
+        """Settings from a reload. The warnings still ahead of each planned stop follow the
+        new leads (none is sent again, nor one whose time has passed), the player watch its
+        new interval; schedules keep the time zones they were made with."""
+        old, self.settings = self.settings, settings
+        self.leads, self.zone = settings.leads, settings.zone
+        if self._started and settings.check_interval != old.check_interval:
+            self.scheduler.every("auto:tick", settings.check_interval, self.tick)
+        if settings.leads == old.leads:
+            return
+        now = self.clock()
+        for server, p in self._pending.items():
+            self.scheduler.cancel_prefix(f"auto:stop:{server}:warn")
+            for i, (when, left) in enumerate(warning_times(p.at, now, self.leads)):
+                if when > now:
+                    self.scheduler.at(f"auto:stop:{server}:warn{i}", when,
+                                      functools.partial(self._warn, server, p, left))  # fmt: skip
+
     async def _catch_up(
         self, server: str, rows: list[Schedule], last_seen: datetime, now: datetime
     ) -> None:

@@ -99,7 +99,17 @@ def _parser() -> argparse.ArgumentParser:
     s = ssub.add_parser("console", help="send a console command to a running server")
     s.add_argument("name")
     s.add_argument("command")
-    ssub.add_parser("list", help="list servers")
+    s = ssub.add_parser(
+        "set", help="change settings (war plan variables); recreates it, keeping its data"
+    )
+    s.add_argument("name")
+    s.add_argument("values", nargs="+", metavar="KEY=VALUE",
+                   help="KEY= puts a setting back to its default (a secret: keeps it)")  # fmt: skip
+    s = ssub.add_parser("purge", help="delete the data a plain delete kept")
+    s.add_argument("name")
+    s.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    s = ssub.add_parser("list", help="list servers")
+    s.add_argument("--kept", action="store_true", help="data kept from deleted servers instead")
     s = ssub.add_parser("audit", help="recent audit log")
     s.add_argument("name", nargs="?")
     s.add_argument("-n", "--limit", type=int, default=20)
@@ -144,12 +154,12 @@ def _actor() -> str:
         return f"cli:uid{os.getuid()}"
 
 
-def _parse_sets(items: Sequence[str]) -> dict[str, str]:
+def _parse_sets(items: Sequence[str], what: str = "--set") -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"--set takes KEY=VALUE, got '{item}'")
+            raise UsageError(f"{what} takes KEY=VALUE, got '{item}'")
         out[key.strip()] = value
     return out
 
@@ -354,6 +364,22 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
         again = ", restarted" if updated.restarted else ""
         out.write(f"{args.name} updated ({what}{again}); data kept\n")
         return 0
+    if args.action == "purge" or (
+        args.action == "delete" and args.purge and await svc.store.find_server(args.name) is None
+    ):
+        return await _purge_kept(args, svc, out, stdin)
+    if args.action == "set":
+        changed = await servers.change_settings(
+            args.name, _parse_sets(args.values, "set"), actor=actor, progress=progress
+        )
+        if not changed.changed:
+            out.write(f"{args.name}: nothing changed (it already has these settings)\n")
+            return 0
+        again = ", restarted" if changed.restarted else ""
+        out.write(
+            f"{args.name}: changed {', '.join(changed.changed)}; recreated{again}, data kept\n"
+        )
+        return 0
     if args.action == "delete":
         record = await svc.store.get_server(args.name)
         if not args.yes:
@@ -381,6 +407,13 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
         if reply.text.strip():
             out.write(reply.text.rstrip("\n") + "\n")
         return 0
+    if args.action == "list" and args.kept:
+        rows = [["SERVER", "WAR PLAN", "VOLUMES"] + (["HOST"] if len(svc.camps) > 1 else [])]
+        for data in await servers.kept_data():
+            host = [data.host] if len(svc.camps) > 1 else []
+            rows.append([data.server, data.warplan or "-", ", ".join(data.volumes), *host])
+        _table(rows, out)
+        return 0
     if args.action == "list":
         several = len(svc.camps) > 1
         rows = [["NAME", "WAR PLAN", "STATE", "PORTS"] + (["HOST"] if several else [])]
@@ -407,6 +440,33 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
         _table(rows, out)
         return 0
     raise UsageError(f"unknown server action {args.action}")
+
+
+async def _purge_kept(args: argparse.Namespace, svc: Services, out: IO[str], stdin: IO[str]) -> int:
+    """`purge NAME`: a server's data for good, whether the server still exists or a plain
+    delete kept its data."""
+    record = await svc.store.find_server(args.name)
+    kept = [k for k in await svc.servers.kept_data() if k.server == args.name]
+    if record is None and not kept:
+        raise PeonError(f"There is no server and no kept data named '{args.name}'.")
+    if not args.yes:
+        if not stdin.isatty():
+            raise PeonError("Refusing to purge without confirmation: pass --yes.")
+        what = (
+            f"server '{args.name}' and ALL ITS DATA"
+            if record is not None
+            else f"the kept data of '{args.name}' ({', '.join(v for k in kept for v in k.volumes)})"
+        )
+        if not _confirm(f"Delete {what} for good?", args.name, stdin, sys.stderr):
+            out.write("cancelled\n")
+            return 1
+    if record is None:  # never a server created since the question
+        deleted = await svc.servers.purge_kept(args.name, actor=_actor())
+    else:
+        deleted = await svc.servers.delete(args.name, actor=_actor(), purge=True)
+    removed = ", ".join(deleted.removed_volumes) or "none"
+    out.write(f"purged {args.name}: removed volumes {removed}\n")
+    return 0
 
 
 async def _schedule(args: argparse.Namespace, svc: Services, out: IO[str]) -> int:

@@ -42,7 +42,9 @@ NOTICE_KINDS = UPDATE_KINDS | frozenset(
 )
 READY_KINDS = frozenset({"start", "restart"})
 # Operations after which the automation replans the server (its automatic stop may change).
-REPLAN_KINDS = frozenset({"create", "start", "stop", "restart", "update", "delete", "purge"})
+REPLAN_KINDS = frozenset(
+    {"create", "start", "stop", "restart", "update", "settings", "delete", "purge"}
+)
 
 
 class EventNotifier:

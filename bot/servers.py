@@ -18,7 +18,7 @@ import posixpath
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -37,6 +37,7 @@ from bot.errors import (
     PeonError,
     ServerBusy,
     ServerExists,
+    ServerNotFound,
     ServerStateError,
     ShuttingDown,
     StartFailed,
@@ -57,6 +58,7 @@ from bot.models import (
     ServerStatus,
     StaleLease,
     StartResult,
+    VolumeInfo,
 )
 from bot.patterns import Pattern, compile_pattern
 from bot.players import LogPlayerTracker, PlayerCount, count_players
@@ -67,6 +69,7 @@ from bot.warplans import (
     ConsoleSpec,
     WarPlan,
     WarplanLibrary,
+    change_variables,
     fill_template,
     render_environment,
     resolve_variables,
@@ -126,6 +129,23 @@ class DeleteResult:
     name: str
     kept_volumes: tuple[str, ...]
     removed_volumes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KeptData:
+    """Data volumes a plain delete kept: their server record is gone."""
+
+    server: str
+    host: str
+    warplan: str
+    volumes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SettingsResult:
+    name: str
+    changed: tuple[str, ...]  # variable names, never values
+    restarted: bool
 
 
 @dataclass(frozen=True)
@@ -993,10 +1013,148 @@ class ServerService:
         except ServerStateError:
             return None
 
+    # --- settings ---------------------------------------------------------------------------
+
+    async def change_settings(
+        self,
+        name: str,
+        values: Mapping[str, str],
+        *,
+        actor: str,
+        progress: Progress | None = None,
+    ) -> SettingsResult:
+        """Change a server's variables, validated as at create (an empty secret keeps the old
+        one; a create-only variable is refused), and recreate its container with them keeping
+        all its data: backed up first, stopped gracefully, recreated, and started again if it
+        was running. Same values: nothing is touched. The event names the variables changed,
+        never their values."""
+        async with self._operation(name, "settings", actor) as op:
+            record = await self.store.get_server(name)
+            plan = self._plan_for(record)
+            variables, changed = change_variables(plan, record.variables, values, name)
+            op.payload["changed"] = changed
+            if not changed:
+                op.detail = "no change"
+                return SettingsResult(name, (), restarted=False)
+            op.detail = "changed " + ", ".join(changed)
+            driver = self.driver_of(record)
+            # The image first: without it the container could not be made again.
+            await self._ensure_image(driver, plan.image, name, progress)
+            info = await self._current_container(record)
+            was_running = bool(info and info.running)
+            if info is not None:
+                await self._back_up_before(
+                    record, info, trigger="before-settings", actor=actor, plan=plan,
+                    progress=progress,
+                )  # fmt: skip
+                info = await self._current_container(record) or info
+                if info.running:
+                    await _emit(progress, Phase(name, "stopping"))
+                    await self._graceful_stop(record, info)
+                await self._remove_for_recreate(record, info)
+            # A process killed before this line leaves the old values and no container: the
+            # next start makes it from the record, as it was.
+            await self.store.update_server(
+                name, variables=variables, container_id=None, state=ServerState.STOPPED
+            )
+            await self._ensure_container(await self.store.get_server(name), plan, progress)
+            op.payload["restarted"] = was_running
+            if was_running:
+                await self._start(name, progress)
+            return SettingsResult(name, tuple(changed), restarted=was_running)
+
+    async def _remove_for_recreate(self, record: ServerRecord, info: ContainerInfo) -> None:
+        """Remove a stopped container that is made again from the record next (its named
+        volumes stay)."""
+        driver = self.driver_of(record)
+        for path, vol in (await driver.unnamed_mounts(info.id, "peon-")).items():
+            # Made before PEON named image VOLUMEs: the anonymous volume stays, said out loud.
+            log.warning(
+                "%s: anonymous volume %s (image VOLUME %s) is left behind by this recreate; "
+                "copy what you need from it, then 'docker volume rm' it", record.name, vol, path,
+            )  # fmt: skip
+        await driver.remove(info.id, force=True)
+
+    # --- kept data --------------------------------------------------------------------------
+
+    async def kept_data(self) -> list[KeptData]:
+        """The data volumes of this instance whose server is gone (a plain delete keeps them),
+        by server and host. Hosts that do not answer are left out."""
+        names = {r.name for r in await self.store.list_servers()}
+
+        async def volumes_on(camp: Camp) -> list[VolumeInfo]:
+            try:
+                return await camp.driver.list_volumes(labels.instance_filter(self.instance))
+            except DockerUnavailable:
+                return []
+
+        found = await asyncio.gather(*(volumes_on(c) for c in self.camps))
+        out = []
+        for camp, volumes in zip(self.camps, found, strict=True):
+            by_server: dict[str, list[VolumeInfo]] = {}
+            for v in volumes:
+                server = v.labels.get(labels.SERVER, "")
+                if NAME_RE.match(server) and server not in names:
+                    by_server.setdefault(server, []).append(v)
+            for server, vols in by_server.items():
+                plan = vols[0].labels.get(labels.WARPLAN, "")
+                out.append(KeptData(server, camp.name, plan, tuple(sorted(v.name for v in vols))))
+        return sorted(out, key=lambda k: (k.server, k.host))
+
+    async def purge_kept(self, name: str, *, actor: str) -> DeleteResult:
+        """Remove the data a plain delete kept; ServerExists if the name is a server (again).
+        The name is held meanwhile by a record in state DELETING with the 'purge' lease, so no
+        create can take the volumes back half removed, and a process killed midway has the
+        purge finished by the next reconcile (as any purge past its point of no return)."""
+        try:
+            self._refuse_when_draining()
+            validate_name(name)
+            if await self.store.find_server(name) is not None:
+                raise ServerExists(name)
+            kept = [k for k in await self.kept_data() if k.server == name]
+            if not kept:
+                raise ServerNotFound(name)
+            await self.store.create_server(
+                name=name, warplan=kept[0].warplan, image="", variables={}, ports=[],
+                created_by=actor, host=kept[0].host, state=ServerState.DELETING,
+                operation="purge",
+            )  # fmt: skip
+        except PeonError as e:
+            await self.store.audit(
+                actor, "purge", name if NAME_RE.match(name or "") else None, False, str(e)
+            )
+            raise
+        self.in_flight[name] = "purge"
+        owner = {labels.INSTANCE: self.instance, labels.SERVER: name}
+        removed: list[str] = []
+        try:
+            for k in kept:
+                driver = self.camps.get(k.host).driver
+                for vol in k.volumes:
+                    if await driver.remove_volume(vol, owner=owner):
+                        removed.append(vol)
+            await self.store.delete_server(name)
+        except BaseException as e:
+            # What is left is listed as kept data again, to purge once the cause is fixed.
+            await _quiet(self.store.delete_server(name))
+            detail = str(e) if isinstance(e, PeonError) else type(e).__name__
+            await _quiet(self.store.audit(actor, "purge", name, False, detail))
+            raise
+        finally:
+            self.in_flight.pop(name, None)
+        await self.store.audit(
+            actor, "purge", name, True, "kept data: " + ", ".join(removed),
+            payload={"volumes": removed, "kept": True},
+        )  # fmt: skip
+        return DeleteResult(name, (), tuple(removed))
+
     # --- delete -----------------------------------------------------------------------------
 
     async def delete(self, name: str, *, actor: str, purge: bool = False) -> DeleteResult:
-        """Remove the container (after a graceful stop); keep the data unless `purge`."""
+        """Remove the container (after a graceful stop); keep the data unless `purge`. A purge
+        of a name without a server removes the data a plain delete kept."""
+        if purge and NAME_RE.match(name or "") and await self.store.find_server(name) is None:
+            return await self.purge_kept(name, actor=actor)
         operation = "purge" if purge else "delete"
         async with self._operation(name, operation, actor):
             record = await self.store.get_server(name)

@@ -333,9 +333,12 @@ class Store:
         ports: Iterable[PortBinding],
         created_by: str,
         host: str = "local",
+        state: ServerState = ServerState.CREATING,
+        operation: str = "create",
     ) -> ServerRecord:
         """Insert a record in state CREATING with its ports reserved (on its host), holding the
-        'create' lease.
+        'create' lease (or in `state`, holding `operation`: a purge of kept data holds the
+        name of a deleted server this way).
 
         Raises ServerExists for a taken name; sqlite3.IntegrityError from the ports table
         means another process reserved one of the ports first.
@@ -354,11 +357,11 @@ class Store:
                     warplan,
                     image,
                     json.dumps(variables),
-                    ServerState.CREATING.value,
+                    state.value,
                     now,
                     now,
                     created_by,
-                    "create",
+                    operation,
                     self.owner,
                     now,
                     host,
