@@ -7,6 +7,7 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 from zoneinfo import ZoneInfo
@@ -19,6 +20,7 @@ from bot.client import (
     FIELD_VALUE_MAX,
     Embed,
     PeonBot,
+    clip,
     code_block,
     escape,
     render_error,
@@ -235,8 +237,19 @@ def status_embed(
     return embed
 
 
-def list_embed(summaries: list[ServerSummary], *, show_host: bool = False) -> discord.Embed:
+def list_embed(
+    summaries: list[ServerSummary], *, show_host: bool = False, kept: Sequence[str] = ()
+) -> discord.Embed:
+    """Every server, one line each; `kept`: names of deleted servers whose data is kept."""
     embed = Embed(title="Game servers", colour=INFO)
+    if kept:
+        names = ", ".join(f"`{k}`" for k in dict.fromkeys(kept))
+        embed.add_field(
+            name="Kept data",
+            value=clip(f"kept data: {names} (create the name again to reuse it, or "
+                       "`/server delete name: purge:true` to delete it)", FIELD_VALUE_MAX),
+            inline=False,
+        )  # fmt: skip
     if not summaries:
         embed.description = "No servers yet. An admin can create one with `/server create`."
         return embed

@@ -99,7 +99,11 @@ class SchedulesCog(commands.Cog, name="SchedulesCog"):
         self.automation: Automation = bot.automation
         self.servers: ServerService = bot.services.servers
         self.access: Access = bot.access
-        self.zone = bot.settings.automation.timezone
+
+    @property
+    def zone(self) -> str:
+        """Where times typed without a zone are, as /peon reload leaves it."""
+        return self.automation.settings.timezone
 
     async def schedule_autocomplete(
         self, interaction: discord.Interaction[Any], current: str

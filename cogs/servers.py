@@ -26,7 +26,7 @@ from bot.client import (
     render_error,
 )
 from bot.consoles import check_command
-from bot.errors import ServerBusy, ServerExists
+from bot.errors import ServerBusy, ServerExists, ServerNotFound, ServerStateError
 from bot.models import ServerState
 from bot.schedules import ScheduleError, format_span
 from bot.servers import ServerService, validate_name
@@ -35,6 +35,7 @@ from bot.warplans import (
     VariableSpec,
     WarPlan,
     WarplanLibrary,
+    change_variables,
     coerce_value,
 )
 from cogs.audit import audit_page
@@ -63,13 +64,14 @@ MODAL_FIELDS = 5  # Discord allows five text inputs per modal
 FORM_LIFETIME = 900  # seconds a create form (and its Continue button) is kept
 FORM_GONE = (
     "This form is from before PEON restarted, or older than 15 minutes, so what was typed "
-    "is gone; start again with /server create."
+    "is gone; start again with /server {kind}."
 )
 
 
 @dataclass
 class CreateSession:
-    """A create waiting for its variables form(s); lives only as long as the forms do."""
+    """A create (or a settings change: `current` holds the server's non-secret values)
+    waiting for its variables form(s); lives only as long as the forms do."""
 
     user_id: int
     plan: WarPlan
@@ -78,6 +80,11 @@ class CreateSession:
     values: dict[str, str] = field(default_factory=dict)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     started: float = field(default_factory=time.monotonic)
+    current: dict[str, str] | None = None
+
+    @property
+    def kind(self) -> str:
+        return "create" if self.current is None else "settings"
 
     @property
     def expired(self) -> bool:
@@ -93,15 +100,23 @@ class VariablesModal(discord.ui.Modal):
     def __init__(self, cog: ServersCog, session: CreateSession, page: int) -> None:
         pages = session.pages
         step = f" ({page + 1}/{len(pages)})" if len(pages) > 1 else ""
+        what = "Create" if session.current is None else "Settings of"
         super().__init__(
-            title=f"Create {session.name}{step}"[:45],
+            title=f"{what} {session.name}{step}"[:45],
             timeout=FORM_LIFETIME,
-            custom_id=f"peon:create:{session.id}:{page}",
+            custom_id=f"peon:{session.kind}:{session.id}:{page}",
         )
         self.cog, self.session, self.page = cog, session, page
         self.inputs: dict[str, discord.ui.TextInput[VariablesModal]] = {}
+        # What each field showed: a settings change sends only the fields edited.
+        self.shown: dict[str, str] = {}
         for var in pages[page]:
-            default = var.default_text(session.name)
+            if session.current is None:
+                default = var.default_text(session.name)
+                required = var.required and default is None
+            else:
+                default = session.current.get(var.name)  # never a secret: not in `current`
+                required = False  # empty: back to the default (a secret: kept as it is)
             hint = var.description
             if var.choices:
                 hint = f"One of: {', '.join(var.choices)}"
@@ -110,14 +125,19 @@ class VariablesModal(discord.ui.Modal):
                     f"{hint} ({var.min if var.min is not None else '…'}-"
                     f"{var.max if var.max is not None else '…'})".strip()
                 )
+            if session.current is not None and var.secret:
+                hint = "Empty keeps the current one"
+            elif session.current is not None and var.create_only:
+                hint = "Set when the server was created; cannot change"
             text_input: discord.ui.TextInput[VariablesModal] = discord.ui.TextInput(
                 label=(var.name + (" (secret)" if var.secret else ""))[:45],
                 custom_id=var.name,
                 placeholder=hint[:100] or None,
                 default=None if var.secret else default,
-                required=var.required and default is None,
+                required=required,
                 max_length=1024,
             )
+            self.shown[var.name] = "" if var.secret or default is None else default
             self.inputs[var.name] = text_input
             self.add_item(text_input)
 
@@ -125,7 +145,10 @@ class VariablesModal(discord.ui.Modal):
         for name, text_input in self.inputs.items():
             value = text_input.value.strip()
             spec = self.session.plan.variable(name)  # the form was built from the plan
-            if value and spec is not None:
+            if self.session.current is not None and value != self.shown[name].strip():
+                # Edited: emptied means the default; an empty secret is never "edited".
+                self.session.values[name] = coerce_value(spec, value) if value and spec else ""
+            elif value and spec is not None and self.session.current is None:
                 self.session.values[name] = coerce_value(spec, value)  # refuses early
         if self.page + 1 < len(self.session.pages):
             view = ContinueView(self.cog, self.session, self.page + 1)
@@ -134,6 +157,9 @@ class VariablesModal(discord.ui.Modal):
                 view=view,
                 ephemeral=True,
             )
+            return
+        if self.session.current is not None:
+            await self.cog.run_settings(interaction, self.session)
             return
         await self.cog.run_create(interaction, self.session)
 
@@ -147,7 +173,7 @@ class ContinueView(discord.ui.View):
     def __init__(self, cog: ServersCog, session: CreateSession, page: int) -> None:
         super().__init__(timeout=FORM_LIFETIME)
         self.cog, self.session, self.page = cog, session, page
-        self.go.custom_id = f"peon:create-next:{session.id}:{page}"
+        self.go.custom_id = f"peon:{session.kind}-next:{session.id}:{page}"
 
     @discord.ui.button(label="Continue", style=discord.ButtonStyle.primary)
     async def go(self, interaction: discord.Interaction[Any], _: discord.ui.Button[Any]) -> None:
@@ -223,12 +249,22 @@ class ServersCog(commands.Cog, name="ServersCog"):
         self.warplans: WarplanLibrary = bot.services.warplans
         self.access: Access = bot.access
         self.automation: Automation | None = bot.automation
-        self.interval = bot.discord_settings.progress_interval
-        self.confirm_timeout = bot.discord_settings.confirm_timeout
-        self.lifetime = bot.discord_settings.interaction_lifetime
+        self.bot = bot  # its Discord settings, as /peon reload leaves them
         self.sessions: dict[str, CreateSession] = {}  # create forms open in this process
 
     # --- helpers ----------------------------------------------------------------------------
+
+    @property
+    def interval(self) -> float:
+        return self.bot.discord_settings.progress_interval
+
+    @property
+    def confirm_timeout(self) -> int:
+        return self.bot.discord_settings.confirm_timeout
+
+    @property
+    def lifetime(self) -> float:
+        return self.bot.discord_settings.interaction_lifetime
 
     async def _precheck(self, name: str) -> None:
         """Refuse before deferring, so refusals stay ephemeral and instant."""
@@ -299,13 +335,15 @@ class ServersCog(commands.Cog, name="ServersCog"):
         data: Any = interaction.data or {}
         custom_id = str(data.get("custom_id", ""))
         kind, _, rest = custom_id.partition(":")[2].partition(":")
-        if kind not in ("create", "create-next"):
+        if kind not in ("create", "create-next", "settings", "settings-next"):
             return
         session = self.sessions.get(rest.partition(":")[0])
         if session is not None and not session.expired:
             return  # its modal or view answers it
         with contextlib.suppress(discord.HTTPException):
-            await interaction.response.send_message(FORM_GONE, ephemeral=True)
+            await interaction.response.send_message(
+                FORM_GONE.format(kind=kind.removesuffix("-next")), ephemeral=True
+            )
 
     async def run_create(
         self, interaction: discord.Interaction[Any], session: CreateSession
@@ -334,6 +372,50 @@ class ServersCog(commands.Cog, name="ServersCog"):
         if len(self.servers.camps) > 1:
             embed.add_field(name="Host", value=record.host)
         await progress.finish(embed)
+
+    # --- settings ---------------------------------------------------------------------------
+
+    @server.command(name="settings", description="Change a server's settings (data kept)")
+    @app_commands.autocomplete(name=server_autocomplete)
+    async def settings(self, interaction: discord.Interaction[Any], name: str) -> None:
+        self.access.check(interaction, "settings", name)
+        await self._precheck(name)
+        record = await self.servers.store.get_server(name)
+        plan = self.servers.plan_of(record)
+        if not plan.variables:
+            raise ServerStateError(f"War plan '{plan.name}' has no settings to change.")
+        secret = {v.name for v in plan.variables if v.secret}
+        current = {k: v for k, v in record.variables.items() if k not in secret}
+        session = CreateSession(interaction.user.id, plan, name, current=current)
+        self.sessions = {k: v for k, v in self.sessions.items() if not v.expired}
+        self.sessions[session.id] = session
+        await interaction.response.send_modal(VariablesModal(self, session, 0))
+
+    async def run_settings(
+        self, interaction: discord.Interaction[Any], session: CreateSession
+    ) -> None:
+        name = session.name
+        self.access.check(interaction, "settings", name)  # roles may have changed since
+        await self._precheck(name)
+        record = await self.servers.store.get_server(name)
+        # Refusals (a create-only setting, a value that no longer fits) stay ephemeral.
+        _, changed = change_variables(
+            self.servers.plan_of(record), record.variables, session.values, name
+        )
+        await interaction.response.defer(ephemeral=not changed, thinking=True)
+        progress = ProgressMessage(
+            interaction, f"Changing the settings of {name}", self.interval, lifetime=self.lifetime
+        )
+        result = await self.servers.change_settings(
+            name, session.values, actor=actor(interaction), progress=progress
+        )
+        if not result.changed:
+            text = f"Nothing changed: **{name}** already has these settings."
+        else:
+            names = ", ".join(f"`{c}`" for c in result.changed)
+            again = " It was running and is ready again." if result.restarted else ""
+            text = f"Changed {names} of **{name}**; recreated with its data kept.{again}"
+        await progress.finish(Embed(description=text, colour=OK))
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -515,7 +597,9 @@ class ServersCog(commands.Cog, name="ServersCog"):
         await interaction.response.defer(thinking=True)
         await interaction.edit_original_response(
             embed=list_embed(
-                await self.servers.list_servers(), show_host=len(self.servers.camps) > 1
+                await self.servers.list_servers(),
+                show_host=len(self.servers.camps) > 1,
+                kept=[k.server for k in await self.servers.kept_data()],
             )
         )
 
@@ -526,32 +610,48 @@ class ServersCog(commands.Cog, name="ServersCog"):
         self, interaction: discord.Interaction[Any], name: str, purge: bool = False
     ) -> None:
         self.access.check(interaction, "delete", name)
-        await self._precheck(name)
-        what = "and **all its data**" if purge else "(its data volumes are kept)"
+        kind = "purge" if purge else "delete"
+        if purge and await self.servers.store.find_server(name) is None:
+            # A plain delete kept its data: purge:true removes that.
+            kept = [k for k in await self.servers.kept_data() if k.server == name]
+            if not kept:
+                raise ServerNotFound(name)
+            volumes = ", ".join(v for k in kept for v in k.volumes)
+            what = f"the data kept from the deleted server **{name}** ({volumes})"
+            kind = "purgekept"  # confirmed, it never deletes a server made since
+        else:
+            await self._precheck(name)
+            data = "and **all its data**" if purge else "(its data volumes are kept)"
+            what = f"**{name}** {data}"
         embed = Embed(
             title=f"Delete {name}?",
-            description=f"<@{interaction.user.id}>, confirm deleting **{name}** {what}. "
+            description=f"<@{interaction.user.id}>, confirm deleting {what}. "
             f"This expires in {self.confirm_timeout} s.",
             colour=discord.Colour.red() if purge else discord.Colour.orange(),
         )
         await ask_confirmation(
             interaction,
-            kind="purge" if purge else "delete",
+            kind=kind,
             arg=name,
             label="Delete",
             embed=embed,
             timeout=self.confirm_timeout,
-            undone=f"**{name}** was not deleted",
+            undone=self.confirm_texts(kind, name)[1],
         )
 
     # Confirmable: the prompt's buttons come back here, also after a restart.
-    confirm_kinds = ("delete", "purge")
+    confirm_kinds = ("delete", "purge", "purgekept")
 
     def confirm_texts(self, kind: str, arg: str) -> tuple[str, str]:
+        if kind == "purgekept":
+            return f"Deleting the data kept from {arg}…", f"the data kept from **{arg}** stays"
         return f"Deleting {arg}…", f"**{arg}** was not deleted"
 
     async def confirmed(self, interaction: discord.Interaction[Any], kind: str, arg: str) -> str:
         self.access.check(interaction, "delete", arg)  # roles may have changed since
+        if kind == "purgekept":
+            await self.servers.purge_kept(arg, actor=actor(interaction))
+            return f"Deleted the data kept from **{arg}**."
         result = await self.servers.delete(arg, actor=actor(interaction), purge=kind == "purge")
         if result.removed_volumes:
             return f"Deleted **{arg}** and its data."

@@ -155,6 +155,7 @@ async def test_commands_sync_to_the_guild_and_list(peon: Runner, emu: DiscordEmu
     groups = {c["name"]: {o["name"] for o in c.get("options", [])} for c in emu.commands}
     assert groups["server"] == {
         "create",
+        "settings",
         "start",
         "stop",
         "restart",
