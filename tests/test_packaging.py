@@ -94,7 +94,7 @@ def test_stop_grace_covers_the_shutdown_grace() -> None:
     assert seconds > Settings().shutdown_grace
 
 
-@pytest.mark.parametrize("path", ["tests", ".git", "data"])
+@pytest.mark.parametrize("path", ["tests", ".git", "data", ".env"])
 def test_build_context_leaves_out_what_the_image_does_not_need(path: str) -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert path in ignored
