@@ -4,8 +4,9 @@ container takes from `docker start` to logged in to Discord and to healthy.
 Build times, each printed:
   base:   the Dockerfile's base, or the debootstrapped stand-in when no registry answers
           (tests/peon_image.py); made once per machine.
-  found:  an image of the same inputs (its content-hash tag) is on the engine: nothing built.
-  cached: built again from the engine's layer cache.
+  hash:   what the tests do: found on the engine under the content-hash tag of its inputs,
+          or built (from whatever layers the engine has cached).
+  layers: built again, every step from the engine's layer cache.
   cold:   (--cold) built without the layer cache: pip fetches and installs everything.
 Then `--rounds` containers, each with a fresh data volume, run as compose.yaml says against the
 Discord emulator on 127.0.0.1 (the real engine socket mounted), are started, timed to logged
@@ -103,8 +104,8 @@ def main() -> None:
 
     base = base_image(client)
     show("base", base)
-    show("found", build_peon(client, base))
-    show("cached", build_peon(client, base, rebuild=True))
+    show("hash", build_peon(client, base))
+    show("layers", build_peon(client, base, rebuild=True))
     if args.cold:
         show("cold", build_peon(client, base, nocache=True))
     image = build_peon(client, base)
