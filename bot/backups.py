@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, BinaryIO
 
+import blake3
 import zstandard
 
 from bot.docker_driver import DockerDriver
@@ -45,7 +46,8 @@ READ_CHUNK = 1 << 20
 COMPRESSED_BLOCK = 1 << 20
 SUFFIX = ".tar.zst"
 PARTIAL = ".partial"
-TRIGGERS = ("manual", "schedule", "before-update", "before-restore", "before-purge")
+TRIGGERS = ("manual", "schedule", "before-update", "before-settings", "before-restore",
+            "before-purge")  # fmt: skip
 
 
 # --- pure parts ---------------------------------------------------------------------------
@@ -131,9 +133,9 @@ def _check_member(m: tarfile.TarInfo, top: str) -> None:
 
 
 class _ArchiveFile:
-    """The end of the backup pipeline: hashes (SHA-256) and writes compressed blocks in a
-    thread of its own. On CPUs without SHA extensions the hash costs as much CPU as the
-    compression, so it must overlap reading and compressing rather than follow them. The
+    """The end of the backup pipeline: hashes (BLAKE3) and writes compressed blocks in a
+    thread of its own, so hashing overlaps reading and compressing rather than following
+    them. The
     queue is bounded (memory stays flat); the file is synced as it grows, so the final fsync
     that makes the backup durable is short."""
 
@@ -142,7 +144,7 @@ class _ArchiveFile:
 
     def __init__(self, path: Path) -> None:
         self.f = path.open("wb")
-        self.digest, self.size = hashlib.sha256(), 0
+        self.digest, self.size = blake3.blake3(), 0
         self._queue: queue.Queue[bytes | None] = queue.Queue(self.QUEUE)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._drain, name="peon-backup-writer", daemon=True)
@@ -221,6 +223,13 @@ class BackupService:
         self.policy = Retention(b.keep_last, b.keep_daily, b.keep_weekly, b.keep_monthly)
         # Backups this process has open for a restore: never pruned or deleted under it.
         self._holding: set[int] = set()
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Settings from a reload: retention, level and free space from the next backup on
+        (where backups live changes only with a restart)."""
+        self.settings = settings
+        b = settings.backups
+        self.policy = Retention(b.keep_last, b.keep_daily, b.keep_weekly, b.keep_monthly)
 
     async def recover(self, server: str | None = None) -> list[str]:
         """Remove what interrupted backups left (of every server, or of one): rows never
@@ -350,7 +359,7 @@ class BackupService:
         except BaseException:
             await asyncio.to_thread(sink.abort)
             raise
-        return BackupVolume(volume, path, target.name, size, digest)
+        return BackupVolume(volume, path, target.name, size, blake3=digest)
 
     async def _prune(self, name: str) -> None:
         held = await self._held_ids()
@@ -409,7 +418,7 @@ class BackupService:
                         f"Backup #{b.id} is missing {v.file}; it cannot be restored."
                     ) from None
                 f = files[v.name]
-                if await asyncio.to_thread(_sha256_of, f) != v.sha256:
+                if not await asyncio.to_thread(_matches, f, v):
                     raise BackupError(
                         f"Backup #{b.id} is corrupt ({v.file} does not match its checksum); "
                         "it was not restored."
@@ -600,12 +609,13 @@ def _reader_at_start(f: BinaryIO) -> BinaryIO:
     return reader
 
 
-def _sha256_of(f: BinaryIO) -> str:
+def _matches(f: BinaryIO, v: BackupVolume) -> bool:
+    """The archive's checksum is the one recorded: BLAKE3, or SHA-256 for older backups."""
     f.seek(0)
-    digest = hashlib.sha256()
+    digest: Any = blake3.blake3() if v.blake3 else hashlib.sha256()
     while block := f.read(READ_CHUNK):
         digest.update(block)
-    return digest.hexdigest()
+    return bool(digest.hexdigest() == (v.blake3 or v.sha256))
 
 
 def _check_open(f: BinaryIO, top: str) -> None:

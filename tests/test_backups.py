@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import blake3
 import pytest
 import zstandard
 
@@ -110,7 +111,7 @@ def test_archive_file_hashes_what_it_writes(tmp_path: Path) -> None:
     size, digest = sink.close()
     data = (tmp_path / "a.tar.zst").read_bytes()
     assert size == len(data) == sum(map(len, blocks))
-    assert digest == hashlib.sha256(data).hexdigest()
+    assert digest == blake3.blake3(data).hexdigest()
 
 
 def test_archive_file_reports_a_full_disk_without_hanging() -> None:
@@ -152,7 +153,7 @@ async def test_backup_of_a_running_server_then_restore_round_trip(services: Serv
     assert b.complete and b.trigger == "manual" and b.warplan == "fakegame" and b.size > 0
     (vol,) = b.volumes
     path = svc.settings.backup_dir / b.dir / vol.file
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == vol.sha256
+    assert blake3.blake3(path.read_bytes()).hexdigest() == vol.blake3 and not vol.sha256
     with (
         zstandard.ZstdDecompressor().stream_reader(path.open("rb")) as r,
         tarfile.open(fileobj=r, mode="r|") as tar,
@@ -174,6 +175,25 @@ async def test_backup_of_a_running_server_then_restore_round_trip(services: Serv
     assert "saves=1" in await read_file(svc, "alpha", "/data/world.sav")
     listed = await svc.backups.list("alpha")
     assert [x.id for x in listed] == [safety.id, b.id]
+
+    # A backup made before BLAKE3 (its row names a SHA-256) is verified and restored too.
+    legacy = [
+        {
+            **v.__dict__,
+            "blake3": "",
+            "sha256": hashlib.sha256(
+                (svc.settings.backup_dir / b.dir / v.file).read_bytes()
+            ).hexdigest(),
+        }
+        for v in b.volumes
+    ]
+    await svc.store.finish_backup(b.id, b.size, b.seconds, legacy)
+    (old,) = (await svc.store.get_backup(b.id)).volumes
+    assert old.sha256 and not old.blake3
+    await svc.servers.console("alpha", "save", actor="test")
+    await asyncio.sleep(1)
+    await svc.backups.restore("alpha", b.id, actor="test")
+    assert "saves=1" in await read_file(svc, "alpha", "/data/world.sav")
 
 
 @pytest.mark.docker

@@ -12,7 +12,6 @@ engine, real SQLite files and real `peon` processes killed with SIGKILL:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import signal
 import sqlite3
@@ -22,6 +21,7 @@ import textwrap
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import blake3
 import docker
 import pytest
 
@@ -127,7 +127,7 @@ async def backups_intact(svc: Services) -> None:
     for b in await svc.backups.list():
         for v in b.volumes:
             data = (svc.settings.backup_dir / b.dir / v.file).read_bytes()
-            assert hashlib.sha256(data).hexdigest() == v.sha256, f"backup #{b.id}"
+            assert blake3.blake3(data).hexdigest() == v.blake3, f"backup #{b.id}"
     assert not list(svc.settings.backup_dir.glob("*/*.partial"))
     assert await svc.store.list_backups(complete=False) == []
 
