@@ -29,6 +29,7 @@ from bot.warplans import WarplanLibrary
 from bot.watch import ACTOR, Crash, CrashWatch
 from tests.conftest import ROOT, TEST_WARPLANS, make_settings, services_for
 from tests.game_responders import A2SResponder, MinecraftResponder
+from tests.test_watch import Recorder
 
 WAIT = 60
 HOST = "127.0.0.1"
@@ -264,34 +265,6 @@ async def test_the_hang_notice_names_what_stopped_answering_and_fits_discord() -
 
 
 # --- on the real engine ---------------------------------------------------------------------
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, object]] = []
-        self.changed = asyncio.Event()
-
-    def _add(self, kind: str, value: object) -> None:
-        self.events.append((kind, value))
-        self.changed.set()
-
-    async def crashed(self, crash: Crash) -> None:
-        self._add("crashed", crash)
-
-    async def recovered(self, server: str, attempt: int, connect: str) -> None:
-        self._add("recovered", (server, attempt))
-
-    async def gave_up(self, server: str, attempts: int, error: str | None) -> None:
-        self._add("gave_up", (server, attempts))
-
-    async def until(self, check: Callable[[], bool]) -> None:
-        async with asyncio.timeout(WAIT):
-            while not check():
-                self.changed.clear()
-                await self.changed.wait()
-
-    def kinds(self) -> list[str]:
-        return [k for k, _ in self.events]
 
 
 def plans_with_a_blind_one(tmp_path: Path) -> Path:
