@@ -73,8 +73,8 @@ def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
 
 
 def run_bot(settings: Settings) -> int:
-    token = settings.discord_token
-    configure_logging(settings.log, [token.get_secret_value()] if token else [])
+    # The token, webhook URLs and keys are replaced by [redacted] wherever a line holds them.
+    configure_logging(settings.log, settings.secret_values())
     try:
         _event_loop_runner()(serve(settings))
     except StartupError as e:

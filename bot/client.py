@@ -39,6 +39,7 @@ from bot.scheduler import Scheduler
 from bot.schedules import format_span
 from bot.settings import DiscordSettings, GuildSettings, Settings
 from bot.watch import Crash, CrashWatch
+from bot.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -269,9 +270,9 @@ WarningView = Callable[[str, timedelta, datetime], discord.ui.View]
 
 
 class DiscordNotifier:
-    """Posts notices in each configured guild's notification channel: a consumer of the
-    event stream (bot/notices.py), so what the core, the CLI or another process recorded
-    reaches people without them knowing Discord."""
+    """Posts notices in each configured guild's notification channel (or the server's own,
+    `server_channels`): a consumer of the event stream (bot/notices.py), so what the core,
+    the CLI or another process recorded reaches people without them knowing Discord."""
 
     def __init__(self, bot: PeonBot) -> None:
         self.bot = bot
@@ -325,11 +326,16 @@ class DiscordNotifier:
         embed: discord.Embed | None = None,
         view: discord.ui.View | None = None,
         mention: bool = False,
+        server: str | None = None,
     ) -> list[discord.Message]:
+        """Post in each guild's channel for `server` (default: the event's server)."""
         sent = []
         retry: Exception | None = None
+        if server is None and self._event is not None:
+            server = self._event.server
         for gid, guild in self.bot.discord_settings.guilds.items():
-            if guild.notification_channel is None:
+            channel_id = guild.channel_for(server)
+            if channel_id is None:
                 continue
             content = text
             # Nothing pings but the role the admin chose for notices, whatever names or log
@@ -341,8 +347,8 @@ class DiscordNotifier:
                     everyone=False, users=False, roles=[discord.Object(guild.mention_role)]
                 )
             try:
-                channel = self.bot.get_channel(guild.notification_channel) or (
-                    await self.bot.fetch_channel(guild.notification_channel)
+                channel = self.bot.get_channel(channel_id) or (
+                    await self.bot.fetch_channel(channel_id)
                 )
                 if isinstance(channel, discord.abc.Messageable):
                     kwargs: dict[str, Any] = {
@@ -353,13 +359,13 @@ class DiscordNotifier:
                         kwargs["embed"] = embed
                     if view is not None:
                         kwargs["view"] = view
-                    if (nonce := self._nonce(guild.notification_channel)) is not None:
+                    if (nonce := self._nonce(channel_id)) is not None:
                         kwargs["nonce"] = nonce
                     sent.append(await channel.send(**kwargs))
             except discord.HTTPException as e:
                 log.warning(
                     "cannot post in channel %s of guild %s",
-                    guild.notification_channel,
+                    channel_id,
                     gid,
                     exc_info=True,
                 )
@@ -773,6 +779,10 @@ class PeonBot(commands.Bot):
         self.automation: Automation | None = None
         self.crash_watch: CrashWatch | None = None
         self.feeds: list[EventFeed] = []
+        self.webhooks = Webhooks(
+            self.settings.webhooks, services.store, services.warplans,
+            instance=self.settings.instance_id,
+        )  # fmt: skip
         self.board: BoardKeeper | None = None  # the status boards and the presence
         self.engine_version = "?"
         self.max_loop_stall = 0.0  # seconds; the worst event-loop stall since start
@@ -862,6 +872,7 @@ class PeonBot(commands.Bot):
         self.feeds.append(EventFeed(store, "status-board", self.board.on_event))
         for feed in self.feeds:
             await feed.start()
+        await self.webhooks.start()  # each target a consumer of its own (bot/webhooks.py)
         await self.board.start()
         self._watchdog = asyncio.create_task(self._watch_loop(), name="loop-watchdog")
 
@@ -885,6 +896,7 @@ class PeonBot(commands.Bot):
             await self.board.close()
         for feed in self.feeds:
             await feed.close()
+        await self.webhooks.close()
         if self.crash_watch is not None:
             await self.crash_watch.close()
         if self.automation is not None:
@@ -961,25 +973,26 @@ class PeonBot(commands.Bot):
         out = []
         for gid, settings in self.discord_settings.guilds.items():
             guild = self.get_guild(gid)
-            if guild is None or settings.notification_channel is None:
+            if guild is None or not settings.channels:
                 continue
             me = guild.me
-            channel = guild.get_channel(settings.notification_channel)
-            if channel is None:
-                out.append(f"The notification channel {settings.notification_channel} of guild "
-                           f"{gid} is not one PEON can see (it needs View Channel).")  # fmt: skip
-            elif me is not None:
-                perms = channel.permissions_for(me)
-                missing = [
-                    label
-                    for label, ok in (("View Channel", perms.view_channel),
-                                      ("Send Messages", perms.send_messages),
-                                      ("Embed Links", perms.embed_links))
-                    if not ok
-                ]  # fmt: skip
-                if missing:
-                    out.append(f"PEON lacks {', '.join(missing)} in #{channel.name}, so its "
-                               "notices cannot be posted there.")  # fmt: skip
+            for channel_id in settings.channels:  # the guild's, then servers' own
+                channel = guild.get_channel(channel_id)
+                if channel is None:
+                    out.append(f"The notification channel {channel_id} of guild {gid} is not "
+                               "one PEON can see (it needs View Channel).")  # fmt: skip
+                elif me is not None:
+                    perms = channel.permissions_for(me)
+                    missing = [
+                        label
+                        for label, ok in (("View Channel", perms.view_channel),
+                                          ("Send Messages", perms.send_messages),
+                                          ("Embed Links", perms.embed_links))
+                        if not ok
+                    ]  # fmt: skip
+                    if missing:
+                        out.append(f"PEON lacks {', '.join(missing)} in #{channel.name}, so "
+                                   "its notices cannot be posted there.")  # fmt: skip
             if settings.mention_role is not None and me is not None:
                 role = guild.get_role(settings.mention_role)
                 if role is None:

@@ -7,6 +7,7 @@ never print. Validation errors name the file and the field.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -14,7 +15,16 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from bot.errors import ConfigError
 from bot.ports import parse_pool
@@ -150,6 +160,23 @@ class GuildSettings(_Model):
     players_can_postpone: bool = Field(
         default=False, description="Let players press 'Keep running' on stop warnings."
     )
+    server_channels: dict[str, int] = Field(
+        default_factory=dict,
+        description="Server name -> channel id for that server's notices, instead of "
+        "notification_channel.",
+    )
+
+    def channel_for(self, server: str | None) -> int | None:
+        """Where a server's notices go: its own channel, else the guild's."""
+        if server is not None and server in self.server_channels:
+            return self.server_channels[server]
+        return self.notification_channel
+
+    @property
+    def channels(self) -> list[int]:
+        """Every channel PEON posts notices in, the guild's first."""
+        found = [self.notification_channel, *self.server_channels.values()]
+        return list(dict.fromkeys(c for c in found if c is not None))
 
 
 class DiscordSettings(_Model):
@@ -329,6 +356,67 @@ class BackupSettings(_Model):
     min_free_mb: int = Field(default=512, ge=0, description="Free space to leave on the disk.")
 
 
+WEBHOOK_KINDS = ("discord", "slack", "ntfy", "json")
+
+
+class WebhookSettings(_Model):
+    """One webhook target: the events it wants, POSTed in its service's shape."""
+
+    name: str = Field(pattern=HOST_NAME, description="Names the target in /peon status and logs.")
+    kind: Literal["discord", "slack", "ntfy", "json"] = Field(
+        description="discord: a Discord channel webhook; slack: Slack-compatible {text}; ntfy: "
+        "a topic URL; json: the event as JSON, signed with HMAC-SHA256."
+    )
+    url: SecretStr | None = Field(
+        default=None, description="Where to POST (it holds the target's token: never shown)."
+    )
+    url_env: str | None = Field(
+        default=None, description="Environment variable holding the URL, instead of url."
+    )
+    secret_env: str | None = Field(
+        default=None, description="json: environment variable holding the HMAC-SHA256 key."
+    )
+    events: list[str] = Field(
+        default_factory=lambda: ["notices", "ready"],
+        description="Event kinds to send: notices (warnings, crashes... as in Discord), ready "
+        "(a start by hand that made the server joinable), any event kind (start, stop, "
+        "backup...), or * for every event.",
+    )
+    servers: list[str] = Field(default_factory=list, description="Only these servers; empty: all.")
+    timeout: float = Field(default=10, ge=1, le=120, description="Seconds per request.")
+    secret: SecretStr | None = None  # filled from secret_env; never written in the file
+
+    @field_serializer("secret", when_used="json")
+    def _unsaid(self, v: SecretStr | None) -> None:
+        return None  # a dump for people or a file never holds the key, not even masked
+
+    @field_validator("events")
+    @classmethod
+    def _kinds(cls, v: list[str]) -> list[str]:
+        for kind in v:
+            if kind != "*" and not re.fullmatch(r"[a-z][a-z0-9:_-]{0,63}", kind):
+                raise ValueError(f"'{kind}' is not an event kind")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must start with https:// or http://")
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> WebhookSettings:
+        if self.url is None and self.url_env is None:
+            raise ValueError(f"webhook '{self.name}' needs url or url_env")
+        if self.kind == "json" and self.secret_env is None and self.secret is None:
+            raise ValueError(
+                f"webhook '{self.name}' (json) needs secret_env: the environment variable "
+                "holding the key its payloads are signed with"
+            )
+        return self
+
+
 class Settings(_Model):
     instance_id: str = Field(default="peon", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
     data_dir: Path = Path("data")
@@ -343,6 +431,9 @@ class Settings(_Model):
     automation: AutomationSettings = Field(default_factory=AutomationSettings)
     backups: BackupSettings = Field(default_factory=BackupSettings)
     crash: CrashSettings = Field(default_factory=CrashSettings)
+    webhooks: list[WebhookSettings] = Field(
+        default_factory=list, description="Webhook targets events are POSTed to."
+    )
     shutdown_grace: int = Field(
         default=60, ge=0, le=3600, description="Seconds running operations get on SIGTERM."
     )
@@ -357,6 +448,20 @@ class Settings(_Model):
         if dupes:
             raise ValueError(f"host names must be unique; '{dupes[0]}' is listed twice")
         return v
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_webhooks(cls, v: list[WebhookSettings]) -> list[WebhookSettings]:
+        names = [w.name for w in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"webhook names must be unique; '{dupes[0]}' is listed twice")
+        return v
+
+    def secret_values(self) -> list[str]:
+        """Every secret the settings hold, for the log's redaction."""
+        found = [self.discord_token] + [s for w in self.webhooks for s in (w.url, w.secret)]
+        return [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
 
     @property
     def camps(self) -> list[HostSettings]:
@@ -429,4 +534,40 @@ def load_settings(path: Path, env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(str(path), field, err["msg"].removeprefix("Value error, ")) from None
     if token:
         settings = settings.model_copy(update={"discord_token": SecretStr(token.strip())})
+    if settings.webhooks:
+        hooks = _webhook_secrets(path, data.get("webhooks"), settings.webhooks, env)
+        settings = settings.model_copy(update={"webhooks": hooks})
     return settings
+
+
+def _webhook_secrets(
+    path: Path, raw: Any, hooks: list[WebhookSettings], env: Mapping[str, str]
+) -> list[WebhookSettings]:
+    """Fill each webhook's secret (and url_env's URL) from the environment. A secret written
+    in the file itself is refused: secrets come only from the environment."""
+    out = []
+    for i, hook in enumerate(hooks):
+        entry = raw[i] if isinstance(raw, list) and isinstance(raw[i], dict) else {}
+        if entry.get("secret") is not None:
+            raise ConfigError(
+                str(path), f"webhooks.{i}.secret",
+                "put the key in an environment variable and name it with secret_env",
+            )  # fmt: skip
+        if entry.get("url") is not None and entry.get("url_env") is not None:
+            raise ConfigError(str(path), f"webhooks.{i}.url_env", "give url or url_env, not both")
+        update: dict[str, SecretStr] = {}
+        for field, key in (("secret_env", "secret"), ("url_env", "url")):
+            var = getattr(hook, field)
+            if var is None:
+                continue
+            value = env.get(var, "").strip()
+            if not value:
+                raise ConfigError(
+                    str(path), f"webhooks.{i}.{field}", f"the environment variable {var} is not set"
+                )
+            if key == "url" and not value.startswith(("http://", "https://")):
+                raise ConfigError(str(path), f"webhooks.{i}.{field}",
+                                  f"{var} must start with https:// or http://")  # fmt: skip
+            update[key] = SecretStr(value)
+        out.append(hook.model_copy(update=update) if update else hook)
+    return out

@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.client import Access, Embed
+from bot.client import Access, Embed, escape, timestamp
 from bot.permissions import ACTIONS, Level, needed_for
 from bot.settings import load_settings
 from cogs.common import INFO, OK, WARN
@@ -79,6 +79,19 @@ class PeonCog(commands.Cog, name="PeonCog"):
             inline=False,
             value=" · ".join(f"{k} {v}" for k, v in self.bot.versions().items()),
         )
+        if hooks := self.bot.webhooks.status():
+            lines = []
+            for w in hooks:
+                head = f"**{w.name}** ({w.kind}, {w.where})"
+                if w.failing and w.failing_since is not None:
+                    embed.colour = WARN
+                    since, error = timestamp(w.failing_since), escape(w.last_error or "")
+                    lines.append(f"🔴 {head}: failing since {since}, {w.failures} tries in a "
+                                 f"row: {error}")  # fmt: skip
+                else:
+                    dropped = f", {w.dropped} dropped" if w.dropped else ""
+                    lines.append(f"🟢 {head}: {w.delivered} sent{dropped}")
+            embed.add_field(name="Webhooks", value="\n".join(lines)[:1024], inline=False)
         problems = self.bot.notice_problems()
         if problems:
             embed.colour = WARN
@@ -135,9 +148,12 @@ class PeonCog(commands.Cog, name="PeonCog"):
         fresh = await asyncio.to_thread(load_settings, source)  # raises ConfigError: shown
         self.bot.discord_settings = fresh.discord
         self.access.settings = fresh.discord
+        hooks = await self.bot.webhooks.reload(fresh.webhooks)
         result = await asyncio.to_thread(services.warplans.reload)
         embed = Embed(title="Reloaded", colour=OK)
         embed.add_field(name="War plans", value=f"{len(result.plans)} valid")
+        if hooks:
+            embed.add_field(name="Webhooks applied", value=", ".join(hooks)[:1024])
         if result.errors:
             embed.colour = WARN
             embed.add_field(

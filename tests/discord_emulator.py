@@ -19,11 +19,10 @@ discord/discord-api-docs; each check names its page) and lists every such answer
   `retry_after` and the X-RateLimit headers discord.py reads (it waits and retries);
 - a channel the bot may not see (`deny(channel, "view_channel")`): 403 50001; may not post in,
   or post embeds in: 403 50013;
-- an ephemeral message edited through another token or the channel: 404 10008.
-- a presence update (gateway op 3) Discord cannot decode: the connection is closed, 4002.
-Each stored `Message` records its `allowed_mentions` and `pings` (who it notifies); every
-presence the bot sets is kept in `presences` (`presence_texts()`), and `delete_message` deletes
-a message as a member would (MESSAGE_DELETE, or silently: the bot learns of it from a 404).
+- an ephemeral message edited through another token or the channel: 404 10008;
+- a channel webhook (`add_webhook`) executed with a wrong token: 401 50027; more than
+  `rate_limit` executions of one webhook: 429, as for the bot's own posts.
+Each stored `Message` records its `allowed_mentions` and `pings` (who it notifies).
 """
 
 from __future__ import annotations
@@ -392,6 +391,7 @@ class DiscordEmulator:
         self._nonces: dict[str, tuple[float, int]] = {}  # enforced nonce -> (when, message id)
         self.nonce_hits = 0  # creates answered with the message an earlier one made
         self.on_create: Callable[[Message], None] | None = None
+        self.webhooks: dict[int, tuple[str, int]] = {}  # channel webhook id -> (token, channel)
         self._pending: set[asyncio.Task[int]] = set()  # dispatches started by sync methods
         self.channels = dict(channels or {"general": 3000, "peon": 3001})
         self.roles = dict(roles or {"admin": 4001, "operator": 4002, "player": 4003})
@@ -487,6 +487,13 @@ class DiscordEmulator:
         """Add or update a member. Members added after IDENTIFY are not announced on the
         gateway (default intents lack GUILD_MEMBERS), but interactions carry them."""
         self._members[user_id] = (name, list(role_ids))
+
+    def add_webhook(self, channel: str | int) -> str:
+        """A channel webhook, as an admin makes one in the channel's settings (resources/webhook
+        "Create Webhook"); returns its URL (which holds its token)."""
+        wid, token = self._snowflake(), secrets.token_urlsafe(51)
+        self.webhooks[wid] = (token, self._channel_id(channel))
+        return f"{self.api_base}/webhooks/{wid}/{token}"
 
     def inject_message(self, channel: str | int, content: str = "", *,
                        components: list[JSONDict] | None = None,
@@ -705,6 +712,9 @@ class DiscordEmulator:
         return self.channels[channel]
 
     def _user_json(self, user_id: int) -> JSONDict:
+        if user_id in self.webhooks:  # a webhook message's author
+            return {"id": str(user_id), "username": "Captain Hook", "discriminator": "0000",
+                    "avatar": None, "bot": True}  # fmt: skip
         bot = user_id == self.bot_user_id
         name = "peon-test-bot" if bot else self._members.get(user_id, (f"user{user_id}",))[0]
         return {"id": str(user_id), "username": name, "discriminator": "0", "global_name": name,
@@ -1323,8 +1333,11 @@ class DiscordEmulator:
         return inter
 
     async def _followup(self, rec: Recorded, app: str, token: str) -> tuple[int, Any]:
-        """A follow-up. As on Discord, the first one after a thinking defer (type 5) replaces
-        the "thinking" original (same id, the defer's ephemerality); it is listed in both."""
+        """A follow-up, or a channel webhook's execution (the same route). As on Discord, the
+        first follow-up after a thinking defer (type 5) replaces the "thinking" original (same
+        id, the defer's ephemerality); it is listed in both."""
+        if int(app) in self.webhooks:
+            return await self._execute_webhook(rec, int(app), token)
         inter = self._interaction_for(rec, app, token)
         body, orig = rec.json or {}, inter.original
         self._validate(body, FormErrors(), create=True, files=rec.files)
@@ -1337,6 +1350,25 @@ class DiscordEmulator:
         inter.followups.append(msg)
         wait = rec.query.get("wait", "").lower() in ("1", "true")
         return (200, self._message_json(msg)) if wait else (204, None)
+
+    async def _execute_webhook(self, rec: Recorded, wid: int, token: str) -> tuple[int, Any]:
+        """resources/webhook "Execute Webhook": no bot authorization, the token in the path (a
+        wrong one: 401 50027 Invalid Webhook Token); a message body as for Create Message, whose
+        allowed_mentions default to users only; 204 unless `wait=true`, then the message.
+        Rate limited per webhook."""
+        known, cid = self.webhooks[wid]
+        if not secrets.compare_digest(token, known):
+            raise ApiError(401, 50027, "Invalid Webhook Token")
+        body = rec.json or {}
+        self._rate_limited(rec, wid)
+        self._validate(body, FormErrors(), create=True, files=rec.files)
+        msg = self._new_message(cid, body, rec.files, wid, webhook=True)
+        self.channel_messages.setdefault(cid, []).append(msg)
+        event = {**self._message_json(msg), "guild_id": str(self.guild_id),
+                 "webhook_id": str(wid)}  # fmt: skip
+        await self._dispatch("MESSAGE_CREATE", event)
+        wait = rec.query.get("wait", "").lower() in ("1", "true")
+        return (200, {**self._message_json(msg), "webhook_id": str(wid)}) if wait else (204, None)
 
     async def _webhook_msg(
         self, rec: Recorded, app: str, token: str, message: str
