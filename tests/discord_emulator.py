@@ -22,7 +22,10 @@ discord/discord-api-docs; each check names its page) and lists every such answer
 - an ephemeral message edited through another token or the channel: 404 10008;
 - a channel webhook (`add_webhook`) executed with a wrong token: 401 50027; more than
   `rate_limit` executions of one webhook: 429, as for the bot's own posts.
-Each stored `Message` records its `allowed_mentions` and `pings` (who it notifies).
+- a presence update (gateway op 3) Discord cannot decode: the connection is closed, 4002.
+Each stored `Message` records its `allowed_mentions` and `pings` (who it notifies); every
+presence the bot sets is kept in `presences` (`presence_texts()`), and `delete_message` deletes
+a message as a member would (MESSAGE_DELETE, or silently: the bot learns of it from a 404).
 """
 
 from __future__ import annotations
