@@ -31,7 +31,7 @@ from bot.app import Services
 from bot.automation import Automation, Warning
 from bot.board import UNKNOWN, Board, BoardBuilder
 from bot.errors import PeonError
-from bot.events import Event, EventFeed
+from bot.events import Event, EventFeed, Transient
 from bot.models import BoardMessage
 from bot.notices import EventNotifier, Notice
 from bot.permissions import Level, Member, check, level_of
@@ -377,7 +377,7 @@ class DiscordNotifier:
         if retry is not None:
             # Every guild was tried; a retry re-sends with the same nonces, so the guilds
             # that got it already get the same message back instead of a second one.
-            raise retry
+            raise Transient(f"Discord did not take the notice: {retry}") from retry
         return sent
 
     async def server_ready(self, server: str, connect: str) -> None:

@@ -30,7 +30,12 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.5  # how often a feed looks for events other processes committed
 BATCH = 200
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0  # a failing handler's backoff, seconds
-GIVE_UP_AFTER = 8  # attempts at one event before a consumer skips it (logged)
+GIVE_UP_AFTER = 8  # attempts at an event whose handler fails for no passing reason (a bug)
+
+
+class Transient(Exception):
+    """A handler's failure that passes (Discord or a webhook down, the network): the event
+    is retried, its backoff capped, until it goes through; never skipped, never lost."""
 
 
 @dataclass(frozen=True)
@@ -134,8 +139,9 @@ class EventFeed:
                     await self.store.set_cursor(self.consumer, event.id)
 
     async def _deliver(self, event: Event) -> None:
-        delay = RETRY_FIRST
-        for attempt in range(1, GIVE_UP_AFTER + 1):
+        delay, attempt = RETRY_FIRST, 0
+        while True:
+            attempt += 1
             try:
                 await self.handler(event)
             except asyncio.CancelledError:
@@ -146,7 +152,9 @@ class EventFeed:
                     "%s: event #%s (%s) failed (attempt %s): %s",
                     self.consumer, event.id, event.kind, attempt, self.failing,
                 )  # fmt: skip
-                if attempt == GIVE_UP_AFTER:
+                # A passing failure waits as long as it lasts; any other (a bug in the
+                # handler) must not hold every later event back.
+                if not isinstance(e, Transient) and attempt >= GIVE_UP_AFTER:
                     log.error("%s: skipping event #%s after %s attempts",
                               self.consumer, event.id, attempt)  # fmt: skip
                     return

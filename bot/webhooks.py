@@ -35,7 +35,7 @@ import aiohttp
 
 from bot import __version__, notices
 from bot.errors import WarplanNotFound
-from bot.events import Event, EventFeed
+from bot.events import Event, EventFeed, Transient
 from bot.schedules import format_span
 
 if TYPE_CHECKING:
@@ -281,7 +281,7 @@ class Secrets:
 # --- delivery -------------------------------------------------------------------------------
 
 
-class DeliveryError(Exception):
+class DeliveryError(Transient):
     """A delivery that failed in a way that may pass later (retried by the feed). Its text
     never holds the URL or a secret."""
 

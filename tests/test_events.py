@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bot.errors import ServerNotFound
-from bot.events import Event, EventFeed, NewEvent
+from bot.events import GIVE_UP_AFTER, Event, EventFeed, NewEvent, Transient
 from bot.models import ServerState
 from bot.store import MIGRATIONS, Store
 from tests.conftest import ROOT
@@ -195,3 +195,29 @@ async def test_events_another_process_appends_reach_a_running_feed(
 async def _until(check: Callable[[], bool]) -> None:
     while not check():
         await asyncio.sleep(0.02)
+
+
+async def test_a_passing_failure_is_retried_past_the_give_up_count(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Discord or a webhook down for long: the event waits, it is never skipped."""
+    monkeypatch.setattr("bot.events.RETRY_FIRST", 0.001)
+    monkeypatch.setattr("bot.events.RETRY_MAX", 0.001)
+    calls: list[int] = []
+
+    async def down_for_a_while(event: Event) -> None:
+        calls.append(event.id)
+        if len(calls) <= 3 * GIVE_UP_AFTER:
+            raise Transient("503 Service Unavailable")
+
+    async def broken(event: Event) -> None:
+        raise TypeError("a bug")
+
+    first = await store.append_event(NewEvent("ready", "a", "t"))
+    feed = EventFeed(store, "patient", down_for_a_while)
+    await feed.drain()
+    assert len(calls) == 3 * GIVE_UP_AFTER + 1 and feed.failing is None
+    assert await store.cursor("patient") == first
+    feed = EventFeed(store, "buggy", broken)
+    assert await feed.drain() == 1  # skipped after GIVE_UP_AFTER tries, the stream goes on
+    assert feed.failing is not None and feed.position == first
