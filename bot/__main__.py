@@ -44,7 +44,7 @@ async def serve(settings: Settings, *, guild_ready_timeout: float = 2.0) -> None
             # `shutdown_grace` to finish; the rest are recorded as interrupted and finished
             # or undone by the next start's reconcile.
             log.info("shutting down", extra={"signal": signame})
-            left = await services.servers.drain(settings.shutdown_grace)
+            left = await services.servers.drain(bot.settings.shutdown_grace)  # as reloaded
             for item in left:
                 log.warning("operation interrupted by shutdown", extra={"operation": item})
             await bot.close()

@@ -18,6 +18,7 @@ import platform
 import re
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,12 +33,14 @@ from bot.automation import Automation, Warning
 from bot.board import UNKNOWN, Board, BoardBuilder
 from bot.errors import PeonError
 from bot.events import Event, EventFeed, Transient
+from bot.logs import reconfigure_logging
 from bot.models import BoardMessage
 from bot.notices import EventNotifier, Notice
 from bot.permissions import Level, Member, check, level_of
+from bot.reloading import Reloader, ReloadReport
 from bot.scheduler import Scheduler
 from bot.schedules import format_span
-from bot.settings import DiscordSettings, GuildSettings, Settings
+from bot.settings import DiscordSettings, GuildSettings, Settings, load_settings
 from bot.watch import Crash, CrashWatch
 from bot.webhooks import Webhooks
 
@@ -788,6 +791,7 @@ class PeonBot(commands.Bot):
         self.max_loop_stall = 0.0  # seconds; the worst event-loop stall since start
         self._watchdog: asyncio.Task[None] | None = None
         self.access = Access(self.discord_settings)
+        self.reloader = Reloader(self.settings, lambda: load_settings(Path(self.settings.source)))
         self._background: set[asyncio.Task[None]] = set()
 
     def spawn(self, aw: Coroutine[Any, Any, None]) -> None:
@@ -874,7 +878,52 @@ class PeonBot(commands.Bot):
             await feed.start()
         await self.webhooks.start()  # each target a consumer of its own (bot/webhooks.py)
         await self.board.start()
+        self._register_reload()
         self._watchdog = asyncio.create_task(self._watch_loop(), name="loop-watchdog")
+
+    # --- /peon reload -----------------------------------------------------------------------
+
+    def _register_reload(self) -> None:
+        """Who takes which settings on a reload; any other change is reported as needing a
+        restart (bot/reloading.py)."""
+        services, r = self.services, self.reloader
+        r.on("discord", self._reload_discord)
+        r.on("log", lambda old, new: reconfigure_logging(new.log))
+        r.on("shutdown_grace", lambda old, new: None)  # read when the signal comes
+        r.on("backups", lambda old, new: services.backups.reconfigure(new))
+        r.on(("hosts", "docker", "ports"), self._reload_hosts)
+        if self.automation is not None:
+            automation = self.automation
+            r.on("automation", lambda old, new: automation.reconfigure(new.automation))
+        if self.crash_watch is not None:
+            watch = self.crash_watch
+            r.on("crash", lambda old, new: watch.reconfigure(new.crash))
+        r.on("webhooks", lambda old, new: self.webhooks.reload(new.webhooks))
+
+    async def _reload_discord(self, old: Settings, new: Settings) -> list[str]:
+        self.discord_settings = new.discord
+        self.access.settings = new.discord
+        before = (set(old.discord.guilds), old.discord.sync_global)
+        if before == (set(new.discord.guilds), new.discord.sync_global):
+            return []
+        await self.sync_commands()
+        await self._clear_unconfigured()
+        return ["commands synced to the guilds configured now"]
+
+    def _reload_hosts(self, old: Settings, new: Settings) -> list[str]:
+        added = self.services.camps.reconfigure(new)
+        if self.crash_watch is not None:
+            self.crash_watch.watch_new_hosts()
+        return [f"host {name} added" for name in added]
+
+    async def reload(self) -> ReloadReport:
+        """/peon reload: the config file and the war plans again. What can change while
+        running is applied, the rest named as needing a restart; a broken config file changes
+        nothing (ConfigError), a broken war plan keeps its last good version."""
+        report = await self.reloader.reload()
+        self.settings = self.services.servers.settings = report.settings
+        report.warplans = await asyncio.to_thread(self.services.warplans.reload)
+        return report
 
     async def _watch_loop(self) -> None:
         """Measure how late the event loop wakes us: a blocking call anywhere shows up here."""

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.client import Access, Embed, escape, timestamp
+from bot.client import FIELD_VALUE_MAX, Access, Embed, clip, escape, timestamp
 from bot.permissions import ACTIONS, Level, needed_for
-from bot.settings import load_settings
 from cogs.common import INFO, OK, WARN
 
 if TYPE_CHECKING:
@@ -27,6 +24,7 @@ HELP = [
     ("/server update name", "update"),
     ("/server logs name", "logs"),
     ("/server create warplan name", "create"),
+    ("/server settings name", "settings"),
     ("/server delete name", "delete"),
     ("/server panel name", "panel"),
     ("/peon board channel", "board"),
@@ -143,32 +141,41 @@ class PeonCog(commands.Cog, name="PeonCog"):
     @peon.command(name="reload", description="Re-read config and war plans (admin)")
     async def reload(self, interaction: discord.Interaction[Any]) -> None:
         self.access.check(interaction, "reload")
-        services = self.bot.services
-        source = Path(self.bot.settings.source)
-        fresh = await asyncio.to_thread(load_settings, source)  # raises ConfigError: shown
-        self.bot.discord_settings = fresh.discord
-        self.access.settings = fresh.discord
-        hooks = await self.bot.webhooks.reload(fresh.webhooks)
-        result = await asyncio.to_thread(services.warplans.reload)
+        await interaction.response.defer(ephemeral=True, thinking=True)  # may sync commands
+        report = await self.bot.reload()  # a broken config: ConfigError, nothing changed
         embed = Embed(title="Reloaded", colour=OK)
-        embed.add_field(name="War plans", value=f"{len(result.plans)} valid")
-        if hooks:
-            embed.add_field(name="Webhooks applied", value=", ".join(hooks)[:1024])
-        if result.errors:
+        applied = ", ".join(f"`{p}`" for p in report.applied) or "nothing changed in the config"
+        embed.add_field(name="Applied", value=clip(applied, FIELD_VALUE_MAX), inline=False)
+        notes = [n for section, lines in report.notes.items() if section != "webhooks"
+                 for n in lines]  # fmt: skip
+        if notes:
+            embed.add_field(name="Also", value=clip("\n".join(notes), FIELD_VALUE_MAX))
+        if hooks := report.notes.get("webhooks"):
+            embed.add_field(name="Webhooks applied", value=clip(escape(", ".join(hooks)), 1024))
+        if report.restart:
             embed.colour = WARN
+            restart = ", ".join(f"`{p}`" for p in report.restart)
             embed.add_field(
-                name="Not reloaded (the last good version stays in force)",
+                name="Needs a restart (the old value stays until then)",
+                value=clip(restart, FIELD_VALUE_MAX),
                 inline=False,
-                value="\n".join(f"`{e}`" for e in result.errors)[:1024],
             )
-        restart = [
-            k
-            for k in ("data_dir", "instance_id", "docker", "ports")
-            if getattr(fresh, k) != getattr(self.bot.settings, k)
-        ]
-        if restart:
-            embed.add_field(name="Needs a restart", value=", ".join(restart), inline=False)
-        await interaction.response.send_message(embed=embed, ephemeral=True)
+        if report.failed:
+            embed.colour = WARN
+            failed = "\n".join(escape(f) for f in report.failed)
+            embed.add_field(name="Not applied (see the log)", value=clip(failed, FIELD_VALUE_MAX),
+                            inline=False)  # fmt: skip
+        plans = report.warplans
+        if plans is not None:
+            embed.add_field(name="War plans", value=f"{len(plans.plans)} valid")
+            if plans.errors:
+                embed.colour = WARN
+                embed.add_field(
+                    name="Not reloaded (the last good version stays in force)",
+                    inline=False,
+                    value=clip("\n".join(f"`{e}`" for e in plans.errors), FIELD_VALUE_MAX),
+                )
+        await interaction.edit_original_response(embed=embed)
 
 
 def _gib(n: int) -> str:
