@@ -33,7 +33,7 @@ from bot.automation import Automation, Warning
 from bot.board import UNKNOWN, Board, BoardBuilder
 from bot.errors import PeonError
 from bot.events import Event, EventFeed, Transient
-from bot.logs import reconfigure_logging
+from bot.logs import reconfigure_logging, redact_in_logs
 from bot.models import BoardMessage
 from bot.notices import EventNotifier, Notice
 from bot.permissions import Level, Member, check, level_of
@@ -888,7 +888,7 @@ class PeonBot(commands.Bot):
         restart (bot/reloading.py)."""
         services, r = self.services, self.reloader
         r.on("discord", self._reload_discord)
-        r.on("log", lambda old, new: reconfigure_logging(new.log))
+        r.on("log", lambda old, new: reconfigure_logging(new.log, new.secret_values()))
         r.on("shutdown_grace", lambda old, new: None)  # read when the signal comes
         r.on("backups", lambda old, new: services.backups.reconfigure(new))
         r.on(("hosts", "docker", "ports"), self._reload_hosts)
@@ -898,7 +898,7 @@ class PeonBot(commands.Bot):
         if self.crash_watch is not None:
             watch = self.crash_watch
             r.on("crash", lambda old, new: watch.reconfigure(new.crash))
-        r.on("webhooks", lambda old, new: self.webhooks.reload(new.webhooks))
+        r.on("webhooks", self._reload_webhooks)
 
     async def _reload_discord(self, old: Settings, new: Settings) -> list[str]:
         self.discord_settings = new.discord
@@ -909,6 +909,10 @@ class PeonBot(commands.Bot):
         await self.sync_commands()
         await self._clear_unconfigured()
         return ["commands synced to the guilds configured now"]
+
+    async def _reload_webhooks(self, old: Settings, new: Settings) -> list[str]:
+        redact_in_logs(new.secret_values())  # their new URLs and keys: never logged
+        return await self.webhooks.reload(new.webhooks)
 
     def _reload_hosts(self, old: Settings, new: Settings) -> list[str]:
         added = self.services.camps.reconfigure(new)

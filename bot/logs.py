@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,14 +80,24 @@ def configure_logging(settings: LogSettings, secrets: Iterable[str] = ()) -> Non
     logging.getLogger("discord").setLevel(max(logging.INFO, root.level))
 
 
-def reconfigure_logging(settings: LogSettings) -> None:
-    """Settings from a reload: the level, and the format of PEON's own handlers (their
-    redaction stays); handlers others added (a test's capture) are left alone."""
+def reconfigure_logging(settings: LogSettings, secrets: Iterable[str] | None = None) -> None:
+    """Settings from a reload: the level, and the format of PEON's own handlers and what they
+    redact (`secrets`; unchanged when None); handlers others added (a test's capture) are
+    left alone."""
     root = logging.getLogger()
     root.setLevel(settings.level)
     logging.getLogger("discord").setLevel(max(logging.INFO, root.level))
-    for handler in root.handlers:
-        current = handler.formatter
-        if isinstance(current, _Redacting):
-            kind = JsonFormatter if settings.format == "json" else LogfmtFormatter
-            handler.setFormatter(kind(current.secrets))
+    kind = JsonFormatter if settings.format == "json" else LogfmtFormatter
+    _reformat(lambda current: kind(current.secrets if secrets is None else secrets))
+
+
+def redact_in_logs(secrets: Iterable[str]) -> None:
+    """What PEON's own handlers replace by [redacted] from now on (webhooks reloaded)."""
+    secrets = list(secrets)
+    _reformat(lambda current: type(current)(secrets))
+
+
+def _reformat(make: Callable[[_Redacting], _Redacting]) -> None:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, _Redacting):
+            handler.setFormatter(make(handler.formatter))

@@ -4,6 +4,7 @@ CLI as a process of its own, against the real engine and a real SQLite file."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import uuid
 from pathlib import Path
@@ -15,9 +16,10 @@ import yaml
 from bot.app import Services
 from bot.camps import Camps
 from bot.errors import ServerExists, VariableError
+from bot.logs import configure_logging, reconfigure_logging, redact_in_logs
 from bot.models import ServerState
 from bot.reloading import changed_settings, split_restart
-from bot.settings import Settings
+from bot.settings import LogSettings, Settings
 from tests.conftest import (
     TEST_WARPLANS,
     config_file,
@@ -259,3 +261,25 @@ def test_hosts_added_by_a_reload_get_an_engine_and_the_others_keep_theirs() -> N
     assert camps.reconfigure(effective) == ["attic"]
     assert camps.get("home").driver is home and camps.get("home").address == "play.example.org"
     assert camps.names == ["home", "attic"]
+
+
+def test_a_reload_changes_the_log_format_and_what_it_redacts_without_other_handlers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging(LogSettings(), ["tok-123"])
+        theirs = logging.NullHandler()
+        root.addHandler(theirs)
+        log = logging.getLogger("set-test")
+        redact_in_logs(["tok-123", "https://hooks.example/abc"])  # a webhook reloaded
+        reconfigure_logging(LogSettings(format="json", level="WARNING"))
+        log.info("not shown at WARNING")
+        log.warning("posting to https://hooks.example/abc with tok-123")
+        (line,) = capsys.readouterr().err.splitlines()
+        assert json.loads(line)["msg"] == "posting to [redacted] with [redacted]"
+        assert theirs.formatter is None  # handlers PEON did not make are left alone
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
