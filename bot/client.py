@@ -903,6 +903,8 @@ class PeonBot(commands.Bot):
     async def _reload_discord(self, old: Settings, new: Settings) -> list[str]:
         self.discord_settings = new.discord
         self.access.settings = new.discord
+        if self.board is not None:
+            self.board.poke()  # its Start buttons follow players_can_start
         before = (set(old.discord.guilds), old.discord.sync_global)
         if before == (set(new.discord.guilds), new.discord.sync_global):
             return []
