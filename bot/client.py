@@ -624,8 +624,11 @@ class BoardKeeper:
 
     async def _run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the event is set, and close() then waits for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.bot.discord_settings.board_refresh)
+                async with asyncio.timeout(self.bot.discord_settings.board_refresh):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.update()

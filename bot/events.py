@@ -14,7 +14,6 @@ exactly once where it matters (Discord messages carry the event id as an enforce
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -119,8 +118,9 @@ class EventFeed:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # asyncio.wait: the task's CancelledError stays in it, while a cancellation of
+            # close() itself still reaches the caller.
+            await asyncio.wait([self._task])
             self._task = None
 
     async def drain(self) -> int:

@@ -724,7 +724,10 @@ class Store:
         waiter = asyncio.Event()
         self._waiters.add(waiter)
         try:
-            await asyncio.wait_for(waiter.wait(), timeout)
+            # Not wait_for: on 3.11 it can swallow a cancellation that arrives as the waiter
+            # is set, and a feed being closed would then wait on forever.
+            async with asyncio.timeout(timeout):
+                await waiter.wait()
         except TimeoutError:
             pass
         finally:

@@ -221,3 +221,19 @@ async def test_a_passing_failure_is_retried_past_the_give_up_count(
     feed = EventFeed(store, "buggy", broken)
     assert await feed.drain() == 1  # skipped after GIVE_UP_AFTER tries, the stream goes on
     assert feed.failing is not None and feed.position == first
+
+
+async def test_a_feed_closes_even_when_an_event_arrives_as_it_is_cancelled(store: Store) -> None:
+    """asyncio.wait_for on 3.11 can swallow a cancellation that races with the awaited event;
+    a feed closed just as an event wakes it must still stop."""
+
+    async def handler(event: Event) -> None:
+        pass
+
+    for n in range(50):
+        feed = EventFeed(store, f"closing-{n}", handler, poll=30)
+        await feed.start()
+        await asyncio.sleep(0.01)  # the feed now waits for events
+        store._notify()  # an append wakes it (the waiter is set)...
+        async with asyncio.timeout(5):
+            await feed.close()  # ...and it is cancelled in the same step
