@@ -119,7 +119,9 @@ class BoardBuilder:
     async def _players(self, s: ServerSummary) -> PlayerCount | None:
         status = ServerStatus(s.record, s.container, None, "")
         try:
-            return await asyncio.wait_for(self.servers.players(status), self.query_timeout)
+            # asyncio.timeout: 3.11's wait_for can swallow a cancellation (the bot closing).
+            async with asyncio.timeout(self.query_timeout):
+                return await self.servers.players(status)
         except (TimeoutError, PeonError) as e:
             log.info("board: players of %s not counted: %s", s.record.name, e)
             return None
