@@ -42,7 +42,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import blake3
 import docker
 import docker.errors
 import pytest
@@ -185,12 +187,13 @@ def backup_rows(db: Path, server: str | None = None) -> list[BackupRow]:
     ]
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def checksum_matches(path: Path, volume: dict[str, object]) -> bool:
+    """The archive matches the checksum its row records: BLAKE3, or SHA-256 (older backups)."""
+    digest: Any = blake3.blake3() if volume.get("blake3") else hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(1 << 20):
             digest.update(block)
-    return digest.hexdigest()
+    return bool(digest.hexdigest() == (volume.get("blake3") or volume.get("sha256")))
 
 
 async def _recover(settings: Settings) -> list[str]:
@@ -389,7 +392,7 @@ class Lab:
                 ):
                     continue
                 if self.check(
-                    sha256_file(path) == v["sha256"],
+                    checksum_matches(path, v),
                     where,
                     "(c) listed backup",
                     f"#{row.id}: {path} does not match its checksum",
