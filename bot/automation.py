@@ -630,17 +630,24 @@ class Automation:
     def waiting_update(self, server: str) -> UpdateWait | None:
         return self._updates.get(server)
 
+    def _require_counted(self, record: ServerRecord, what: str, cannot: str) -> None:
+        """Refuse, in one sentence, what needs a player count when the server has none (it
+        would always look empty, or never)."""
+        uncounted = self.servers.uncounted_reason(record)
+        if uncounted is not None:
+            raise ScheduleError(f"{record.name} cannot {what}: {uncounted}")
+        if not self.servers.counts_players(record):
+            raise ScheduleError(
+                f"War plan '{record.warplan}' cannot count players, so {record.name} {cannot}"
+            )
+
     def refuse_uncounted(self, record: ServerRecord) -> None:
         """Refuse, in one sentence, to wait for a server to be empty when its players cannot
         be counted (it would never look empty)."""
-        uncounted = self.servers.uncounted_reason(record)
-        if uncounted is not None:
-            raise ScheduleError(f"{record.name} cannot update when nobody plays: {uncounted}")
-        if not self.servers.counts_players(record):
-            raise ScheduleError(
-                f"War plan '{record.warplan}' cannot count players, so {record.name} cannot "
-                "update when nobody plays; update it now instead."
-            )
+        self._require_counted(
+            record, "update when nobody plays", "cannot update when nobody plays; update it now "
+            "instead.",
+        )  # fmt: skip
 
     async def _update_step(self, server: str) -> None:
         """One check of a waiting update, at each tick."""
@@ -757,14 +764,7 @@ class Automation:
 
     async def add_idle(self, server: str, after: str, actor: str) -> ScheduleView:
         record = await self.store.get_server(server)
-        uncounted = self.servers.uncounted_reason(record)
-        if uncounted is not None:
-            raise ScheduleError(f"{server} cannot stop when idle: {uncounted}")
-        if not self.servers.counts_players(record):
-            raise ScheduleError(
-                f"War plan '{record.warplan}' cannot count players, so {server} cannot stop "
-                "when idle."
-            )
+        self._require_counted(record, "stop when idle", "cannot stop when idle.")
         spec = rules.idle_spec(after, self.settings.minimum)
         existing = [s for s in await self.store.list_schedules(server) if s.kind == "idle"]
         if existing:

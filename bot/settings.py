@@ -417,6 +417,12 @@ class WebhookSettings(_Model):
         return self
 
 
+def _unique_names(what: str, names: list[str]) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{what} names must be unique; '{dupes[0]}' is listed twice")
+
+
 class Settings(_Model):
     instance_id: str = Field(default="peon", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
     data_dir: Path = Path("data")
@@ -443,19 +449,13 @@ class Settings(_Model):
     @field_validator("hosts")
     @classmethod
     def _unique_hosts(cls, v: list[HostSettings]) -> list[HostSettings]:
-        names = [h.name for h in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"host names must be unique; '{dupes[0]}' is listed twice")
+        _unique_names("host", [h.name for h in v])
         return v
 
     @field_validator("webhooks")
     @classmethod
     def _unique_webhooks(cls, v: list[WebhookSettings]) -> list[WebhookSettings]:
-        names = [w.name for w in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"webhook names must be unique; '{dupes[0]}' is listed twice")
+        _unique_names("webhook", [w.name for w in v])
         return v
 
     def secret_values(self) -> list[str]:
