@@ -151,7 +151,7 @@ async def test_window_end_warns_keep_running_postpones_then_stops(
 async def test_timer_stop_now_and_schedule_commands(peon: Runner, emu: DiscordEmulator) -> None:
     await running_game(peon)
     i = await command(emu, OPERATOR, "server stop", name="alpha", **{"in": "4s"})
-    text = text_of(i)
+    text = await finished(emu, i, "stops at")  # a deferred answer: read it once edited
     assert "**alpha** stops at" in text and "Cancel with `/schedule remove id:1`" in text
     await until(emu, lambda: bool(notices(emu, "stops in")), timeout=20)
     warning = notices(emu, "stops in")[0]
