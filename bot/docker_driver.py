@@ -73,6 +73,7 @@ class ContainerSpec:
     cpus: float | None = None
     stop_signal: str = "SIGTERM"
     stdin_open: bool = False
+    user: str | None = None  # "UID[:GID]" or a name; None: the image's own USER
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -471,6 +472,7 @@ class DockerDriver:
                 nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
                 stop_signal=spec.stop_signal,
                 stdin_open=spec.stdin_open,
+                user=spec.user,
                 tty=False,
                 detach=True,
                 log_config=LogConfig(

@@ -377,6 +377,7 @@ class ServerService:
             cpus=plan.resources.cpus,
             stop_signal=plan.stop.signal,
             stdin_open=plan.stdin_open,
+            user=plan.user,
         )
 
     async def _ensure_image(

@@ -33,6 +33,9 @@ from bot.sizes import parse_size
 SLUG = r"^[a-z0-9][a-z0-9-]{0,31}$"
 VAR_NAME = r"^[a-z][a-z0-9_]{0,47}$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A container user as Docker takes it: a numeric id or a name, each with an optional group.
+USER = r"([0-9]+|[a-z_][a-z0-9_.-]{0,31})(:([0-9]+|[a-z_][a-z0-9_.-]{0,31}))?"
+UID_MAX = 2**31 - 1
 SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL")
 _TEMPLATE = re.compile(r"\{(server|port:[a-z0-9-]+)\}")
 GENERATED_BYTES = 18  # a generated secret: 24 URL-safe characters
@@ -350,6 +353,11 @@ class WarPlan(_Model):
         default=None,
         description="How PEON reaches the console (stdin when not given and the plan uses one).",
     )
+    user: str | None = Field(
+        default=None,
+        description="Run the container as this user: UID[:GID] or a name the image knows "
+        "(e.g. 1000:1000); files PEON writes into volumes are owned by it when numeric.",
+    )
     links: list[str] = Field(default_factory=list, description="Documentation of the image.")
     verified: Evidence | None = Field(
         default=None, description="Where the plan's facts about the image were checked."
@@ -368,6 +376,15 @@ class WarPlan(_Model):
                 else x
                 for k, x in v.items()
             }
+        return v
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(USER, v):
+            raise ValueError("must be UID[:GID] (e.g. 1000:1000) or a user[:group] name")
+        if v is not None and any(p.isdigit() and int(p) > UID_MAX for p in v.split(":")):
+            raise ValueError(f"a numeric id must be at most {UID_MAX}")
         return v
 
     @model_validator(mode="after")
