@@ -8,8 +8,10 @@ requests errors are translated here into bot.errors.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
+import json
 import logging
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable, Iterator
@@ -57,6 +59,16 @@ MIN_API_VERSION = "1.24"  # only to ask an engine its own version (Docker 1.12 a
 
 class NotFoundInEngine(DockerError):
     """The engine has no such object; callers turn it into a precise domain error."""
+
+
+@dataclass(frozen=True)
+class VolumeOnDisk:
+    """Where a volume's files lie on this machine, as the engine tells it, or why PEON cannot
+    read them there (then `mountpoint` is None and `reason` says why, for the backup's log)."""
+
+    mountpoint: str | None
+    reason: str = ""
+    mtime: str = ""  # the engine's RFC 3339 mtime of the path in the container, to compare
 
 
 @dataclass(frozen=True)
@@ -199,6 +211,7 @@ class DockerDriver:
         self._client_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="docker")
         self._flights = SingleFlight()
+        self._maps_ids: bool | None = None  # rootless or userns-remap engine: asked once
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -737,6 +750,40 @@ class DockerDriver:
                 raise DockerError(f"The Docker engine did not accept the archive for {path}.")
 
         await self._run(call)
+
+    async def volume_on_disk(self, ref: str, path: str, volume: str) -> VolumeOnDisk:
+        """Whether the files of `volume` (mounted at `path` in container `ref`) can be read
+        from this machine's disk with the same meaning the engine's archive gives them: the
+        engine answers on a local unix socket, maps no user ids (rootless, userns-remap),
+        and keeps the volume as a plain directory (local driver, no mount options). Also the
+        engine's own mtime of `path`, which the caller compares with its directory's, so a
+        socket forwarded from another machine can never pass for this one's engine."""
+
+        def call() -> VolumeOnDisk:
+            api = self._docker().api
+            # docker-py names every unix-socket engine so (ssh and npipe get other names).
+            if api.base_url != "http+docker://localhost":
+                return VolumeOnDisk(None, "the engine is not reached through a local socket")
+            if self._maps_ids is None:
+                options = " ".join(api.info().get("SecurityOptions") or [])
+                self._maps_ids = "name=rootless" in options or "name=userns" in options
+            if self._maps_ids:
+                return VolumeOnDisk(None, "the engine maps user ids (rootless or userns-remap)")
+            try:
+                vol = api.inspect_volume(volume)
+            except docker.errors.NotFound:
+                return VolumeOnDisk(None, f"the engine has no volume {volume}")
+            if vol.get("Driver") != "local" or vol.get("Options"):
+                return VolumeOnDisk(None, "the volume is not a plain local directory")
+            try:
+                resp = api.head(api._url("/containers/{0}/archive", ref), params={"path": path})
+                api._raise_for_status(resp)
+            except docker.errors.NotFound as e:
+                raise ContainerMissing(ref) from e
+            stat = json.loads(base64.b64decode(resp.headers["X-Docker-Container-Path-Stat"]))
+            return VolumeOnDisk(str(vol.get("Mountpoint") or ""), mtime=str(stat.get("mtime")))
+
+        return await self._run(call)
 
     def _container_call(self, ref: str, method: str, **kwargs: Any) -> None:
         api = self._docker().api
