@@ -11,6 +11,7 @@ import json
 import posixpath
 import re
 import secrets
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,6 +330,83 @@ class Evidence(_Model):
         return v
 
 
+INSTALL_SCRIPT_MAX = 256 * 1024  # characters; Pterodactyl's longest egg scripts are ~20 KB
+
+
+class InstallSpec(_Model):
+    """A script run once, in a separate installer container, against the server's volumes
+    before its first start (and again on reinstall): Pterodactyl's installation step."""
+
+    image: str = Field(
+        min_length=1, pattern=r"^[^\s]+$", description="The installer image (pulled if absent)."
+    )
+    entrypoint: str = Field(
+        default="/bin/sh",
+        description="The program that runs the script, with its arguments if any (e.g. bash).",
+    )
+    script: str = Field(
+        min_length=1,
+        max_length=INSTALL_SCRIPT_MAX,
+        description="Written into the installer container and run by the entrypoint.",
+    )
+    mounts: dict[str, str] | None = Field(
+        default=None,
+        description="Plan volume name -> path in the installer (default: the plan's paths).",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment (templates allowed), on top of the server's own.",
+    )
+    timeout: int = Field(default=900, ge=1, le=6 * 3600, description="Seconds; then killed.")
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_strings(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: str(x) if isinstance(x, float) else
+                    _default_text(x) if isinstance(x, bool | int) else x
+                    for k, x in v.items()}  # fmt: skip
+        return v
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _program(cls, v: str) -> str:
+        try:
+            parts = shlex.split(v)
+        except ValueError as e:
+            raise ValueError(f"cannot be split into program and arguments ({e})") from None
+        if not parts:
+            raise ValueError("needs a program (e.g. /bin/sh or bash)")
+        return v
+
+    @field_validator("mounts")
+    @classmethod
+    def _paths(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for name, path in (v or {}).items():
+            if not path.startswith("/") or ".." in path.split("/"):
+                raise ValueError(f"{name}: must be an absolute path without '..'")
+            if posixpath.normpath(path) == "/":
+                raise ValueError(f"{name}: cannot be mounted over /")
+        if v is not None:
+            _unique("mounts (path)", [posixpath.normpath(p) for p in v.values()])
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not re.match(ENV_NAME, key):
+                raise ValueError(f"'{key}' is not a valid environment variable name")
+        return v
+
+    def command(self) -> list[str]:
+        """The installer's command line: the entrypoint with the script's path last."""
+        return [*shlex.split(self.entrypoint), INSTALL_SCRIPT_PATH]
+
+
+INSTALL_SCRIPT_PATH = "/peon-install/install.sh"
+
+
 class WarPlan(_Model):
     name: Slug
     title: str = Field(min_length=1)
@@ -361,6 +439,10 @@ class WarPlan(_Model):
     links: list[str] = Field(default_factory=list, description="Documentation of the image.")
     verified: Evidence | None = Field(
         default=None, description="Where the plan's facts about the image were checked."
+    )
+    install: InstallSpec | None = Field(
+        default=None,
+        description="A script run once in an installer container before the first start.",
     )
 
     @field_validator("env", mode="before")
@@ -430,11 +512,19 @@ class WarPlan(_Model):
                 raise ValueError(f"console.password: no variable named '{self.console.password}'")
             if not secret.secret:
                 raise ValueError(f"console.password: variable '{secret.name}' must be secret")
+        if self.install is not None:
+            volume_names = [v.name for v in self.volumes]
+            if not volume_names:
+                raise ValueError("install: needs a volume of the plan to install into")
+            for vol in self.install.mounts or {}:
+                if vol not in volume_names:
+                    raise ValueError(f"install.mounts: no volume named '{vol}'")
         texts = [
             *self.env.values(),
             *(str(v.default) for v in self.variables),
             *(self.command or []),
             *(self.entrypoint or []),
+            *(self.install.env.values() if self.install else []),
         ]
         for text in texts:
             for ref in _TEMPLATE.findall(text):
