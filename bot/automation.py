@@ -39,7 +39,7 @@ from bot.schedules import (
     parse_zone,
     warning_times,
 )
-from bot.servers import ServerService
+from bot.servers import ServerService, ServerSummary
 from bot.settings import AutomationSettings
 from bot.store import Store
 from bot.updates import UpdateService
@@ -161,6 +161,10 @@ class Automation:
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
+        # Listings are numbered; a replan that asked the engine itself records the number
+        # current then, so a tick's listing never overrides what was learnt after it.
+        self._listing = 0
+        self._fresh: dict[str, int] = {}
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -178,8 +182,16 @@ class Automation:
             self._arm(s)
         self.scheduler.start()
         self._started = True
-        for server, rows in by_server.items():
-            await self._catch_up(server, rows, last_seen, now)
+        # One listing per host, then every server's catch-up side by side (bounded): with
+        # hundreds of scheduled servers, one after another would hold up the bot's start.
+        listed = {s.record.name: s for s in await self.servers.list_servers()}
+
+        async def catch_up(server: str) -> None:
+            await self._catch_up(server, by_server[server], last_seen, now, listed.get(server))
+
+        await self.servers.fanout.each(
+            "catch-up", sorted(by_server), catch_up, key=str, host=self._host_of(listed)
+        )
         await self._beat()
         self.scheduler.every("auto:tick", self.settings.check_interval, self.tick)
 
@@ -215,10 +227,18 @@ class Automation:
                                       functools.partial(self._warn, server, p, left))  # fmt: skip
 
     async def _catch_up(
-        self, server: str, rows: list[Schedule], last_seen: datetime, now: datetime
+        self,
+        server: str,
+        rows: list[Schedule],
+        last_seen: datetime,
+        now: datetime,
+        listed: ServerSummary | None = None,
     ) -> None:
         try:
-            running = await self.servers.is_running(server)
+            if listed is not None and not listed.unreachable:
+                running = listed.container is not None and listed.container.running
+            else:
+                running = await self.servers.is_running(server)
             keep = await self.store.keep_until(server)
         except PeonError as e:
             log.warning("schedules of %s not checked at startup: %s", server, e)
@@ -229,7 +249,7 @@ class Automation:
             log.info("starting %s: %s while PEON was offline", server, result.start_why)
             self._spawn(self._auto_start(server, result.start_why))
         else:
-            await self.replan(server)
+            await self.replan(server, running=running)
 
     # --- arming jobs ------------------------------------------------------------------------
 
@@ -251,17 +271,22 @@ class Automation:
                 f"auto:s{s.id}:cron", rule.expr, rule.zone, functools.partial(self._cron, s.id)
             )
 
-    async def replan(self, server: str) -> Pending | None:
-        """Recompute the server's next automatic stop and (re)arm its warnings and its stop."""
+    async def replan(self, server: str, *, running: bool | None = None) -> Pending | None:
+        """Recompute the server's next automatic stop and (re)arm its warnings and its stop.
+        `running`: whether it runs, as a listing just said (else the engine is asked)."""
         async with self._locks[server]:
-            return await self._replan(server)
+            return await self._replan(server, running)
 
-    async def _replan(self, server: str) -> Pending | None:
+    async def _replan(self, server: str, listed: bool | None = None) -> Pending | None:
         now = self.clock()
         current = self._pending.get(server)
         try:
             rows = await self.store.list_schedules(server)
-            running = await self.servers.is_running(server)
+            if listed is None:
+                self._fresh[server] = self._listing
+                running = await self.servers.is_running(server)
+            else:
+                running = listed
             keep = await self.store.keep_until(server)
             kept = await self.store.kept_due(server)
         except ServerNotFound:
@@ -481,33 +506,63 @@ class Automation:
     async def tick(self) -> None:
         """Every check interval: record that PEON is up, count players where an idle limit or
         announcements need them, and replan every scheduled server (a server started or
-        stopped by hand gets, or loses, its automatic stop here)."""
+        stopped by hand gets, or loses, its automatic stop here).
+
+        The servers are listed once per host, then checked side by side within the checks
+        limits (`servers.fanout`): each within its own deadline, a failure or a silent player
+        query of one delaying no other, and a server whose check from the last tick still
+        runs is not checked again meanwhile."""
         await self._beat()
         # What a killed `peon` process left (a lease, a partial backup) is cleaned up here,
         # not at the bot's next restart.
         await _quiet(self.servers.recover_interrupted("peon:tick"))
         if self.backups is not None:
             await _quiet(self.backups.recover())
-        for server in sorted(self._updates):
-            await _quiet(self._update_step(server))
         schedules = await self.store.list_schedules()
         idle = {s.server: rules.rule_of(s) for s in schedules if s.kind == "idle" and not s.paused}
+        self._listing += 1
+        listing = self._listing
+        listed = {s.record.name: s for s in await self.servers.list_servers()}
+        fanout, host = self.servers.fanout, self._host_of(listed)
+        await fanout.each("update-wait", sorted(self._updates), self._update_step, key=str,
+                          host=host)  # fmt: skip
         watched = set(idle)
         if self.settings.announce_players:
-            watched |= {
-                r.name for r in await self.store.list_servers() if self.servers.counts_players(r)
-            }
-        for server in sorted(watched | {s.server for s in schedules}):
-            if server in watched:
+            watched |= {s.record.name for s in listed.values()
+                        if self.servers.counts_players(s.record)}  # fmt: skip
+
+        async def check(server: str) -> None:
+            summary = listed.get(server)
+            if summary is not None and summary.unreachable:
+                return  # its host does not answer: what is planned stands until it does
+            if server in watched and summary is not None:
                 rule = idle.get(server)
-                await self._watch(server, rule if isinstance(rule, IdleRule) else None)
-            await _quiet(self.replan(server))
+                await self._watch(server, rule if isinstance(rule, IdleRule) else None, summary)
+            # The listing says whether it runs, unless a replan asked the engine since.
+            running = None
+            if summary is not None and self._fresh.get(server, 0) < listing:
+                running = summary.container is not None and summary.container.running
+            await _quiet(self.replan(server, running=running))
+
+        await fanout.each(
+            "players", sorted(watched | {s.server for s in schedules}), check, key=str, host=host
+        )
         for gone in set(self._idle) - set(idle):
             del self._idle[gone]
 
-    async def _watch(self, server: str, rule: IdleRule | None) -> None:
+    @staticmethod
+    def _host_of(listed: dict[str, ServerSummary]) -> Callable[[str], str]:
+        def host(server: str) -> str:
+            summary = listed.get(server)
+            return summary.record.host if summary is not None else ""
+
+        return host
+
+    async def _watch(self, server: str, rule: IdleRule | None, summary: ServerSummary) -> None:
+        info = summary.container
+        running = info is not None and info.running
         try:
-            running, count = await self.servers.player_count(server)
+            count = await self.servers.players_of(summary) if running else None
         except PeonError as e:
             log.info("players of %s not counted: %s", server, e)
             return

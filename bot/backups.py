@@ -21,7 +21,7 @@ import shutil
 import tarfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, MutableSequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +31,8 @@ from typing import IO, Any, BinaryIO
 import blake3
 import zstandard
 
+from bot import labels
+from bot import volumes as volume_io
 from bot.docker_driver import DockerDriver
 from bot.errors import BackupError, BackupNotFound, PeonError
 from bot.models import Backup, BackupVolume, ServerRecord
@@ -266,13 +268,17 @@ class BackupService:
     async def create(self, name: str, *, actor: str, trigger: str = "manual") -> Backup:
         """Back up a server now (holding its lease); prunes old backups after success."""
         async with self.servers.operation(name, "backup", actor) as op:
-            backup = await self.create_held(name, actor=actor, trigger=trigger)
-            op.detail = f"#{backup.id}, {backup.size} bytes"
+            sources: MutableSequence[str] = []
+            backup = await self.create_held(name, actor=actor, trigger=trigger, sources=sources)
+            op.detail = f"#{backup.id}, {backup.size} bytes, {'; '.join(sources)}"
             op.payload.update(backup=backup.id, size=backup.size, trigger=trigger)
             return backup
 
-    async def create_held(self, name: str, *, actor: str, trigger: str) -> Backup:
-        """For callers that hold the server's lease (update, restore, purge)."""
+    async def create_held(
+        self, name: str, *, actor: str, trigger: str, sources: MutableSequence[str] | None = None
+    ) -> Backup:
+        """For callers that hold the server's lease (update, restore, purge). `sources`
+        receives how each volume was read ("world read directly", ...), for the audit."""
         record = await self.store.get_server(name)
         plan = self.servers.plan_of(record)
         volumes = [v for v in plan.volumes if v.backup]
@@ -295,7 +301,10 @@ class BackupService:
             async with _Consistency(self, record, plan, info.id, info.running):
                 driver = self.servers.driver_of(record)
                 made = [
-                    await self._archive(driver, info.id, v.name, v.path, partial) for v in volumes
+                    await self._archive(
+                        driver, info.id, v.name, v.path, partial, server=name, sources=sources
+                    )
+                    for v in volumes
                 ]
             await asyncio.to_thread(_fsync_dir, partial)
             await asyncio.to_thread(partial.rename, final)
@@ -333,9 +342,20 @@ class BackupService:
         return free
 
     async def _archive(
-        self, driver: DockerDriver, cid: str, volume: str, path: str, into: Path
+        self,
+        driver: DockerDriver,
+        cid: str,
+        volume: str,
+        path: str,
+        into: Path,
+        *,
+        server: str,
+        sources: MutableSequence[str] | None = None,
     ) -> BackupVolume:
         target = into / f"{volume}{SUFFIX}"
+        # From the volume's directory when the engine is local and it is readable here
+        # (about 3x faster than the engine's stream), else through the engine.
+        source = await volume_io.locate(driver, cid, labels.volume_name(server, volume), path)
         level = self.settings.backups.level
 
         def open_writer() -> tuple[_ArchiveFile, Any]:
@@ -346,19 +366,28 @@ class BackupService:
             writer = cctx.stream_writer(sink, closefd=False, write_size=COMPRESSED_BLOCK)  # type: ignore[arg-type]
             return sink, writer
 
-        sink, writer = await asyncio.to_thread(open_writer)
-        try:
-            await driver.read_archive(cid, path, writer)
+        def finish() -> tuple[int, str]:
+            writer.flush(zstandard.FLUSH_FRAME)
+            writer.close()
+            return sink.close()
 
-            def finish() -> tuple[int, str]:
-                writer.flush(zstandard.FLUSH_FRAME)
-                writer.close()
-                return sink.close()
-
-            size, digest = await asyncio.to_thread(finish)
-        except BaseException:
-            await asyncio.to_thread(sink.abort)
-            raise
+        while True:
+            sink, writer = await asyncio.to_thread(open_writer)
+            try:
+                await volume_io.stream(driver, cid, source, writer)
+                size, digest = await asyncio.to_thread(finish)
+                break
+            except volume_io.Unreadable as e:
+                # A file PEON may not read (owned by the game's user, mode 600): this volume
+                # again, from its start, through the engine, which reads everything.
+                await asyncio.to_thread(sink.abort)
+                source = source.engine(f"PEON may not read {e}")
+            except BaseException:
+                await asyncio.to_thread(sink.abort)
+                raise
+        log.info("backup of %s: volume %s %s", server, volume, source.describe())
+        if sources is not None:
+            sources.append(f"{volume} {source.describe()}")
         return BackupVolume(volume, path, target.name, size, blake3=digest)
 
     async def _prune(self, name: str) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from bot.docker_driver import SingleFlight
 from bot.errors import PeonError, WarplanNotFound
 from bot.models import ServerStatus
 from bot.players import PlayerCount
@@ -82,11 +83,35 @@ class BoardBuilder:
         self.servers = servers
         self.pending = pending
         self.query_timeout = query_timeout
+        self._flight = SingleFlight()
 
     async def build(self) -> Board:
+        """One listing per host, then the rows side by side within the checks limits (per
+        host and in total). Builds asked for while one runs share it (single flight)."""
+        return await self._flight.run("board", self._build)
+
+    async def _build(self) -> Board:
         summaries = await self.servers.list_servers()
-        rows = await asyncio.gather(*map(self._row, summaries))
+        done = await self.servers.fanout.each(
+            "board",
+            summaries,
+            self._row,
+            key=lambda s: s.record.name,
+            host=lambda s: s.record.host,
+            # Its player query has its own, shorter timeout; this only bounds the rest.
+            deadline=self.query_timeout + self.servers.fanout.deadline,
+        )
+        rows = [done.results.get(s.record.name) or self._bare(s) for s in summaries]
         return Board(tuple(rows), hosts=len(self.servers.camps))
+
+    def _bare(self, s: ServerSummary) -> BoardRow:
+        """A row from the listing alone, for a server whose row could not be made."""
+        record = s.record
+        camp = self.servers.camp_of(record)
+        addresses = tuple(f"{camp.address}:{p.host} {p.protocol}" for p in record.ports)
+        state = UNKNOWN if s.unreachable else s.state
+        return BoardRow(record.name, record.warplan, state, record.host, addresses,
+                        None, None, None, False)  # fmt: skip
 
     async def _row(self, s: ServerSummary) -> BoardRow:
         record = s.record

@@ -18,7 +18,7 @@ import posixpath
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -44,6 +44,7 @@ from bot.errors import (
     WarplanNotFound,
 )
 from bot.events import NewEvent
+from bot.fanout import Fanout
 from bot.hang import describe as describe_hang_check
 from bot.hang import tcp_answers
 from bot.models import (
@@ -186,6 +187,10 @@ class ServerService:
         # Set by the composition root: clean up after a dead process's operation on a server
         # (its partial backups, an unfinished restore). Run with the taken-over lease held.
         self.recovery_hooks: list[Callable[[ServerRecord], Awaitable[None]]] = []
+        # Per-server checks (player counts, hang checks, the board, catch-up) share one set of
+        # limits, so together they never flood an engine or the event loop.
+        c = settings.checks
+        self.fanout = Fanout(total=c.concurrency, per_host=c.per_host, deadline=c.deadline)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -726,21 +731,27 @@ class ServerService:
 
     # --- read-only --------------------------------------------------------------------------
 
-    async def list_servers(self) -> list[ServerSummary]:
-        """Every server with its container; a server on an unreachable host is listed with
+    async def list_servers(self, hosts: Iterable[str] | None = None) -> list[ServerSummary]:
+        """Every server (or those on `hosts`) with its container, at one engine call per
+        host whatever the number of servers; a server on an unreachable host is listed with
         `unreachable` set instead of failing the whole list."""
         records = await self.store.list_servers()
-        hosts = {r.host for r in records} & set(self.camps.names)
+        if hosts is not None:
+            wanted = set(hosts)
+            records = [r for r in records if r.host in wanted]
+        asked = {r.host for r in records} & set(self.camps.names)
 
         async def containers_on(host: str) -> list[ContainerInfo] | None:
             try:
-                return await self.camps.get(host).driver.list_containers(
-                    labels.instance_filter(self.instance)
-                )
-            except DockerUnavailable:
+                # A host that hangs is as good as down: it must not hold up the whole list.
+                async with asyncio.timeout(self.settings.checks.deadline):
+                    return await self.camps.get(host).driver.list_containers(
+                        labels.instance_filter(self.instance)
+                    )
+            except (DockerUnavailable, TimeoutError):
                 return None
 
-        found = dict(zip(hosts, await asyncio.gather(*map(containers_on, hosts)), strict=True))
+        found = dict(zip(asked, await asyncio.gather(*map(containers_on, asked)), strict=True))
         out = []
         for r in records:
             on_host = found.get(r.host)
@@ -768,6 +779,11 @@ class ServerService:
         info = await self._current_container(record)
         running = info is not None and info.running
         return running, (await self._players(record, info) if running else None)
+
+    async def players_of(self, summary: ServerSummary) -> PlayerCount | None:
+        """Who plays on a listed server (`list_servers`), without asking the engine again
+        unless its plan counts from the log (which needs the time its run started)."""
+        return await self._players(summary.record, summary.container)
 
     async def is_running(self, name: str) -> bool:
         record = await self.store.get_server(name)
@@ -808,6 +824,11 @@ class ServerService:
         spec = plan.players
         try:
             if spec.protocol == "log":
+                if info.started_at is None:  # a list summary: its start time needs an inspect
+                    found = await self.driver_of(record).inspect(info.id)
+                    if found is None or not found.running:
+                        return None
+                    info = found
                 tracker = LogPlayerTracker.from_spec(spec)
                 # Replay this run's log: joins and leaves since the container last started,
                 # bounded so a status call never reads a long-running server's whole log.
@@ -1219,36 +1240,43 @@ class ServerService:
         """
         report = await self.recover_interrupted(actor)
         records = await self.store.list_servers()
-        for camp in self.camps:
-            try:
-                # Detailed: adoption reads each container's environment and port bindings.
-                containers = await camp.driver.list_containers(
-                    labels.instance_filter(self.instance), detailed=True
-                )
-            except DockerUnavailable as e:
-                # Nothing is known of its servers: they keep their records as they are.
-                report.unreachable.append(str(e))
-                continue
-            by_server = {c.labels.get(labels.SERVER, ""): c for c in containers}
-            for record in records:
-                if record.host != camp.name or record.operation:
-                    continue  # another host's, or a live operation in another process owns it
-                info = by_server.pop(record.name, None)
-                if info is None:
-                    if record.state not in (ServerState.MISSING, ServerState.CREATING):
-                        await self.store.update_server(record.name, state=ServerState.MISSING)
-                        report.missing.append(record.name)
-                    continue
-                state = ServerState.RUNNING if info.running else ServerState.STOPPED
-                if state != record.state or info.id != record.container_id:
-                    await self.store.update_server(record.name, state=state, container_id=info.id)
-                    report.refreshed.append(record.name)
-            for server, info in by_server.items():
-                if await self._adopt(camp, server, info, actor):
-                    report.adopted.append(server)
-                else:
-                    report.orphans.append(info.name)
+        # Hosts side by side: one that does not answer delays no other.
+        await asyncio.gather(*(self._reconcile_host(camp, records, report, actor)
+                               for camp in self.camps))  # fmt: skip
         return report
+
+    async def _reconcile_host(
+        self, camp: Camp, records: list[ServerRecord], report: ReconcileReport, actor: str
+    ) -> None:
+        """One host's part of `reconcile`: one engine call to list its containers (the
+        summary has state and id), plus an inspect of each container to adopt only."""
+        try:
+            containers = await camp.driver.list_containers(labels.instance_filter(self.instance))
+        except DockerUnavailable as e:
+            # Nothing is known of its servers: they keep their records as they are.
+            report.unreachable.append(str(e))
+            return
+        by_server = {c.labels.get(labels.SERVER, ""): c for c in containers}
+        for record in records:
+            if record.host != camp.name or record.operation:
+                continue  # another host's, or a live operation in another process owns it
+            info = by_server.pop(record.name, None)
+            if info is None:
+                if record.state not in (ServerState.MISSING, ServerState.CREATING):
+                    await self.store.update_server(record.name, state=ServerState.MISSING)
+                    report.missing.append(record.name)
+                continue
+            state = ServerState.RUNNING if info.running else ServerState.STOPPED
+            if state != record.state or info.id != record.container_id:
+                await self.store.update_server(record.name, state=state, container_id=info.id)
+                report.refreshed.append(record.name)
+        for server, info in by_server.items():
+            # Adoption reads the container's environment and port bindings: inspect it.
+            detailed = await camp.driver.inspect(info.id) if _adoptable(server) else None
+            if detailed is not None and await self._adopt(camp, server, detailed, actor):
+                report.adopted.append(server)
+            else:
+                report.orphans.append(info.name)
 
     async def _adopt(self, camp: Camp, server: str, info: ContainerInfo, actor: str) -> bool:
         plan_name = info.labels.get(labels.WARPLAN, "")
@@ -1284,6 +1312,10 @@ class ServerService:
         """The record's variables for display: secrets masked."""
         secret = self._secret_names(record)
         return {k: ("••••••" if k in secret else v) for k, v in record.variables.items()}
+
+
+def _adoptable(server: str) -> bool:
+    return bool(NAME_RE.match(server))
 
 
 def saves_by_stopping(plan: WarPlan) -> bool:

@@ -301,6 +301,21 @@ class AutomationSettings(_Model):
         return _span(self.update_wait)
 
 
+class ChecksSettings(_Model):
+    """How many per-server checks (player counts, hang checks, the status board, catch-up at
+    startup) run at once, and how long one may take: one slow server never delays another."""
+
+    concurrency: int = Field(
+        default=32, ge=1, le=1000, description="Checks running at once, all hosts together."
+    )
+    per_host: int = Field(
+        default=16, ge=1, le=1000, description="Checks running at once on one Docker host."
+    )
+    deadline: float = Field(
+        default=10, ge=1, le=300, description="Seconds one server's check may take; then skipped."
+    )
+
+
 class CrashSettings(_Model):
     """Crash watch: what happens when a game server exits without PEON stopping it."""
 
@@ -437,6 +452,7 @@ class Settings(_Model):
     automation: AutomationSettings = Field(default_factory=AutomationSettings)
     backups: BackupSettings = Field(default_factory=BackupSettings)
     crash: CrashSettings = Field(default_factory=CrashSettings)
+    checks: ChecksSettings = Field(default_factory=ChecksSettings)
     webhooks: list[WebhookSettings] = Field(
         default_factory=list, description="Webhook targets events are POSTed to."
     )

@@ -44,7 +44,6 @@ RECONNECT_MAX = 30.0  # seconds between attempts to reach a host's event stream
 SUBSCRIBE_SETTLE = 0.5
 PROBE_TIMEOUT = 5.0  # seconds for one query or connect; a slow answer is still an answer
 CHECK_DEADLINE = 15.0  # seconds for one server's whole check (a2s asks twice); then: no answer
-CHECK_CONCURRENCY = 16  # servers asked at once
 
 # (probe, plan, host, host ports, server) -> whether it answers; bot.hang.answers, or a fake.
 Ask = Callable[[Probe, WarPlan, str, Mapping[str, int], str], Awaitable[bool]]
@@ -170,15 +169,14 @@ class CrashWatch:
                 self.suspect(event.labels.get(labels.SERVER, ""), event.exit_code)
 
     async def sweep(self, host: str) -> None:
-        """Servers on `host` that should be running but whose container is not."""
-        for record in await self.servers.store.list_servers():
-            if record.host != host or record.state != ServerState.RUNNING or _busy(record):
+        """Servers on `host` that should be running but whose container is not: one listing
+        of the host (one engine call, whatever the number of servers), then each suspect is
+        handled in its own task, so none waits for another."""
+        for summary in await self.servers.list_servers(hosts=[host]):
+            record = summary.record
+            if summary.unreachable or record.state != ServerState.RUNNING or _busy(record):
                 continue
-            try:
-                running = await self.servers.is_running(record.name)
-            except PeonError:
-                continue
-            if not running:
+            if summary.container is None or not summary.container.running:
                 self.suspect(record.name, None)
 
     def suspect(self, server: str, exit_code: int | None) -> None:
@@ -291,8 +289,8 @@ class CrashWatch:
                 log.exception("hang check failed")
 
     async def check_hangs(self) -> dict[str, bool]:
-        """One round: ask every running server that can be asked, concurrently (at most
-        CHECK_CONCURRENCY at once, each within CHECK_DEADLINE), count, and hand the ones that
+        """One round: ask every running server that can be asked, concurrently (within
+        the checks limits, each asked within CHECK_DEADLINE), count, and hand the ones that
         missed `hang_checks` in a row to the restart. Returns each asked server's answer."""
         records = [
             r
@@ -300,18 +298,18 @@ class CrashWatch:
             if r.state == ServerState.RUNNING and self.connected.get(r.host, True)
         ]
         self.hangs.keep_only({r.name for r in records})
-        bound = asyncio.Semaphore(CHECK_CONCURRENCY)
-
-        async def one(record: ServerRecord) -> tuple[str, bool | None]:
-            async with bound:
-                try:
-                    return record.name, await self._check(record)
-                except Exception:  # one server's failure must not cost the others their check
-                    log.exception("hang check of %s failed", record.name)
-                    return record.name, None
-
-        results = await asyncio.gather(*(one(r) for r in records if r.name not in self._handling))
-        return {name: answered for name, answered in results if answered is not None}
+        # Side by side within the checks limits (per host and in total), one at a time per
+        # server; one server's failure or silence costs the others nothing.
+        done = await self.servers.fanout.each(
+            "hang-check",
+            [r for r in records if r.name not in self._handling],
+            self._check,
+            key=lambda r: r.name,
+            host=lambda r: r.host,
+            deadline=CHECK_DEADLINE + PROBE_TIMEOUT,  # the ask's own deadline, plus an inspect
+        )
+        return {str(name): answered for name, answered in done.results.items()
+                if answered is not None}  # fmt: skip
 
     async def _check(self, record: ServerRecord) -> bool | None:
         """Ask one server and count the result; None when it was not asked (in an operation,
