@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from bot.backups import BackupService
 from bot.camps import Camps
 from bot.docker_driver import DockerDriver
+from bot.installs import InstallService
 from bot.servers import ServerService
 from bot.settings import Settings
 from bot.store import Store
@@ -40,7 +41,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     await store.open()
     camps = Camps(settings)
     try:
-        servers = ServerService(settings=settings, store=store, camps=camps, warplans=warplans)
+        installs = InstallService(store=store, instance=settings.instance_id)
+        servers = ServerService(
+            settings=settings, store=store, camps=camps, warplans=warplans, installs=installs
+        )
         backups = BackupService(settings=settings, store=store, servers=servers)
 
         async def backup_first(server: str, actor: str, trigger: str) -> object:

@@ -49,7 +49,7 @@ COMPRESSED_BLOCK = 1 << 20
 SUFFIX = ".tar.zst"
 PARTIAL = ".partial"
 TRIGGERS = ("manual", "schedule", "before-update", "before-settings", "before-restore",
-            "before-purge")  # fmt: skip
+            "before-purge", "before-reinstall")  # fmt: skip
 
 
 # --- pure parts ---------------------------------------------------------------------------

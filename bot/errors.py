@@ -150,6 +150,31 @@ class StartFailed(PeonError):
         super().__init__(f"Server '{name}' did not become ready: {reason}")
 
 
+class InstallFailed(PeonError):
+    """A war plan's install script failed or timed out; carries the installer's last log
+    lines (secrets masked). `message` replaces the default sentence (a reinstall's names the
+    backup to restore)."""
+
+    def __init__(
+        self, name: str, reason: str, logs: list[str] | None = None, message: str | None = None
+    ) -> None:
+        self.name, self.reason = name, reason
+        self.logs = logs or []
+        super().__init__(message or f"The install step of '{name}' failed: {reason}.")
+
+
+class ConfigFileError(PeonError):
+    """A war plan's file that cannot be rendered or merged; nothing was written. `reason`
+    follows "it" and never quotes the file (it may hold secrets)."""
+
+    def __init__(self, server: str, path: str, reason: str) -> None:
+        self.server, self.path, self.reason = server, path, reason
+        super().__init__(
+            f"Server '{server}' cannot use its file {_clip(path, 80)}: it {reason}; "
+            "nothing was written."
+        )
+
+
 class ConfirmationRequired(PeonError):
     """A destructive action was asked for without its confirmation."""
 

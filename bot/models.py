@@ -272,6 +272,7 @@ class ReconcileReport:
     interrupted: list[str] = field(default_factory=list)
     refreshed: list[str] = field(default_factory=list)
     unreachable: list[str] = field(default_factory=list)  # hosts (and servers) left as they were
+    installers: list[str] = field(default_factory=list)  # a dead process's installers removed
 
     def lines(self) -> list[str]:
         out = []
@@ -282,8 +283,24 @@ class ReconcileReport:
             ("rolled back unfinished creates", self.rolled_back),
             ("finished interrupted deletes", self.finished_deletes),
             ("interrupted operations", self.interrupted),
+            ("removed leftover installers", self.installers),
             ("not reconciled, host unreachable", self.unreachable),
         ):
             if names:
                 out.append(f"{label}: {', '.join(sorted(names))}")
         return out
+
+
+@dataclass(frozen=True)
+class InstallRecord:
+    """A server's install step: whether it completed, and its last run (log secrets masked)."""
+
+    server: str
+    installed: bool
+    image: str
+    started_at: datetime
+    finished_at: datetime | None
+    ok: bool | None  # None: never finished (running, or its process was killed)
+    exit_code: int | None
+    seconds: float
+    log: str

@@ -33,6 +33,7 @@ from bot.errors import (
     ContainerMissing,
     DockerError,
     DockerUnavailable,
+    InstallFailed,
     InvalidServerName,
     PeonError,
     ServerBusy,
@@ -47,6 +48,7 @@ from bot.events import NewEvent
 from bot.fanout import Fanout
 from bot.hang import describe as describe_hang_check
 from bot.hang import tcp_answers
+from bot.installs import InstallResult, InstallService, installer_env
 from bot.models import (
     ContainerInfo,
     Phase,
@@ -150,6 +152,14 @@ class SettingsResult:
 
 
 @dataclass(frozen=True)
+class ReinstallResult:
+    name: str
+    seconds: float
+    backup_id: int | None  # the safety backup taken first, if the plan backs volumes up
+    restarted: bool
+
+
+@dataclass(frozen=True)
 class UpdateResult:
     name: str
     old_image_id: str | None
@@ -170,8 +180,11 @@ class ServerService:
         store: Store,
         camps: Camps,
         warplans: WarplanLibrary,
+        installs: InstallService | None = None,
     ) -> None:
         self.settings = settings
+        # War plans' install steps (bot/installs.py), run before a server's first start.
+        self.installs = installs or InstallService(store=store, instance=settings.instance_id)
         self.store = store
         self.camps = camps
         self.warplans = warplans
@@ -261,6 +274,9 @@ class ServerService:
                 info = await self._current_container(record)
                 if info is not None and info.status == "paused":
                     await self.driver_of(record).unpause(info.id)  # a backup's pause, cut short
+                # Its installer, if it died mid-install: the server stays not installed and
+                # installs again at its next start.
+                await self.installs.remove_leftovers(self.driver_of(record), name)
                 for hook in self.recovery_hooks:
                     await hook(record)
                 kind = "interrupted"
@@ -453,6 +469,8 @@ class ServerService:
                 raise ServerExists(name)
             camp = self.camps.get(host) if host else await self._place(plan)
             await self._ensure_image(camp.driver, plan.image, name, progress)
+            if plan.install is not None:
+                await self._ensure_image(camp.driver, plan.install.image, name, progress)
             record = await self._reserve(camp, plan, name, variables, actor)
             self.in_flight[name] = "create"
         except PeonError as e:
@@ -479,6 +497,9 @@ class ServerService:
             # Written before the volumes exist, so a crash mid-create knows what to remove.
             await self.store.update_server(name, pending_volumes=new)
             info = await self._ensure_container(record, plan, None)
+            if plan.install is not None:
+                # At create, as Pterodactyl does: a script that fails leaves no server.
+                await self._install(record, plan, actor, progress)
             await self.store.update_server(
                 name, state=ServerState.STOPPED, pending_volumes=[], container_id=info.id
             )
@@ -524,7 +545,6 @@ class ServerService:
         wanted = [
             (p.name, p.protocol, None if p.host == "auto" else int(p.host)) for p in plan.ports
         ]
-        same = {p.name: p.same_as for p in plan.ports if p.same_as}
         # A port free on this machine says nothing of another machine's.
         local = (camp.settings.base_url or "unix://").startswith("unix://")
 
@@ -536,18 +556,9 @@ class ServerService:
                 taken = (
                     await self.store.taken_ports(camp.name) | await camp.driver.published_ports()
                 )
-                chosen = await asyncio.to_thread(
-                    choose_ports, wanted, camp.pool, taken, free, same
-                )
+                chosen = await asyncio.to_thread(choose_ports, wanted, camp.pool, taken, free)
                 bindings = [
-                    PortBinding(
-                        p.name,
-                        # 'host': the game listens on (and announces) the port players use.
-                        chosen[p.name] if p.container == "host" else p.container,
-                        p.protocol,
-                        chosen[p.name],
-                    )
-                    for p in plan.ports
+                    PortBinding(p.name, p.container, p.protocol, chosen[p.name]) for p in plan.ports
                 ]
                 try:
                     return await self.store.create_server(
@@ -580,6 +591,7 @@ class ServerService:
                 await asyncio.sleep(settle)
             for info in await driver.list_containers(labels.instance_filter(self.instance, name)):
                 await driver.remove(info.id, force=True)
+            await self.installs.remove_leftovers(driver, name)  # it mounts the volumes too
             owner = {labels.INSTANCE: self.instance, labels.SERVER: name}
             for vol in pending:
                 try:
@@ -599,11 +611,13 @@ class ServerService:
         self, name: str, *, actor: str, progress: Progress | None = None
     ) -> StartResult:
         async with self._operation(name, "start", actor) as op:
-            result = await self._start(name, progress)
+            result = await self._start(name, progress, actor=actor)
             op.joinable(result)
             return result
 
-    async def _start(self, name: str, progress: Progress | None) -> StartResult:
+    async def _start(
+        self, name: str, progress: Progress | None, *, actor: str = "peon"
+    ) -> StartResult:
         began = time.monotonic()
         record = await self.store.get_server(name)
         plan = self._plan_for(record)
@@ -612,6 +626,10 @@ class ServerService:
         if info.running:
             await self.store.update_server(name, state=ServerState.RUNNING)
             return StartResult(name, address, record.ports, 0.0, already_running=True)
+        if await self.installs.needed(name, plan):
+            # Its install never finished (a killed process, a failed reinstall): never start
+            # a half-installed server.
+            await self._install(record, plan, actor, progress)
         await _emit(progress, Phase(name, "starting"))
         driver = self.driver_of(record)
         await driver.start(info.id)
@@ -735,9 +753,79 @@ class ServerService:
     ) -> StartResult:
         async with self._operation(name, "restart", actor) as op:
             await self._stop(name, progress)
-            result = await self._start(name, progress)
+            result = await self._start(name, progress, actor=actor)
             op.joinable(result)
             return result
+
+    # --- install ----------------------------------------------------------------------------
+
+    async def _install(
+        self, record: ServerRecord, plan: WarPlan, actor: str, progress: Progress | None
+    ) -> InstallResult:
+        """Run the plan's install step; the server's volumes exist (its container was made)."""
+        assert plan.install is not None  # noqa: S101 - callers check
+        driver = self.driver_of(record)
+        await self._ensure_image(driver, plan.install.image, record.name, progress)
+        host_ports = {p.name: p.host for p in record.ports}
+        # The environment the game container gets, as the container spec renders it.
+        server_env = self._container_spec(record, plan, {}).env
+        return await self.installs.run(
+            driver=driver,
+            record=record,
+            plan=plan,
+            env=installer_env(plan, server_env, record.name, host_ports),
+            redact=functools.partial(self.redact, record),
+            actor=actor,
+            progress=progress,
+        )
+
+    async def reinstall(
+        self, name: str, *, actor: str, progress: Progress | None = None
+    ) -> ReinstallResult:
+        """Run the plan's install step again: stop the server, back it up when its plan backs
+        volumes up, install, and start it again if it was running. On failure the server is
+        left not installed (its next start installs again) and the refusal names the backup
+        to restore."""
+        async with self._operation(name, "reinstall", actor) as op:
+            record = await self.store.get_server(name)
+            plan = self._plan_for(record)
+            if plan.install is None:
+                raise ServerStateError(
+                    f"War plan '{plan.name}' has no install step, so '{name}' has nothing to "
+                    "reinstall."
+                )
+            driver = self.driver_of(record)
+            # The installer image first: a pull that fails leaves the server as it was.
+            await self._ensure_image(driver, plan.install.image, name, progress)
+            info = await self._ensure_container(record, plan, progress)
+            was_running = info.running
+            if info.running:
+                await _emit(progress, Phase(name, "stopping"))
+                await self._graceful_stop(record, info)
+                await self.store.update_server(name, state=ServerState.STOPPED)
+            backup_id: int | None = None
+            if self.backup_hook is not None and any(v.backup for v in plan.volumes):
+                await _emit(progress, Phase(name, "backing up"))
+                backup = await self.backup_hook(name, actor, "before-reinstall")
+                backup_id = getattr(backup, "id", None)
+            op.payload["backup"] = backup_id
+            try:
+                result = await self._install(record, plan, actor, progress)
+            except InstallFailed as e:
+                restore = (
+                    f"; restore its data with: peon backup restore {name} {backup_id}"
+                    if backup_id is not None
+                    else " (its plan backs no volume up, so there is no backup to restore)"
+                )
+                raise InstallFailed(
+                    name, e.reason, e.logs,
+                    f"The reinstall of '{name}' failed ({e.reason}){restore}.",
+                ) from None  # fmt: skip
+            op.detail = f"{plan.install.image} in {result.seconds:.1f} s"
+            op.payload.update(seconds=round(result.seconds, 1), restarted=was_running)
+            if was_running:
+                op.joinable(await self._start(name, progress, actor=actor))
+            return ReinstallResult(name, result.seconds, backup_id, was_running)
 
     # --- read-only --------------------------------------------------------------------------
 
@@ -1207,6 +1295,7 @@ class ServerService:
         driver = self.driver_of(await self.store.get_server(name))
         for info in await driver.list_containers(labels.instance_filter(self.instance, name)):
             await driver.remove(info.id, force=True)
+        await self.installs.remove_leftovers(driver, name)
         volumes = await driver.list_volumes(labels.instance_filter(self.instance, name))
         removed: list[str] = []
         if purge:
@@ -1280,6 +1369,10 @@ class ServerService:
             if state != record.state or info.id != record.container_id:
                 await self.store.update_server(record.name, state=state, container_id=info.id)
                 report.refreshed.append(record.name)
+        # Installers of a dead process (none of a live operation's): the server stays not
+        # installed, so its next start installs again.
+        busy = frozenset(r.name for r in records if r.host == camp.name and r.operation)
+        report.installers.extend(await self.installs.remove_leftovers(camp.driver, keep=busy))
         for server, info in by_server.items():
             # Adoption reads the container's environment and port bindings: inspect it.
             detailed = await camp.driver.inspect(info.id) if _adoptable(server) else None
@@ -1293,20 +1386,8 @@ class ServerService:
         if not NAME_RE.match(server) or plan_name not in self.warplans.names():
             return False
         plan = self.warplans.get(plan_name)
-        bindings: list[PortBinding] = []
+        bindings = []
         for p in plan.ports:
-            if p.container == "host":
-                # Published on its own number: the lowest such port not yet given to another.
-                given = {(b.container, b.protocol) for b in bindings}
-                same = sorted(
-                    int(c) for key, h in info.host_ports.items()
-                    for c, proto in [key.split("/")]
-                    if proto == p.protocol and int(c) == h and (h, proto) not in given
-                )  # fmt: skip
-                if not same:
-                    return False
-                bindings.append(PortBinding(p.name, same[0], p.protocol, same[0]))
-                continue
             host = info.host_ports.get(f"{p.container}/{p.protocol}")
             if host is None:
                 return False

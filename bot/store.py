@@ -33,6 +33,7 @@ from bot.models import (
     Backup,
     BackupVolume,
     BoardMessage,
+    InstallRecord,
     PortBinding,
     Schedule,
     ServerRecord,
@@ -173,6 +174,32 @@ MIGRATIONS: list[str] = [
         digest TEXT NOT NULL DEFAULT '',
         updated_at TEXT NOT NULL
     );
+    """,
+    # install step (bot/installs.py): whether a server's war plan install script has run to
+    # the end. Set to 0 before the installer starts and to 1 in the same write that records
+    # its success, so a process killed mid-install leaves 0 and the next start installs
+    # again instead of starting a half-installed server. No row: nothing to install (a server
+    # made before its plan had an install step). The installer's whole log (secrets masked)
+    # is kept for `peon server install-log`.
+    """
+    CREATE TABLE installs (
+        server TEXT PRIMARY KEY REFERENCES servers(name) ON DELETE CASCADE,
+        installed INTEGER NOT NULL DEFAULT 0,
+        image TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        ok INTEGER,
+        exit_code INTEGER,
+        seconds REAL NOT NULL DEFAULT 0,
+        log TEXT NOT NULL DEFAULT ''
+    );
+    """,
+    # restic repositories (bot/repositories.py): where each backup is stored, as
+    # {repository: {volume: snapshot id}} ('{}' for the .tar.zst files of older backups),
+    # and the bytes it added to its repository (NULL: a full copy, its size).
+    """
+    ALTER TABLE backups ADD COLUMN stored TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE backups ADD COLUMN added INTEGER;
     """,
 ]
 
@@ -650,6 +677,44 @@ class Store:
         )
         if cur.rowcount == 0:
             raise BackupNotFound(backup_id)
+
+    # --- installs ---------------------------------------------------------------------------
+
+    async def begin_install(self, server: str, image: str) -> None:
+        """Mark the server not installed, its installer about to run (its last log kept
+        until this run finishes)."""
+        await self._write(
+            "INSERT INTO installs (server, installed, image, started_at) VALUES (?, 0, ?, ?) "
+            "ON CONFLICT(server) DO UPDATE SET installed = 0, image = excluded.image, "
+            "started_at = excluded.started_at, finished_at = NULL, ok = NULL, exit_code = NULL",
+            (server, image, _ts(utcnow())),
+        )
+
+    async def finish_install(
+        self, server: str, *, ok: bool, exit_code: int | None, seconds: float, log: str
+    ) -> None:
+        await self._write(
+            "UPDATE installs SET installed = ?, ok = ?, exit_code = ?, seconds = ?, log = ?, "
+            "finished_at = ? WHERE server = ?",
+            (int(ok), int(ok), exit_code, seconds, log, _ts(utcnow()), server),
+        )
+
+    async def get_install(self, server: str) -> InstallRecord | None:
+        row = await (
+            await self.db.execute(
+                "SELECT server, installed, image, started_at, finished_at, ok, exit_code, "
+                "seconds, log FROM installs WHERE server = ?",
+                (server,),
+            )
+        ).fetchone()
+        if row is None:
+            return None
+        return InstallRecord(
+            server=row[0], installed=bool(row[1]), image=row[2], started_at=_dt(row[3]),
+            finished_at=_dt(row[4]) if row[4] else None,
+            ok=None if row[5] is None else bool(row[5]), exit_code=row[6],
+            seconds=float(row[7]), log=row[8],
+        )  # fmt: skip
 
     # --- audit ------------------------------------------------------------------------------
 
