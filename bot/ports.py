@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from bot.errors import PortUnavailable
 
@@ -27,32 +27,49 @@ def choose_ports(
     pool: range,
     taken: Taken,
     is_free: Callable[[int, str], bool],
+    same: Mapping[str, str] | None = None,
 ) -> dict[str, int]:
     """Pick a host port for each (name, protocol, fixed-or-None).
 
     Fixed ports must be free; `auto` ports take the lowest free pool port for their protocol.
     A port is free when no PEON server holds it (`taken`) and the host does not (`is_free`).
+    `same` maps a port to another one whose number it shares (a tcp and a udp port a game
+    listens on together): that number must be free for both protocols.
     """
+    same = dict(same or {})
     chosen: dict[str, int] = {}
     held = set(taken)
-    wanted = list(wanted)
-    for name, proto, fixed in wanted:
+    every = list(wanted)
+    wanted = [w for w in every if w[0] not in same]
+    protos = {name: [proto] for name, proto, _ in wanted}
+    for name, proto, _ in every:
+        if name in same:
+            protos[same[name]].append(proto)
+
+    def usable(port: int, name: str) -> bool:
+        return all((port, p) not in held and is_free(port, p) for p in protos[name])
+
+    for name, _proto, fixed in wanted:
         if fixed is None:
             continue
-        if (fixed, proto) in held or not is_free(fixed, proto):
-            raise PortUnavailable(f"Port {fixed}/{proto} (for '{name}') is already in use.")
+        if not usable(fixed, name):
+            both = "/".join(protos[name])
+            raise PortUnavailable(f"Port {fixed}/{both} (for '{name}') is already in use.")
         chosen[name] = fixed
-        held.add((fixed, proto))
-    for name, proto, fixed in wanted:
+        held.update((fixed, p) for p in protos[name])
+    for name, _proto, fixed in wanted:
         if fixed is not None:
             continue
-        port = next((p for p in pool if (p, proto) not in held and is_free(p, proto)), None)
+        port = next((p for p in pool if usable(p, name)), None)
         if port is None:
+            both = "/".join(protos[name])
             raise PortUnavailable(
-                f"No free {proto} port is left in the pool {pool.start}-{pool.stop - 1}."
+                f"No free {both} port is left in the pool {pool.start}-{pool.stop - 1}."
             )
         chosen[name] = port
-        held.add((port, proto))
+        held.update((port, p) for p in protos[name])
+    for follower, leader in same.items():
+        chosen[follower] = chosen[leader]
     return chosen
 
 

@@ -545,6 +545,7 @@ class ServerService:
         wanted = [
             (p.name, p.protocol, None if p.host == "auto" else int(p.host)) for p in plan.ports
         ]
+        same = {p.name: p.same_as for p in plan.ports if p.same_as}
         # A port free on this machine says nothing of another machine's.
         local = (camp.settings.base_url or "unix://").startswith("unix://")
 
@@ -556,9 +557,18 @@ class ServerService:
                 taken = (
                     await self.store.taken_ports(camp.name) | await camp.driver.published_ports()
                 )
-                chosen = await asyncio.to_thread(choose_ports, wanted, camp.pool, taken, free)
+                chosen = await asyncio.to_thread(
+                    choose_ports, wanted, camp.pool, taken, free, same
+                )
                 bindings = [
-                    PortBinding(p.name, p.container, p.protocol, chosen[p.name]) for p in plan.ports
+                    PortBinding(
+                        p.name,
+                        # 'host': the game listens on (and announces) the port players use.
+                        chosen[p.name] if p.container == "host" else p.container,
+                        p.protocol,
+                        chosen[p.name],
+                    )
+                    for p in plan.ports
                 ]
                 try:
                     return await self.store.create_server(
@@ -1386,8 +1396,20 @@ class ServerService:
         if not NAME_RE.match(server) or plan_name not in self.warplans.names():
             return False
         plan = self.warplans.get(plan_name)
-        bindings = []
+        bindings: list[PortBinding] = []
         for p in plan.ports:
+            if p.container == "host":
+                # Published on its own number: the lowest such port not yet given to another.
+                given = {(b.container, b.protocol) for b in bindings}
+                same = sorted(
+                    int(c) for key, h in info.host_ports.items()
+                    for c, proto in [key.split("/")]
+                    if proto == p.protocol and int(c) == h and (h, proto) not in given
+                )  # fmt: skip
+                if not same:
+                    return False
+                bindings.append(PortBinding(p.name, same[0], p.protocol, same[0]))
+                continue
             host = info.host_ports.get(f"{p.container}/{p.protocol}")
             if host is None:
                 return False

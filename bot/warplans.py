@@ -64,10 +64,18 @@ def _check_regex(value: str | None) -> str | None:
 
 class PortSpec(_Model):
     name: Slug
-    container: int = Field(ge=1, le=65535)
+    container: int | Literal["host"] = Field(
+        description="The port inside the container, or 'host': the same number as the host "
+        "port PEON allocates (for games that listen on, and announce, the port they are given)."
+    )
     protocol: Literal["tcp", "udp"] = "tcp"
     host: int | Literal["auto"] = Field(
         default="auto", description="A fixed host port, or 'auto' for one from the port pool."
+    )
+    same_as: Slug | None = Field(
+        default=None,
+        description="Take the host port number allocated to this other port of the plan (of "
+        "the other protocol): a game listening on one number for both tcp and udp.",
     )
     description: str = ""
 
@@ -77,6 +85,19 @@ class PortSpec(_Model):
         if isinstance(v, int) and not 1 <= v <= 65535:
             raise ValueError("must be between 1 and 65535 or 'auto'")
         return v
+
+    @field_validator("container")
+    @classmethod
+    def _container_range(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 65535:
+            raise ValueError("must be between 1 and 65535 or 'host'")
+        return v
+
+    @model_validator(mode="after")
+    def _same_as_auto(self) -> PortSpec:
+        if self.same_as is not None and self.host != "auto":
+            raise ValueError("'same_as' takes its host port from the other port; leave 'host' out")
+        return self
 
 
 class VariableSpec(_Model):
@@ -473,8 +494,22 @@ class WarPlan(_Model):
     def _cross_checks(self) -> WarPlan:
         _unique("ports", [p.name for p in self.ports])
         _unique(
-            "ports (container port/protocol)", [f"{p.container}/{p.protocol}" for p in self.ports]
+            "ports (container port/protocol)",
+            [f"{p.container}/{p.protocol}" for p in self.ports if p.container != "host"],
         )
+        _unique("ports (same_as)", [p.same_as for p in self.ports if p.same_as])
+        by_name = {p.name: p for p in self.ports}
+        for p in self.ports:
+            leader = by_name.get(p.same_as or "")
+            if p.same_as is not None and leader is None:
+                raise ValueError(f"ports.{p.name}.same_as: no port named '{p.same_as}'")
+            if leader is not None and (leader.same_as is not None or leader is p):
+                raise ValueError(f"ports.{p.name}.same_as: '{leader.name}' must have its own port")
+            if leader is not None and leader.protocol == p.protocol:
+                raise ValueError(
+                    f"ports.{p.name}.same_as: '{leader.name}' has the same protocol; one number "
+                    "is shared only by a tcp and a udp port"
+                )
         _unique("variables", [v.name for v in self.variables])
         _unique("variables (env)", [v.env for v in self.variables])
         _unique("volumes", [v.name for v in self.volumes])
@@ -862,7 +897,15 @@ def _field_of(loc: Iterable[int | str]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("int", "str", "bool", "literal['auto']", "function-after[_host_range()]"):
+        elif part in (
+            "int",
+            "str",
+            "bool",
+            "literal['auto']",
+            "literal['host']",
+            "function-after[_host_range()]",
+            "function-after[_container_range()]",
+        ):
             continue  # pydantic's union branch names say nothing to a plan author
         else:
             out += f".{part}" if out else str(part)
