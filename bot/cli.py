@@ -21,13 +21,13 @@ from bot import __version__, rules
 from bot.app import Services, open_services
 from bot.errors import ConfigError, PeonError, StartFailed, WarplanError
 from bot.events import Event
+from bot.importers import import_file
 from bot.models import Backup, Phase, ProgressEvent, PullProgress, human_duration
 from bot.players import format_players
 from bot.settings import Settings, config_path, load_settings
 from bot.store import Store
 from bot.warplans import (
     dump_warplan,
-    import_peon_plan,
     load_catalog,
     load_warplan,
     plan_warnings,
@@ -60,8 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("path")
     s.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
-    s = wsub.add_parser("import", help="convert a PEON plan.json into a war plan")
+    s = wsub.add_parser(
+        "import", help="convert a PEON recipe (folder or plan.json) or a Pterodactyl egg"
+    )
     s.add_argument("path")
+    s.add_argument("--image", help="run this image instead of the one the recipe names")
+    s.add_argument("--name", help="the war plan's name (default: from the recipe)")
     s.add_argument("-o", "--output", help="write here (default: warplans/<name>.yaml)")
     s.add_argument("--stdout", action="store_true", help="print instead of writing a file")
     s = wsub.add_parser("schema", help="print the war plan JSON Schema")
@@ -251,9 +255,11 @@ async def _warplan(args: argparse.Namespace, settings: Settings, out: IO[str]) -
         out.write(json.dumps(warplan_json_schema(), indent=2) + "\n")
         return 0
     if args.action == "import":
-        result = import_peon_plan(Path(args.path))
+        result = import_file(Path(args.path), image=args.image, name=args.name)
         for item in result.unmapped:
             sys.stderr.write(f"not mapped: {item}\n")
+        if result.untested:
+            sys.stderr.write("untested: the recipe says nobody has run it; check it first\n")
         if args.stdout:
             out.write(result.yaml_text)
             return 0

@@ -7,7 +7,6 @@ plans from loading.
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 import secrets
@@ -970,131 +969,6 @@ def dump_warplan(plan: WarPlan) -> str:
     data = plan.model_dump(mode="json", exclude_defaults=True)
     data = {"name": plan.name, "title": plan.title, "image": plan.image, **data}
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# PEON plan.json import
-
-
-@dataclass(frozen=True)
-class ImportResult:
-    plan: WarPlan
-    yaml_text: str
-    unmapped: list[str]
-
-
-def import_peon_plan(path: Path) -> ImportResult:
-    """Convert an original PEON war plan (plan.json) into this format.
-
-    PEON's plan.json has `metadata` (game_uid, image, description, ...), `ports` as a list of
-    {NAME: [port, proto]} (possibly nested one level in lists), `environment` as
-    {KEY: null|default} and `volumes` as {"~!/host-dir": "/container/path"}. Environment keys
-    with null become required variables, the others variables with that default. What has no
-    counterpart is listed in `unmapped` rather than dropped silently.
-    """
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise WarplanError(str(path), "", f"cannot be read ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise WarplanError(str(path), f"line {e.lineno}", e.msg) from None
-    if not isinstance(raw, dict):
-        raise WarplanError(str(path), "", "must be a JSON object")
-    meta = raw.get("metadata") or {}
-    if not isinstance(meta, dict):
-        raise WarplanError(str(path), "metadata", "must be an object")
-    if not meta.get("image"):
-        raise WarplanError(str(path), "metadata.image", "is required to import a plan")
-    unmapped: list[str] = []
-    name = _slug(str(meta.get("game_uid") or path.parent.name or path.stem), "imported")
-    out: dict[str, Any] = {
-        "name": name,
-        "title": str(meta.get("title") or name.replace("-", " ").title()),
-        "description": str(meta.get("description") or f"Imported from PEON {path.name}"),
-        "image": str(meta["image"]),
-    }
-    known_meta = {"game_uid", "image", "title", "description", "version"}
-    unmapped += [f"metadata.{k}" for k in sorted(set(meta) - known_meta)]
-    ports, port_unmapped = _peon_ports(raw.get("ports") or [])
-    unmapped += port_unmapped
-    if ports:
-        out["ports"] = ports
-    variables: list[dict[str, Any]] = []
-    for key, default in (raw.get("environment") or {}).items():
-        var = re.sub(r"[^a-z0-9_]+", "_", str(key).lower()).strip("_") or "var"
-        entry: dict[str, Any] = {"name": var if var[0].isalpha() else f"v_{var}", "env": key}
-        if default is None:
-            entry["required"] = True
-        else:
-            entry["default"] = str(default)
-        if any(word in str(key).upper() for word in ("PASSWORD", "TOKEN", "SECRET", "GSLT")):
-            entry["secret"] = True
-        variables.append(entry)
-    if variables:
-        out["variables"] = variables
-    volumes: list[dict[str, str]] = []
-    raw_volumes = raw.get("volumes") or {}
-    if isinstance(raw_volumes, dict):
-        for host_side, target in raw_volumes.items():
-            if not isinstance(target, str) or not target.startswith("/"):
-                unmapped.append(f"volumes.{host_side}")
-                continue
-            volumes.append(
-                {
-                    "name": _slug(str(host_side).rsplit("/", 1)[-1], f"data{len(volumes)}"),
-                    "path": target,
-                }
-            )
-    elif raw_volumes:
-        unmapped.append("volumes (not an object)")
-    if volumes:
-        out["volumes"] = volumes
-    unmapped += sorted(set(raw) - {"metadata", "ports", "environment", "volumes"})
-    plan = parse_warplan(out, str(path))
-    return ImportResult(plan=plan, yaml_text=dump_warplan(plan), unmapped=unmapped)
-
-
-def _slug(text: str, fallback: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:32] or fallback
-
-
-def _peon_ports(raw: Any) -> tuple[list[dict[str, Any]], list[str]]:
-    """Flatten PEON's port lists; repeated names (PEON uses PORT for several) get a suffix."""
-    entries: list[tuple[str, Any]] = []
-    unmapped: list[str] = []
-    stack = list(raw) if isinstance(raw, list) else []
-    while stack:
-        item = stack.pop(0)
-        if isinstance(item, list):
-            stack[:0] = item
-        elif isinstance(item, dict):
-            entries += list(item.items())
-        else:
-            unmapped.append(f"ports: {item!r}")
-    ports: list[dict[str, Any]] = []
-    used: set[str] = set()
-    for pname, spec in entries:
-        try:
-            number = int(spec[0])
-            proto = str(spec[1]).lower() if len(spec) > 1 else "tcp"
-        except (TypeError, ValueError, IndexError, KeyError):
-            unmapped.append(f"ports.{pname}")
-            continue
-        base = _slug(str(pname), "port")
-        slug, n = base, 2
-        while slug in used:
-            slug, n = f"{base}-{n}", n + 1
-        used.add(slug)
-        # PEON publishes ports 1:1; keep that so clients find the port they expect.
-        ports.append(
-            {
-                "name": slug,
-                "container": number,
-                "protocol": proto if proto in ("tcp", "udp") else "tcp",
-                "host": number,
-            }
-        )
-    return ports, unmapped
 
 
 class WarplanLibrary:

@@ -12,7 +12,6 @@ from bot.warplans import (
     coerce_value,
     evidence_gaps,
     image_tag,
-    import_peon_plan,
     load_catalog,
     load_warplan,
     needed_facts,
@@ -223,72 +222,6 @@ def test_coerce_refuses_with_reason_and_never_echoes_value(
     with pytest.raises(VariableError, match=message) as info:
         coerce_value(var, raw)
     assert raw.strip() not in str(info.value) or raw.strip() in ("0", "6")
-
-
-PEON_VALHEIM = {
-    "metadata": {
-        "game_uid": "valheim",
-        "warcamp": "default",
-        "version": "1.0.0",
-        "description": "A PEON valheim game server.",
-        "mode": "steamcmd",
-        "hostname": "peon.warcamp.valheim",
-        "image": "umlatt/steamcmd",
-    },
-    "ports": [
-        [{"PORT": ["2456", "udp"]}],
-        [{"PORT": ["2457", "udp"]}],
-        [{"PORT": ["2458", "udp"]}],
-    ],
-    "environment": {
-        "STEAM_ID": "896660",
-        "SERVER_NAME": None,
-        "WORLD_NAME": None,
-        "PASSWORD": None,
-    },
-    "volumes": {
-        "~!/actions": "/actions",
-        "~!/data": "/home/steam/steamcmd/data",
-        "~!/user": "/home/steam/.config/unity3d/IronGate/Valheim",
-    },
-}
-
-
-def test_import_peon_plan_json(tmp_path: Path) -> None:
-    path = tmp_path / "plan.json"
-    path.write_text(json.dumps(PEON_VALHEIM))
-    result = import_peon_plan(path)
-    plan = result.plan
-    assert plan.name == "valheim" and plan.image == "umlatt/steamcmd"
-    assert [(p.name, p.container, p.protocol, p.host) for p in plan.ports] == [
-        ("port", 2456, "udp", 2456),
-        ("port-2", 2457, "udp", 2457),
-        ("port-3", 2458, "udp", 2458),
-    ]
-    variables = {v.env: v for v in plan.variables}
-    assert variables["STEAM_ID"].default == "896660" and not variables["STEAM_ID"].required
-    assert variables["SERVER_NAME"].required
-    assert variables["PASSWORD"].secret
-    assert [(v.name, v.path) for v in plan.volumes] == [
-        ("actions", "/actions"),
-        ("data", "/home/steam/steamcmd/data"),
-        ("user", "/home/steam/.config/unity3d/IronGate/Valheim"),
-    ]
-    assert result.unmapped == ["metadata.hostname", "metadata.mode", "metadata.warcamp"]
-    # The YAML written back loads as a plan.
-    out = tmp_path / "valheim.yaml"
-    out.write_text(result.yaml_text)
-    assert load_warplan(out) == plan
-
-
-def test_import_refuses_plan_without_image(tmp_path: Path) -> None:
-    path = tmp_path / "plan.json"
-    path.write_text(json.dumps({"metadata": {"game_uid": "x"}}))
-    with pytest.raises(WarplanError, match="metadata.image: is required"):
-        import_peon_plan(path)
-    path.write_text("{not json")
-    with pytest.raises(WarplanError, match="line 1"):
-        import_peon_plan(path)
 
 
 # --- review: warnings, evidence, generated secrets, uncounted players ---------------------
