@@ -179,6 +179,18 @@ class ConfirmationRequired(PeonError):
     """A destructive action was asked for without its confirmation."""
 
 
+class TokenExists(PeonError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"An API token named '{_clip(name)}' already exists; revoke it first.")
+
+
+class TokenNotFound(PeonError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"There is no API token named '{_clip(name)}'.")
+
+
 def _clip(text: str, limit: int = 40) -> str:
     """Keep user-supplied text short in messages so a refusal stays one line."""
     text = text.replace("\n", " ")

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from bot.configfiles import key_problem
 from bot.errors import VariableError, WarplanError, WarplanNotFound
 from bot.patterns import compile_pattern
 from bot.sizes import parse_size
@@ -37,7 +38,16 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 USER = r"([0-9]+|[a-z_][a-z0-9_.-]{0,31})(:([0-9]+|[a-z_][a-z0-9_.-]{0,31}))?"
 UID_MAX = 2**31 - 1
 SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL")
-_TEMPLATE = re.compile(r"\{(server|port:[a-z0-9-]+)\}")
+# Templates of plan text (env values, command, files): {server}, {memory}, {port:NAME},
+# {var:NAME}, {env:NAME}. Anything else in braces is left alone (scripts full of ${...}).
+_TEMPLATE = re.compile(
+    r"\{(server|memory|port:[a-z0-9-]+|var:[a-z][a-z0-9_]*|env:[A-Za-z_][A-Za-z0-9_]*)\}"
+)
+_TEMPLATE_LIKE = re.compile(r"\{(port|var|env):([^{}]*)\}")  # to refuse misspelt ones
+# A user's value fills only these: a typed {var:...} must never reveal another (secret) value.
+_USER_TEMPLATE = re.compile(r"\{(server|port:[a-z0-9-]+)\}")
+MIB = 1024**2
+FILE_FORMATS = ("text", "properties", "ini", "json", "yaml", "xml")
 GENERATED_BYTES = 18  # a generated secret: 24 URL-safe characters
 _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n"}
@@ -101,7 +111,11 @@ class PortSpec(_Model):
 
 class VariableSpec(_Model):
     name: Annotated[str, Field(pattern=VAR_NAME)]
-    env: Annotated[str, Field(pattern=ENV_NAME)]
+    env: Annotated[str, Field(pattern=ENV_NAME)] | None = Field(
+        default=None,
+        description="The environment variable it sets; may be left out when a file of the "
+        "plan uses it as {var:NAME} instead.",
+    )
     description: str = ""
     type: Literal["string", "int", "bool", "choice"] = "string"
     default: str | int | bool | None = None
@@ -171,6 +185,68 @@ class VolumeSpec(_Model):
         if not v.startswith("/") or ".." in v.split("/"):
             raise ValueError("must be an absolute path without '..'")
         return v
+
+
+class FileSpec(_Model):
+    """A config file written into a volume before each start (or only when missing)."""
+
+    path: str = Field(description="Relative path inside the volume, without '..'.")
+    volume: Slug | None = Field(default=None, description="Default: the plan's first volume.")
+    format: Literal[FILE_FORMATS] = "text"  # type: ignore[valid-type]
+    content: str | None = Field(default=None, description="format text: the whole file.")
+    set: dict[str, str | int | float | bool] | None = Field(
+        default=None,
+        description="Structured formats: key -> value (template); the rest of an existing "
+        "file is kept.",
+    )
+    template: bool = Field(default=True, description="false: written verbatim.")
+    mode: str = Field(default="0644", description="Octal permissions as text.")
+    when: Literal["always", "missing"] = "always"
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        if not v or v.startswith("/") or ".." in v.split("/") or "\0" in v:
+            raise ValueError("must be a relative path inside the volume, without '..'")
+        norm = posixpath.normpath(v)
+        if norm in (".", "") or v.endswith("/"):
+            raise ValueError("must name a file")
+        return norm
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _octal(cls, v: Any) -> Any:
+        # YAML reads an unquoted 0644 as the number 420: only text says what was meant.
+        if not isinstance(v, str) or not re.fullmatch(r"0?[0-7]{3,4}", v) or int(v, 8) > 0o7777:
+            raise ValueError('must be octal permissions as quoted text, e.g. "0644"')
+        return v
+
+    @model_validator(mode="after")
+    def _fits(self) -> FileSpec:
+        if self.format == "text":
+            if self.set is not None:
+                raise ValueError("'set' applies to properties, ini, json, yaml and xml; a text "
+                                 "file takes 'content'")  # fmt: skip
+            if self.content is None:
+                raise ValueError("a text file needs 'content'")
+            return self
+        if self.content is not None:
+            raise ValueError(f"format '{self.format}' takes 'set' (keys to change), not 'content'")
+        if not self.set:
+            raise ValueError(f"format '{self.format}' needs 'set' with at least one key")
+        for key in self.set:
+            problem = key_problem(self.format, key)
+            if problem:
+                raise ValueError(f"set: key '{key}' {problem}")
+        if self.format == "xml" and len({k.split(".")[0] for k in self.set}) > 1:
+            raise ValueError("set: every xml key starts with the same root element")
+        return self
+
+    def texts(self) -> list[str]:
+        """The plan text that gets templates filled."""
+        if not self.template:
+            return []
+        return [self.content or "", *(v for v in (self.set or {}).values() if isinstance(v, str))]
 
 
 class ResourcesSpec(_Model):
@@ -438,6 +514,9 @@ class WarPlan(_Model):
     env: dict[str, str] = Field(default_factory=dict)
     variables: list[VariableSpec] = Field(default_factory=list)
     volumes: list[VolumeSpec] = Field(default_factory=list)
+    files: list[FileSpec] = Field(
+        default_factory=list, description="Config files written into volumes before a start."
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     ready: ReadySpec = Field(default_factory=ReadySpec)
     stop: StopSpec = Field(default_factory=StopSpec)
@@ -510,13 +589,13 @@ class WarPlan(_Model):
                     "is shared only by a tcp and a udp port"
                 )
         _unique("variables", [v.name for v in self.variables])
-        _unique("variables (env)", [v.env for v in self.variables])
+        _unique("variables (env)", [v.env for v in self.variables if v.env])
         _unique("volumes", [v.name for v in self.volumes])
         _unique("volumes (path)", [v.path for v in self.volumes])
         for key in self.env:
             if not re.match(ENV_NAME, key):
                 raise ValueError(f"env: '{key}' is not a valid environment variable name")
-        clash = set(self.env) & {v.env for v in self.variables}
+        clash = set(self.env) & {v.env for v in self.variables if v.env}
         if clash:
             raise ValueError(f"env and variables both set {sorted(clash)}")
         port_names = {p.name for p in self.ports}
@@ -529,7 +608,7 @@ class WarPlan(_Model):
         if self.players and self.players.port and self.players.port not in port_names:
             raise ValueError(f"players.port: no port named '{self.players.port}'")
         if self.players is not None:
-            envs = set(self.env) | {v.env for v in self.variables}
+            envs = set(self.env) | {v.env for v in self.variables if v.env}
             for rule in self.players.uncounted_when:
                 if rule.env not in envs:
                     raise ValueError(f"players.uncounted_when: the plan never sets {rule.env}")
@@ -561,10 +640,48 @@ class WarPlan(_Model):
             *(self.install.env.values() if self.install else []),
         ]
         for text in texts:
-            for ref in _TEMPLATE.findall(text):
-                if ref.startswith("port:") and ref[5:] not in port_names:
-                    raise ValueError(f"template {{{ref}}} names no port")
+            self._check_templates("", text)
+        for key, value in self.env.items():
+            if "{env:" in value:
+                raise ValueError(f"env.{key}: {{env:...}} is for files and commands; use "
+                                 "{var:NAME} or the value itself")  # fmt: skip
+        self._check_files()
         return self
+
+    def _check_templates(self, where: str, text: str) -> None:
+        envs = set(self.env) | {v.env for v in self.variables if v.env}
+        for m in _TEMPLATE_LIKE.finditer(text):
+            kind, name = m.groups()
+            if not _TEMPLATE.fullmatch(m.group(0)):
+                raise ValueError(f"{where}template {m.group(0)} is not a valid reference")
+            if kind == "port" and name not in {p.name for p in self.ports}:
+                raise ValueError(f"{where}template {{port:{name}}} names no port")
+            if kind == "var" and self.variable(name) is None:
+                raise ValueError(f"{where}template {{var:{name}}} names no variable")
+            if kind == "env" and name not in envs:
+                raise ValueError(
+                    f"{where}template {{env:{name}}} names no environment variable of the plan"
+                )
+
+    def _check_files(self) -> None:
+        volumes = [v.name for v in self.volumes]
+        if self.files and not volumes:
+            raise ValueError("files: the plan has no volume to write them into")
+        used: set[str] = set()
+        for i, spec in enumerate(self.files):
+            volume = spec.volume or volumes[0]
+            if volume not in volumes:
+                raise ValueError(f"files[{i}].volume: no volume named '{volume}'")
+            for text in spec.texts():
+                self._check_templates(f"files[{i}]: ", text)
+                used |= {m.group(1) for m in re.finditer(r"\{var:([a-z][a-z0-9_]*)\}", text)}
+        _unique("files", [f"{s.volume or volumes[0]}:{s.path}" for s in self.files])
+        for var in self.variables:
+            if var.env is None and var.name not in used:
+                raise ValueError(
+                    f"variables.{var.name}: needs 'env', or a file of the plan that uses "
+                    f"{{var:{var.name}}}"
+                )
 
     @property
     def uses_console(self) -> bool:
@@ -707,27 +824,95 @@ def change_variables(
     return values, changed
 
 
-def fill_template(text: str, server: str, host_ports: Mapping[str, int]) -> str:
-    """Replace {server} and {port:NAME} (the host port given to port NAME)."""
+def fill_template(
+    text: str,
+    server: str,
+    host_ports: Mapping[str, int],
+    *,
+    variables: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+    memory: int | None = None,
+) -> str:
+    """Replace {server}, {port:NAME} (the host port given to port NAME), {memory} (MiB of
+    `memory` bytes, empty without a limit), {var:NAME} and {env:NAME} (from `variables` and
+    `env`; left as written when those are not given). Single pass: a filled-in value is
+    never read as a template."""
 
     def sub(m: re.Match[str]) -> str:
+        kind, _, name = m.group(1).partition(":")
+        if kind == "server":
+            return server
+        if kind == "port":
+            return str(host_ports.get(name, ""))
+        if kind == "memory":
+            return "" if memory is None else str(memory // MIB)
+        source = variables if kind == "var" else env
+        return m.group(0) if source is None else source.get(name, "")
+
+    return _TEMPLATE.sub(sub, text)
+
+
+def variable_texts(
+    plan: WarPlan, values: Mapping[str, str], server: str, host_ports: Mapping[str, int]
+) -> dict[str, str]:
+    """Each variable's value as the server uses it: a secret as typed (braces in a password
+    are not templates), any other with only {server} and {port:NAME} filled."""
+
+    def basic(m: re.Match[str]) -> str:
         ref = m.group(1)
         return server if ref == "server" else str(host_ports.get(ref[5:], ""))
 
-    return _TEMPLATE.sub(sub, text)
+    out: dict[str, str] = {}
+    for spec in plan.variables:
+        if spec.name in values:
+            value = values[spec.name]
+            out[spec.name] = value if spec.secret else _USER_TEMPLATE.sub(basic, value)
+    return out
 
 
 def render_environment(
     plan: WarPlan, values: Mapping[str, str], server: str, host_ports: Mapping[str, int]
 ) -> dict[str, str]:
     """Build the container environment: fixed env plus variables, with templates filled in."""
-    env = {k: fill_template(v, server, host_ports) for k, v in plan.env.items()}
+    texts = variable_texts(plan, values, server, host_ports)
+    memory = plan.resources.memory_bytes
+    env = {
+        k: fill_template(v, server, host_ports, variables=texts, memory=memory)
+        for k, v in plan.env.items()
+    }
     for spec in plan.variables:
-        if spec.name in values:
-            value = values[spec.name]
-            # A user's secret is passed as typed: braces in a password are not templates.
-            env[spec.env] = value if spec.secret else fill_template(value, server, host_ports)
+        if spec.env and spec.name in texts:
+            env[spec.env] = texts[spec.name]
     return env
+
+
+@dataclass(frozen=True)
+class Templates:
+    """Everything plan text may refer to, for one server: fills files, commands, scripts."""
+
+    server: str
+    ports: Mapping[str, int]
+    variables: Mapping[str, str]
+    env: Mapping[str, str]
+    memory: int | None
+
+    def fill(self, text: str) -> str:
+        return fill_template(
+            text, self.server, self.ports, variables=self.variables, env=self.env,
+            memory=self.memory,
+        )  # fmt: skip
+
+
+def templates_for(
+    plan: WarPlan, values: Mapping[str, str], server: str, host_ports: Mapping[str, int]
+) -> Templates:
+    return Templates(
+        server=server,
+        ports=dict(host_ports),
+        variables=variable_texts(plan, values, server, host_ports),
+        env=render_environment(plan, values, server, host_ports),
+        memory=plan.resources.memory_bytes,
+    )
 
 
 def secret_names(plan: WarPlan) -> set[str]:
@@ -779,7 +964,7 @@ def plan_warnings(plan: WarPlan) -> list[str]:
             out.append(f"env.{key}: a remote-admin password is fixed in the plan; make it a "
                        "required or generated secret variable.")  # fmt: skip
     for var in plan.variables:
-        if not _is_admin_secret(var.env, var.name):
+        if not _is_admin_secret(var.env or "", var.name):
             continue
         if var.default not in (None, ""):
             out.append(f"variables.{var.name}: a remote-admin password has a default; make it "
@@ -813,7 +998,7 @@ def plan_warnings(plan: WarPlan) -> list[str]:
             "command with 'done', or mode pause or stop."
         )
     evidenced = set(ev.env) if ev else set()
-    for env in [*plan.env, *(v.env for v in plan.variables)]:
+    for env in [*plan.env, *(v.env for v in plan.variables if v.env)]:
         if env not in evidenced:
             out.append(f"env {env}: the plan's evidence does not show the image reading it "
                        "(verified.env).")  # fmt: skip
@@ -851,7 +1036,7 @@ def evidence_gaps(plan: WarPlan) -> list[str]:
     if ev is None:
         return ["verified"]
     gaps = [f"verified.facts.{f}" for f in needed_facts(plan) if not ev.facts.get(f, "").strip()]
-    for env in [*plan.env, *(v.env for v in plan.variables)]:
+    for env in [*plan.env, *(v.env for v in plan.variables if v.env)]:
         if not ev.env.get(env, "").strip():
             gaps.append(f"verified.env.{env}")
     if not ev.links:
