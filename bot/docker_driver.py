@@ -11,8 +11,10 @@ import asyncio
 import base64
 import contextlib
 import functools
+import io
 import json
 import logging
+import tarfile
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +71,15 @@ class VolumeOnDisk:
     mountpoint: str | None
     reason: str = ""
     mtime: str = ""  # the engine's RFC 3339 mtime of the path in the container, to compare
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    """A file read from a container: its bytes and owner, or why it cannot be used."""
+
+    data: bytes | None
+    owner: tuple[int, int]
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -731,6 +742,31 @@ class DockerDriver:
                 out.write(chunk)
                 total += len(chunk)
             return total
+
+        return await self._run(call)
+
+    async def read_file(self, ref: str, path: str, limit: int) -> FoundFile | None:
+        """One file of the container (a created one too: its volumes are mounted for this),
+        read whole when it is a regular file of at most `limit` bytes; None when absent."""
+
+        def call() -> FoundFile | None:
+            try:
+                stream, stat = self._docker().api.get_archive(ref, path, chunk_size=ARCHIVE_CHUNK)
+            except docker.errors.NotFound as e:
+                if "no such container" in _explain(e).lower():
+                    raise ContainerMissing(ref) from e
+                return None
+            if int(stat.get("size") or 0) > limit:
+                stream.close()
+                return FoundFile(None, (0, 0), f"is larger than {limit // 1024**2} MiB")
+            raw = b"".join(stream)
+            with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+                member = tar.next()
+                if member is None or not member.isfile():
+                    return FoundFile(None, (0, 0), "is not a regular file")
+                handle = tar.extractfile(member)
+                data = handle.read() if handle is not None else b""
+                return FoundFile(data, (member.uid, member.gid))
 
         return await self._run(call)
 

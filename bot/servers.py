@@ -27,6 +27,7 @@ from typing import Any
 from bot import labels
 from bot.aio import quietly
 from bot.camps import Camp, CampHealth, Camps, allocation
+from bot.configfiles import FileWriter
 from bot.consoles import Console, ConsoleError, ConsoleReply, check_command, fill_message
 from bot.docker_driver import ContainerSpec, DockerDriver
 from bot.errors import (
@@ -73,9 +74,9 @@ from bot.warplans import (
     WarPlan,
     WarplanLibrary,
     change_variables,
-    fill_template,
     render_environment,
     resolve_variables,
+    templates_for,
     uncounted_reason,
 )
 
@@ -204,6 +205,7 @@ class ServerService:
         # limits, so together they never flood an engine or the event loop.
         c = settings.checks
         self.fanout = Fanout(total=c.concurrency, per_host=c.per_host, deadline=c.deadline)
+        self.files = FileWriter()
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -368,10 +370,25 @@ class ServerService:
                 mounts[image_volume_id(path)] = path
         return mounts
 
+    async def _write_files(
+        self, record: ServerRecord, plan: WarPlan, container: str, *, only_missing: bool = False
+    ) -> None:
+        """Write the plan's config files into the server's volumes through its (stopped)
+        container; a file that cannot be written refuses the step with nothing written."""
+        if not plan.files:
+            return
+        host_ports = {p.name: p.host for p in record.ports}
+        await self.files.write(
+            self.driver_of(record), container, plan,
+            templates_for(plan, record.variables, record.name, host_ports),
+            server=record.name, only_missing=only_missing,
+        )  # fmt: skip
+
     def _container_spec(
         self, record: ServerRecord, plan: WarPlan, mounts: dict[str, str]
     ) -> ContainerSpec:
         host_ports = {p.name: p.host for p in record.ports}
+        templates = templates_for(plan, record.variables, record.name, host_ports)
         camp = self.camp_of(record)
 
         def binding(port: str) -> str:
@@ -385,13 +402,9 @@ class ServerService:
             name=labels.container_name(record.name),
             image=plan.image,
             labels=labels.server_labels(self.instance, record.name, plan.name),
-            env=render_environment(plan, record.variables, record.name, host_ports),
-            command=[fill_template(c, record.name, host_ports) for c in plan.command]
-            if plan.command
-            else None,
-            entrypoint=[fill_template(c, record.name, host_ports) for c in plan.entrypoint]
-            if plan.entrypoint
-            else None,
+            env=dict(templates.env),
+            command=[templates.fill(c) for c in plan.command] if plan.command else None,
+            entrypoint=[templates.fill(c) for c in plan.entrypoint] if plan.entrypoint else None,
             ports={f"{p.container}/{p.protocol}": (binding(p.name), p.host) for p in record.ports},
             volumes={labels.volume_name(record.name, vid): path for vid, path in mounts.items()},
             memory=plan.resources.memory_bytes,
@@ -500,6 +513,7 @@ class ServerService:
             if plan.install is not None:
                 # At create, as Pterodactyl does: a script that fails leaves no server.
                 await self._install(record, plan, actor, progress)
+            await self._write_files(record, plan, info.id, only_missing=True)
             await self.store.update_server(
                 name, state=ServerState.STOPPED, pending_volumes=[], container_id=info.id
             )
@@ -640,6 +654,7 @@ class ServerService:
             # Its install never finished (a killed process, a failed reinstall): never start
             # a half-installed server.
             await self._install(record, plan, actor, progress)
+        await self._write_files(record, plan, info.id)
         await _emit(progress, Phase(name, "starting"))
         driver = self.driver_of(record)
         await driver.start(info.id)
