@@ -7,17 +7,29 @@ The eggs here are small ones written for these tests (PTDL_v1 and PTDL_v2).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.request import urlopen
 
+import docker
+import docker.errors
 import pytest
 
+from bot import labels
 from bot.errors import PortUnavailable, WarplanError
 from bot.importers import detect, import_file
 from bot.importers.egg import import_egg
 from bot.ports import choose_ports
 from bot.warplans import load_warplan, parse_warplan
+from tests.conftest import make_settings, services_for
+from tests.engine import busybox_binary
 
 
 def always(_port: int, _proto: str) -> bool:
@@ -388,3 +400,168 @@ def test_install_script(tmp_path: Path) -> None:
     data = egg()
     data["scripts"] = {"installation": {"script": "", "container": "x", "entrypoint": "bash"}}
     assert import_egg(write(tmp_path, data)).plan.install is None
+
+
+# ---------------------------------------------------------------------------------------------
+# On the real engine: an egg of our own, imported, installed, started twice side by side
+
+# Like the yolks' entrypoints (their behaviour, not their code): {{VAR}} in STARTUP becomes
+# ${VAR}, and the line runs in /home/container.
+ENTRYPOINT = """\
+cd /home/container || exit 1
+line=$(echo "$STARTUP" | sed -e 's/{{/${/g' -e 's/}}/}/g')
+eval "exec $line"
+"""
+
+SERVER_DOCKERFILE = """\
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN ["/bin/sh", "-c", "mkdir -p /etc /home/container /tmp && \
+echo 'root:x:0:0::/root:/bin/sh' > /etc/passwd && \
+echo 'container:x:1000:1000::/home/container:/bin/sh' >> /etc/passwd && \
+echo 'root:x:0:' > /etc/group && echo 'container:x:1000:' >> /etc/group && \
+chown 1000:1000 /home/container && chmod 1777 /tmp"]
+COPY entrypoint.sh /entrypoint.sh
+USER container
+ENV HOME=/home/container
+WORKDIR /home/container
+ENTRYPOINT ["/bin/sh", "/entrypoint.sh"]
+"""
+
+INSTALLER_DOCKERFILE = """\
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+"""
+
+# The egg's install script (run by root in the installer) writes the game into /mnt/server.
+INSTALL = r"""#!/bin/sh
+set -e
+cd /mnt/server
+echo "installing greeting=$GREETING port=$SERVER_PORT"
+cat > start.sh <<'GAME'
+#!/bin/sh
+echo "boot uid=$(id -u) greeting=$1"
+echo played >> world.txt
+mkdir -p www && cp tiny.properties www/
+httpd -f -p "$SERVER_PORT" -h /home/container/www &
+echo "Tiny server ready on port $SERVER_PORT with ${SERVER_MEMORY} MiB"
+while read -r line; do
+  if [ "$line" = quit ]; then echo "saving world"; kill $!; exit 0; fi
+done
+GAME
+chmod +x start.sh
+echo installed > world.txt
+exit 0
+"""
+
+
+@pytest.fixture(scope="module")
+def egg_images(engine: None) -> Iterator[tuple[str, str]]:
+    """(server image, installer image), both built here from busybox."""
+    client = docker.from_env()
+    tags = []
+    try:
+        for kind, dockerfile in (
+            ("server", SERVER_DOCKERFILE),
+            ("installer", INSTALLER_DOCKERFILE),
+        ):
+            tag = f"peon-test/egg-{kind}:{uuid.uuid4().hex[:12]}"
+            with tempfile.TemporaryDirectory() as ctx:
+                shutil.copy(busybox_binary(), Path(ctx) / "busybox")
+                (Path(ctx) / "Dockerfile").write_text(dockerfile)
+                (Path(ctx) / "entrypoint.sh").write_text(ENTRYPOINT)
+                client.images.build(path=ctx, tag=tag, rm=True, forcerm=True)
+            tags.append(tag)
+        yield tags[0], tags[1]
+    finally:
+        for tag in tags:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                client.images.remove(tag, force=True)
+        client.close()
+
+
+def engine_egg(server_image: str, installer_image: str) -> dict[str, Any]:
+    return egg(
+        name="Egg Engine Game",
+        docker_images={"Busybox": server_image, "Other": "ghcr.io/example/none:1"},
+        startup="./start.sh {{GREETING}}",
+        config={
+            "files": json.dumps(
+                {
+                    "tiny.properties": {
+                        "parser": "properties",
+                        "find": {
+                            "server-port": "{{server.build.default.port}}",
+                            "memory": "{{server.build.memory}}",
+                            "greeting": "{{server.build.env.GREETING}}",
+                        },
+                    }
+                }
+            ),
+            "startup": json.dumps({"done": "Tiny server ready on port"}),
+            "logs": "{}",
+            "stop": "quit",
+        },
+        scripts={
+            "installation": {"script": INSTALL, "container": installer_image, "entrypoint": "sh"}
+        },
+        variables=[variable("GREETING", "hello", "required|string|max:20")],
+    )
+
+
+def engine_leftovers(client: docker.DockerClient, instance: str) -> list[str]:
+    flt = {"label": [f"{labels.INSTANCE}={instance}"]}
+    return [c.name for c in client.containers.list(all=True, filters=flt)] + [
+        v.name for v in client.volumes.list(filters=flt)
+    ]
+
+
+@pytest.mark.docker
+async def test_an_imported_egg_installs_starts_twice_side_by_side_and_leaves_nothing(
+    tmp_path: Path, egg_images: tuple[str, str], dclient: docker.DockerClient
+) -> None:
+    server_image, installer_image = egg_images
+    result = import_file(
+        write(tmp_path, engine_egg(server_image, installer_image)), name="egg-engine"
+    )
+    folder = tmp_path / "warplans"
+    folder.mkdir()
+    (folder / "egg-engine.yaml").write_text(result.yaml_text)
+    settings = make_settings(tmp_path, warplans_dir=folder)
+    async with services_for(settings) as svc:
+        assert svc.warplans.get("egg-engine").image == server_image
+        records = []
+        for name, greeting in (("egg-one", "hi"), ("egg-two", "yo")):
+            record = await svc.servers.create(
+                "egg-engine", name, {"greeting": greeting}, actor="test"
+            )
+            run = await svc.servers.installs.last(name)
+            assert run.ok and f"installing greeting={greeting}" in run.log
+            await svc.servers.start(name, actor="test")
+            records.append(record)
+        one, two = ({p.name: p for p in r.ports} for r in records)
+        # Each allocation on its own number, container and host, tcp and udp alike.
+        for ports in (one, two):
+            assert ports["game"].container == ports["game"].host == ports["game-udp"].host
+            assert ports["game-udp"].container == ports["game"].host
+        assert one["game"].host != two["game"].host
+        for name, ports, greeting in (("egg-one", one, "hi"), ("egg-two", two, "yo")):
+            port = ports["game"].host
+            logs = "\n".join(await svc.servers.logs(name))
+            assert "boot uid=1000 greeting=" + greeting in logs
+            assert f"Tiny server ready on port {port} with 4096 MiB" in logs
+            # The game announces the number players reach, and answers on it.
+            url = f"http://127.0.0.1:{port}/tiny.properties"
+            body = await asyncio.to_thread(lambda u=url: urlopen(u, timeout=10).read().decode())  # noqa: S310
+            assert f"server-port={port}" in body and f"greeting={greeting}" in body
+            assert "memory=4096" in body
+        # The console stop ('quit') reaches the game, which saves.
+        await svc.servers.stop("egg-one", actor="test")
+        assert "saving world" in "\n".join(await svc.servers.logs("egg-one"))
+        for name in ("egg-one", "egg-two"):
+            await svc.servers.delete(name, actor="test", purge=True)
+            assert await svc.store.find_server(name) is None
+        assert engine_leftovers(dclient, settings.instance_id) == []
+        assert await svc.store.taken_ports() == set()
