@@ -19,7 +19,7 @@ from typing import IO
 
 from bot import __version__, rules
 from bot.app import Services, open_services
-from bot.errors import ConfigError, PeonError, StartFailed, WarplanError
+from bot.errors import ConfigError, InstallFailed, PeonError, StartFailed, WarplanError
 from bot.events import Event
 from bot.importers import import_file
 from bot.models import Backup, Phase, ProgressEvent, PullProgress, human_duration
@@ -109,6 +109,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("values", nargs="+", metavar="KEY=VALUE",
                    help="KEY= puts a setting back to its default (a secret: keeps it)")  # fmt: skip
+    s = ssub.add_parser(
+        "reinstall", help="run the war plan's install step again (backs the data up first)"
+    )
+    s.add_argument("name")
+    s.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    s = ssub.add_parser("install-log", help="the whole log of the server's last install step")
+    s.add_argument("name")
     s = ssub.add_parser("purge", help="delete the data a plain delete kept")
     s.add_argument("name")
     s.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
@@ -282,7 +289,7 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
     servers = svc.servers
     actor = _actor()
     progress = ProgressPrinter(sys.stderr)
-    if args.action not in ("list", "status", "logs", "audit"):
+    if args.action not in ("list", "status", "logs", "audit", "install-log"):
         report = await servers.reconcile(actor)
         for line in report.lines():
             sys.stderr.write(f"reconciled: {line}\n")
@@ -406,6 +413,37 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
                 f"deleted {args.name}; data kept in volumes: {kept} "
                 f"(create '{args.name}' again to reuse it)\n"
             )
+        return 0
+    if args.action == "reinstall":
+        record = await svc.store.get_server(args.name)
+        if not args.yes:
+            if not stdin.isatty():
+                raise PeonError("Refusing to reinstall without confirmation: pass --yes.")
+            question = (
+                f"Run the install step of '{record.name}' again (it stops the server and may "
+                "overwrite its files; its data is backed up first)?"
+            )
+            if not _confirm(question, record.name, stdin, sys.stderr):
+                out.write("cancelled\n")
+                return 1
+        done = await servers.reinstall(args.name, actor=actor, progress=progress)
+        backup = f"; backup #{done.backup_id} taken first" if done.backup_id is not None else ""
+        again = ", restarted" if done.restarted else ""
+        out.write(f"{args.name} reinstalled in {done.seconds:.1f} s{backup}{again}\n")
+        return 0
+    if args.action == "install-log":
+        run = await servers.installs.last(args.name)
+        how = (
+            "running or cut short"
+            if run.ok is None
+            else ("ok" if run.ok else f"failed (exit code {run.exit_code})")
+        )
+        sys.stderr.write(
+            f"{args.name}: install from {run.image} at {run.started_at:%Y-%m-%d %H:%M:%S} UTC: "
+            f"{how}, {run.seconds:.1f} s\n"
+        )
+        if run.log:
+            out.write(run.log.rstrip("\n") + "\n")
         return 0
     if args.action == "console":
         reply = await servers.console(args.name, args.command, actor=actor)
@@ -669,6 +707,9 @@ def main(
         sys.stderr.write(f"peon: error: {e}\n")
         return 2
     except (PeonError, ConfigError, WarplanError) as e:
+        if isinstance(e, InstallFailed):
+            for line in e.logs[-10:]:  # the installer's last lines (secrets masked)
+                sys.stderr.write(f"  | {line}\n")
         sys.stderr.write(f"peon: {e}\n")
         return 1
     except KeyboardInterrupt:
