@@ -38,7 +38,7 @@ import re
 import tarfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -475,10 +475,20 @@ def parse_mode(mode: str) -> int:
     return int(mode, 8)
 
 
-def file_tar(name: str, data: bytes, mode: int, owner: tuple[int, int]) -> bytes:
-    """A tar holding one whole file: the engine extracts it in one piece."""
+def file_tar(
+    name: str, data: bytes, mode: int, owner: tuple[int, int], folders: Sequence[str] = ()
+) -> bytes:
+    """A tar holding one whole file (the engine extracts it in one piece), after entries for
+    the `folders` to make, owned like the file (the engine would make them root's)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for folder in folders:
+            entry = tarfile.TarInfo(folder)
+            entry.type = tarfile.DIRTYPE
+            entry.mode = 0o755
+            entry.uid, entry.gid = owner
+            entry.mtime = int(time.time())
+            tar.addfile(entry)
         info = tarfile.TarInfo(name)
         info.size = len(data)
         info.mode = mode
@@ -494,6 +504,7 @@ class Rendered:
     directory: str  # the volume's path in the container: the tar is extracted there
     data: bytes
     owner: tuple[int, int]
+    folders: tuple[str, ...]  # parent folders to make, outermost first
 
 
 class FileWriter:
@@ -530,9 +541,18 @@ class FileWriter:
             except MergeError as e:
                 raise ConfigFileError(server, spec.path, str(e)) from None
             owner = plan_owner or (found.owner if found is not None else (0, 0))
-            todo.append(Rendered(spec, directory, data, owner))
+            folders: list[str] = []
+            if found is None:
+                parent = posixpath.dirname(spec.path)
+                while parent and not await driver.path_exists(
+                    container, posixpath.join(directory, parent)
+                ):
+                    folders.insert(0, parent)
+                    parent = posixpath.dirname(parent)
+            todo.append(Rendered(spec, directory, data, owner, tuple(folders)))
         for item in todo:
-            tar = file_tar(item.spec.path, item.data, parse_mode(item.spec.mode), item.owner)
+            mode = parse_mode(item.spec.mode)
+            tar = file_tar(item.spec.path, item.data, mode, item.owner, item.folders)
             await driver.write_archive(container, item.directory, io.BytesIO(tar))
         written = [r.spec.path for r in todo]
         if written:

@@ -745,6 +745,21 @@ class DockerDriver:
 
         return await self._run(call)
 
+    async def path_exists(self, ref: str, path: str) -> bool:
+        """Whether `path` exists in the container: the engine's stat (HEAD), no archive."""
+
+        def call() -> bool:
+            api = self._docker().api
+            resp = api.head(api._url("/containers/{0}/archive", ref), params={"path": path})
+            if resp.status_code == 404:
+                # The same status says "no such container" and "no such path": tell them apart.
+                api.inspect_container(ref)
+                return False
+            api._raise_for_status(resp)
+            return True
+
+        return await self._run(call)
+
     async def read_file(self, ref: str, path: str, limit: int) -> FoundFile | None:
         """One file of the container (a created one too: its volumes are mounted for this),
         read whole when it is a regular file of at most `limit` bytes; None when absent."""

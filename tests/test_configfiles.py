@@ -252,6 +252,13 @@ def test_tar_holds_one_whole_file_with_mode_and_owner() -> None:
         )  # fmt: skip
 
 
+def test_tar_makes_missing_folders_first_owned_like_the_file() -> None:
+    data = file_tar("a/b/c.txt", b"x", 0o644, (7, 8), folders=("a", "a/b"))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        got = [(m.name, m.isdir(), m.uid, m.gid) for m in tar.getmembers()]
+    assert got == [("a", True, 7, 8), ("a/b", True, 7, 8), ("a/b/c.txt", False, 7, 8)]
+
+
 def test_numeric_owner() -> None:
     assert numeric_owner("1000:1001") == (1000, 1001)
     assert numeric_owner("1000") == (1000, 0)

@@ -203,3 +203,29 @@ def test_bad_files_are_refused_by_warplan_validate(tmp_path: Path) -> None:
     for name, (_, reason) in BAD_PLANS.items():
         (line,) = [e for e in errors if f"/{name}.yaml:" in e]
         assert reason in line
+
+
+async def test_files_and_the_folders_made_for_them_belong_to_the_plans_user(
+    tmp_path: Path, fakegame: str, dclient: docker.DockerClient
+) -> None:
+    files = [
+        {"path": "conf/deep/a.json", "format": "json", "set": {"a": "1"}},
+        {"path": "conf/b.txt", "content": "b\n", "mode": "0640"},
+    ]
+    folder = fakegame_variant(tmp_path, files=files, user="1000:1001")
+    settings = make_settings(tmp_path, warplans_dir=folder)
+    name = f"cfg-{uuid.uuid4().hex[:6]}"
+    async with services_for(settings) as svc:
+        await svc.servers.create("fakegame", name, actor="test")
+        put(dclient, name, {"conf/old.txt": "made by root\n"})  # conf exists, root's
+        await svc.servers.start(name, actor="test")
+        stream, _ = dclient.containers.get(f"peon-{name}").get_archive("/data/conf")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            owners = {m.name: (m.uid, m.gid, m.mode & 0o777) for m in tar.getmembers()}
+    assert owners == {
+        "conf": (0, 0, 0o755),  # already there: left as it was
+        "conf/old.txt": (0, 0, 0o644),
+        "conf/deep": (1000, 1001, 0o755),
+        "conf/deep/a.json": (1000, 1001, 0o644),
+        "conf/b.txt": (1000, 1001, 0o640),
+    }
