@@ -102,6 +102,15 @@ def reason_of(e: WarplanError) -> str:
     return f"{field}: {reason}" if field else reason
 
 
+def unmapped_kind(line: str) -> str:
+    """An unmapped item with the recipe's own names taken out (eggs: files, variables, keys)."""
+    line = re.sub(r"^(config\.files|variables|features)\.[^:]*", r"\1.*", line)
+    line = re.sub(r": key [^:]*:", ": key …:", line)
+    line = re.sub(r"also .*; choose", "also …; choose", line)
+    line = re.sub(r"\{\{[^}]*\}\}|'[^']*'|\b\d+\b", "…", line)
+    return line
+
+
 def validates(result: ImportResult, scratch: Path) -> bool:
     path = scratch / f"{result.plan.name}.yaml"
     path.write_text(result.yaml_text, encoding="utf-8")
@@ -223,11 +232,14 @@ def main() -> int:
         counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         refused: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         examples: dict[str, list[str]] = collections.defaultdict(list)
+        unmapped: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         imported: dict[Path, ImportResult] = {}
         start = time.perf_counter()
+        seconds: collections.Counter[str] = collections.Counter()
         for path, kind in found:
             c = counts[kind]
             c["found"] += 1
+            began = time.perf_counter()
             try:
                 result = import_file(path)
             except WarplanError as e:
@@ -235,11 +247,13 @@ def main() -> int:
                 if len(examples[kind]) < args.show:
                     examples[kind].append(str(e))
                 continue
+            seconds[kind] += time.perf_counter() - began
             imported[path] = result
             c["imported"] += 1
             c["validated"] += validates(result, scratch)
             c["untested"] += result.untested
             c["with unmapped items"] += bool(result.unmapped)
+            unmapped[kind].update({unmapped_kind(u) for u in result.unmapped})
         ours_seconds = time.perf_counter() - start
         for kind, c in sorted(counts.items()):
             n = c["found"]
@@ -251,8 +265,20 @@ def main() -> int:
                 print(f"  refused {k:4}: {reason}")
             for line in examples[kind]:
                 print(f"    e.g. {line}")
+            for line, k in unmapped[kind].most_common(args.show):
+                print(f"  unmapped in {k:4}: {line}")
         print(f"\nimport time: {ours_seconds:.2f} s for {len(found)} "
               f"({1000 * ours_seconds / max(len(found), 1):.1f} ms each)")  # fmt: skip
+        eggs = [p for p, kind in found if kind == "egg"]
+        if eggs:
+            # Baseline: only reading and parsing the same eggs, the floor of any importer.
+            start = time.perf_counter()
+            for path in eggs:
+                json.loads(path.read_text(encoding="utf-8"))
+            floor = time.perf_counter() - start
+            ratio = seconds["egg"] / max(floor, 1e-9)
+            print(f"eggs: import {seconds['egg']:.2f} s; reading and parsing their JSON alone "
+                  f"{floor:.3f} s; ratio {ratio:.0f}")  # fmt: skip
         peon = [p for p, kind in found if kind == "peon" and p.is_dir()]
         if args.orc is None or not peon:
             return 0
@@ -274,6 +300,9 @@ def main() -> int:
                         mismatches.append(f"{recipe.name}: the original: {orig.get('info')}")
                 continue
             both += 1
+            binds = orig["compose"]["services"]["server"].get("volumes") or []
+            targets = [v.rpartition(":")[2].rstrip("/") for v in binds]
+            agree["duplicate mount point"] += len(targets) != len(set(targets))
             mine = ours(imported[recipe].plan, setting_values(recipe))
             same, none_only = compare(mine, theirs(orig["compose"], orig.get("folders", {})))
 
@@ -298,6 +327,8 @@ def main() -> int:
               "original passes the text 'None' for a null setting it never asks for (PEON "
               f"asks for it at create): {agree['env none']}")  # fmt: skip
         print(f"  all five equal: {agree['all']}/{both}")
+        print(f"  the original's compose file mounts two folders on one path (Docker refuses "
+              f"it: 'Duplicate mount point'): {agree['duplicate mount point']}/{both}")  # fmt: skip
         for line in mismatches:
             print(f"    {line}")
         print(f"\ntiming: PEON import {ours_seconds:.2f} s vs the original's create "
