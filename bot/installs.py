@@ -18,6 +18,7 @@ import asyncio
 import functools
 import io
 import logging
+import shlex
 import tarfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -25,11 +26,12 @@ from dataclasses import dataclass
 
 from bot import labels
 from bot.aio import quietly
+from bot.configfiles import numeric_owner
 from bot.docker_driver import ContainerSpec, DockerDriver
 from bot.errors import InstallFailed, ServerStateError
 from bot.models import InstallRecord, Phase, ProgressEvent, ServerRecord
 from bot.store import Store
-from bot.warplans import INSTALL_SCRIPT_PATH, WarPlan, fill_template
+from bot.warplans import INSTALL_SCRIPT_PATH, WarPlan, fill_template, variable_texts
 
 log = logging.getLogger(__name__)
 _quiet = functools.partial(quietly, what="installer cleanup", logger=log)
@@ -61,12 +63,41 @@ def installer_mounts(plan: WarPlan) -> dict[str, str]:
 
 
 def installer_env(
-    plan: WarPlan, server_env: Mapping[str, str], server: str, host_ports: Mapping[str, int]
+    plan: WarPlan,
+    server_env: Mapping[str, str],
+    server: str,
+    host_ports: Mapping[str, int],
+    variables: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The server's rendered environment plus `install.env` (templates filled; it wins)."""
+    """The server's rendered environment plus `install.env` (templates filled, {env:NAME}
+    from the server's environment and {var:NAME} from `variables`; it wins)."""
     spec = plan.install
     extra = spec.env if spec is not None else {}
-    return {**server_env, **{k: fill_template(v, server, host_ports) for k, v in extra.items()}}
+    texts = variable_texts(plan, variables or {}, server, host_ports)
+    memory = plan.resources.memory_bytes
+
+    def fill(text: str) -> str:
+        return fill_template(
+            text, server, host_ports, variables=texts, env=server_env, memory=memory
+        )
+
+    return {**server_env, **{k: fill(v) for k, v in extra.items()}}
+
+
+def installer_command(plan: WarPlan) -> list[str]:
+    """The installer's command: the entrypoint running the script; then, when the plan runs
+    its game as a numeric user, the installed volumes handed to that user. The script runs as
+    root, the game as `user`: Wings likewise chowns a server's files to its container user
+    before every boot (server/power.go, check_permissions_on_boot, default true)."""
+    spec = plan.install
+    if spec is None:
+        return []
+    owner = numeric_owner(plan.user)
+    if owner is None:
+        return spec.command()
+    paths = " ".join(shlex.quote(p) for p in installer_mounts(plan).values())
+    chown = f"chown -R {owner[0]}:{owner[1]} {paths}"
+    return ["/bin/sh", "-c", f"{shlex.join(spec.command())} && {chown}"]
 
 
 def script_archive(script: str) -> bytes:
@@ -136,7 +167,7 @@ class InstallService:
                 image=spec.image,
                 labels=labels.installer_labels(self.instance, name, plan.name),
                 env=dict(env),
-                entrypoint=spec.command(),
+                entrypoint=installer_command(plan),
                 volumes={labels.volume_name(name, vol): path for vol, path in mounts.items()},
             )
         )

@@ -798,7 +798,7 @@ class ServerService:
             driver=driver,
             record=record,
             plan=plan,
-            env=installer_env(plan, server_env, record.name, host_ports),
+            env=installer_env(plan, server_env, record.name, host_ports, record.variables),
             redact=functools.partial(self.redact, record),
             actor=actor,
             progress=progress,

@@ -342,3 +342,16 @@ def test_a_variable_may_target_a_file_key_only() -> None:
     p = plan({"path": "s.properties", "format": "properties", "set": {"motd": "{var:motd}"}})
     assert p.variable("motd") is not None and p.variable("motd").env is None  # type: ignore[union-attr]
     assert p.files[0].volume is None and p.files[0].mode == "0644"
+
+
+def test_install_env_takes_the_same_templates() -> None:
+    from bot.installs import installer_env
+
+    p = parse_warplan(
+        {**BASE, "variables": [{"name": "motd", "env": "MOTD"}],
+         "install": {"image": "i:1", "script": "true",
+                     "env": {"A": "{env:MOTD}/{var:motd}/{memory}/{port:game}"}}},
+        "g.yaml",
+    )  # fmt: skip
+    env = installer_env(p, {"MOTD": "hi"}, "s", {"game": 5}, {"motd": "hi"})
+    assert env == {"MOTD": "hi", "A": "hi/hi/512/5"}
