@@ -235,7 +235,7 @@ def main() -> int:
         unmapped: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         imported: dict[Path, ImportResult] = {}
         start = time.perf_counter()
-        seconds: collections.Counter[str] = collections.Counter()
+        seconds: dict[str, float] = collections.defaultdict(float)
         for path, kind in found:
             c = counts[kind]
             c["found"] += 1

@@ -82,7 +82,7 @@ def test_container_host_and_same_as_validate() -> None:
         "p.yaml",
     )
     assert [p.container for p in plan.ports] == ["host", "host", 8080]
-    bad = [
+    bad: list[tuple[list[dict[str, Any]], str]] = [
         ([{"name": "a", "container": 0}], "ports[0].container: must be between 1 and 65535"),
         ([{"name": "a", "container": "x"}], "ports[0].container:"),
         (
@@ -511,6 +511,11 @@ def engine_egg(server_image: str, installer_image: str) -> dict[str, Any]:
     )
 
 
+def fetch(url: str) -> str:
+    with urlopen(url, timeout=10) as answer:  # noqa: S310 - http on loopback, built above
+        return str(answer.read().decode())
+
+
 def engine_leftovers(client: docker.DockerClient, instance: str) -> list[str]:
     flt = {"label": [f"{labels.INSTANCE}={instance}"]}
     return [c.name for c in client.containers.list(all=True, filters=flt)] + [
@@ -554,7 +559,7 @@ async def test_an_imported_egg_installs_starts_twice_side_by_side_and_leaves_not
             assert f"Tiny server ready on port {port} with 4096 MiB" in logs
             # The game announces the number players reach, and answers on it.
             url = f"http://127.0.0.1:{port}/tiny.properties"
-            body = await asyncio.to_thread(lambda u=url: urlopen(u, timeout=10).read().decode())  # noqa: S310
+            body = await asyncio.to_thread(fetch, url)
             assert f"server-port={port}" in body and f"greeting={greeting}" in body
             assert "memory=4096" in body
         # The console stop ('quit') reaches the game, which saves.
