@@ -11,6 +11,7 @@ import getpass
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from bot.models import Backup, Phase, ProgressEvent, PullProgress, human_duratio
 from bot.players import format_players
 from bot.settings import Settings, config_path, load_settings
 from bot.store import Store
+from bot.tokens import TokenService
 from bot.warplans import (
     dump_warplan,
     load_catalog,
@@ -153,8 +155,19 @@ def _parser() -> argparse.ArgumentParser:
         s = bsub.add_parser(action, help=f"{action} a backup (locked ones are never pruned)")
         s.add_argument("id", type=int)
 
+    tk = sub.add_parser("token", help="HTTP API tokens (docs/api.md)")
+    tsub = tk.add_subparsers(dest="action", required=True)
+    s = tsub.add_parser("create", help="create a token; it is shown once")
+    s.add_argument("name")
+    s.add_argument("--role", required=True, choices=["admin", "operator", "player"])
+    s.add_argument("--server", help="only for this server")
+    tsub.add_parser("list", help="tokens (never the tokens themselves)")
+    s = tsub.add_parser("revoke", help="revoke a token: it stops working at once")
+    s.add_argument("name")
+
     sub.add_parser("check", help="check config, war plans, database and Docker")
-    sub.add_parser("run", help="run the Discord bot")
+    sub.add_parser("run", help="run the Discord bot (and the HTTP API when api: is set)")
+    sub.add_parser("serve-api", help="serve the HTTP API alone, without Discord")
     return p
 
 
@@ -673,7 +686,62 @@ async def _main(args: argparse.Namespace, settings: Settings, out: IO[str], stdi
             return await _schedule(args, svc, out)
     if args.group == "events":
         return await _events(args, settings, out)
+    if args.group == "token":
+        return await _token(args, settings, out)
+    if args.group == "serve-api":
+        return await _serve_api(settings)
     raise UsageError(f"unknown command {args.group}")
+
+
+async def _token(args: argparse.Namespace, settings: Settings, out: IO[str]) -> int:
+    """Only the database: tokens are made while the bot runs or not."""
+    store = Store(settings.db_path)
+    await store.open()
+    try:
+        tokens = TokenService(store)
+        if args.action == "create":
+            token, secret = await tokens.create(
+                args.name, args.role, server=args.server, actor=_actor()
+            )
+            scope = f" for server {token.server}" if token.server else ""
+            out.write(f"{secret}\n")
+            sys.stderr.write(
+                f"token '{token.name}' ({token.role}{scope}) created; it is shown only this "
+                "once: send it as 'Authorization: Bearer <token>'\n"
+            )
+            return 0
+        if args.action == "revoke":
+            await tokens.revoke(args.name, actor=_actor())
+            out.write(f"token '{args.name}' revoked\n")
+            return 0
+        rows = [["NAME", "ROLE", "SERVER", "CREATED (UTC)", "BY"]]
+        for t in await tokens.list():
+            when = t.created_at.strftime("%Y-%m-%d %H:%M")
+            rows.append([t.name, t.role, t.server or "*", when, t.created_by])
+        _table(rows, out)
+        return 0
+    finally:
+        await store.close()
+
+
+async def _serve_api(settings: Settings) -> int:
+    """`peon serve-api`: the HTTP API without Discord, until SIGTERM or SIGINT."""
+    if settings.api is None:
+        raise PeonError(
+            "The API is off: add `api: {listen: 127.0.0.1:8080}` to the config (see docs/api.md)."
+        )
+    from bot.api import serve_api  # noqa: PLC0415 - aiohttp's server only when serving
+    from bot.logs import configure_logging  # noqa: PLC0415
+
+    # As `peon run`: INFO lines (the access log among them), secrets redacted.
+    configure_logging(settings.log, settings.secret_values())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_services(settings) as svc:
+        await serve_api(svc, stop)
+    return 0
 
 
 def main(

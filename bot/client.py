@@ -28,6 +28,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import __version__, notices
+from bot.api import ApiServer
 from bot.app import Services
 from bot.automation import Automation, Warning
 from bot.board import UNKNOWN, Board, BoardBuilder
@@ -796,6 +797,7 @@ class PeonBot(commands.Bot):
         self.access = Access(self.discord_settings)
         self.reloader = Reloader(self.settings, lambda: load_settings(Path(self.settings.source)))
         self._background: set[asyncio.Task[None]] = set()
+        self.api_server: ApiServer | None = None  # the HTTP API, when api: is set
 
     def spawn(self, aw: Coroutine[Any, Any, None]) -> None:
         """Run a background step (a prompt's expiry); held until done, cancelled at close."""
@@ -883,6 +885,10 @@ class PeonBot(commands.Bot):
         await self.board.start()
         self._register_reload()
         self._watchdog = asyncio.create_task(self._watch_loop(), name="loop-watchdog")
+        if self.settings.api is not None:
+            # Last: every consumer runs, and the API's schedule routes go through automation.
+            self.api_server = ApiServer(self.services, automation=self.automation)
+            await self.api_server.start()
 
     # --- /peon reload -----------------------------------------------------------------------
 
@@ -946,6 +952,8 @@ class PeonBot(commands.Bot):
                 log.warning("event loop stalled for %.0f ms", stall * 1000)
 
     async def close(self) -> None:
+        if self.api_server is not None:
+            await self.api_server.close()  # first: no new operation starts while closing
         if self._watchdog is not None:
             self._watchdog.cancel()
         for task in list(self._background):

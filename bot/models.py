@@ -304,3 +304,14 @@ class InstallRecord:
     exit_code: int | None
     seconds: float
     log: str
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """An HTTP API token as stored: never the token itself (only its hash is kept)."""
+
+    name: str
+    role: str  # admin | operator | player
+    server: str | None  # the one server it is for; None: every server
+    created_at: datetime
+    created_by: str

@@ -432,6 +432,53 @@ class WebhookSettings(_Model):
         return self
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+class ApiSettings(_Model):
+    """The HTTP API (bot/api/): off unless this section is present."""
+
+    listen: str = Field(
+        default="127.0.0.1:8080", description="host:port to listen on; [::1]:8080 for IPv6."
+    )
+    tls_cert: Path | None = Field(default=None, description="PEM certificate chain: serve HTTPS.")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
+    allow_insecure: bool = Field(
+        default=False,
+        description="Serve plain HTTP on an address other than loopback (tokens then cross "
+        "the network readable: only behind a TLS-terminating proxy on the same host).",
+    )
+    max_body: int = Field(default=65536, ge=1024, le=16 * 2**20, description="Bytes per request.")
+    rate: float = Field(default=10.0, gt=0, le=10000, description="Requests/second per token.")
+    burst: int = Field(default=40, ge=1, le=100000, description="Requests a token may bunch.")
+    players_can_start: bool = Field(default=False, description="Let player tokens start servers.")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+    @model_validator(mode="after")
+    def _safe(self) -> ApiSettings:
+        host, _ = parse_listen(self.listen)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give tls_cert and tls_key together")
+        if host not in LOOPBACK_HOSTS and self.tls_cert is None and not self.allow_insecure:
+            raise ValueError(
+                f"{host} is not loopback: tokens would cross the network in clear text; give "
+                "tls_cert and tls_key, or set allow_insecure: true behind a TLS proxy"
+            )
+        return self
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'127.0.0.1:8080' or '[::1]:8080' -> (host, port); port 0 takes a free one."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"listen must be host:port, got '{text}'")
+    return host, int(port)
+
+
 def _unique_names(what: str, names: list[str]) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -458,6 +505,9 @@ class Settings(_Model):
     )
     shutdown_grace: int = Field(
         default=60, ge=0, le=3600, description="Seconds running operations get on SIGTERM."
+    )
+    api: ApiSettings | None = Field(
+        default=None, description="The HTTP API; unset means off (see docs/api.md)."
     )
     source: str = Field(default="(defaults)", exclude=True)
     discord_token: SecretStr | None = Field(default=None, exclude=True)

@@ -26,9 +26,12 @@ from bot.errors import (
     ServerBusy,
     ServerExists,
     ServerNotFound,
+    TokenExists,
+    TokenNotFound,
 )
 from bot.events import Event, NewEvent, event_from_row
 from bot.models import (
+    ApiToken,
     AuditEntry,
     Backup,
     BackupVolume,
@@ -201,6 +204,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE backups ADD COLUMN stored TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE backups ADD COLUMN added INTEGER;
     """,
+    # HTTP API tokens (bot/tokens.py): only a SHA-256 of each token is kept, so the
+    # database never holds one that works; a revoked token's row is deleted.
+    """
+    CREATE TABLE api_tokens (
+        name TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        server TEXT,
+        created_at TEXT NOT NULL,
+        created_by TEXT NOT NULL
+    );
+    """,
 ]
 
 _SERVER_COLUMNS = (
@@ -238,6 +253,7 @@ SQL_EVENT = (
     "INSERT INTO events (at, kind, server, actor, ok, detail, payload) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 SQL_EVENTS = "SELECT id, at, kind, server, actor, ok, detail, payload FROM events"
+SQL_TOKENS = "SELECT name, role, server, created_at, created_by FROM api_tokens"
 
 
 # Set inside Store.transaction: the task's own statements belong to its transaction.
@@ -798,6 +814,33 @@ class Store:
         finally:
             self._waiters.discard(waiter)
 
+    # --- API tokens -------------------------------------------------------------------------
+
+    async def add_token(self, token: ApiToken, digest: str) -> None:
+        try:
+            await self._write(
+                "INSERT INTO api_tokens (name, hash, role, server, created_at, created_by) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (token.name, digest, token.role, token.server, _ts(token.created_at),
+                 token.created_by),
+            )  # fmt: skip
+        except aiosqlite.IntegrityError:
+            raise TokenExists(token.name) from None
+
+    async def token_by_hash(self, digest: str) -> ApiToken | None:
+        sql = f"{SQL_TOKENS} WHERE hash = ?"
+        row = await (await self.db.execute(sql, (digest,))).fetchone()
+        return _token(row) if row else None
+
+    async def list_tokens(self) -> list[ApiToken]:
+        rows = await (await self.db.execute(f"{SQL_TOKENS} ORDER BY name")).fetchall()
+        return [_token(r) for r in rows]
+
+    async def remove_token(self, name: str) -> None:
+        cur = await self._write("DELETE FROM api_tokens WHERE name = ?", (name,))
+        if cur.rowcount == 0:
+            raise TokenNotFound(name)
+
     # --- status boards ----------------------------------------------------------------------
 
     async def list_boards(self) -> list[BoardMessage]:
@@ -828,6 +871,10 @@ class Store:
             await self.db.execute(f"{sql} ORDER BY id DESC LIMIT ?", (*args, limit))
         ).fetchall()
         return [AuditEntry(r[0], _dt(r[1]), r[2], r[3], r[4], bool(r[5]), r[6]) for r in rows]
+
+
+def _token(row: Any) -> ApiToken:
+    return ApiToken(row[0], row[1], row[2], _dt(row[3]), row[4])
 
 
 def _backup(row: Any) -> Backup:

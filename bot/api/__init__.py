@@ -1,0 +1,113 @@
+"""The HTTP API: the same core services as the bot and the CLI, over HTTP (docs/api.md).
+
+An edge like the cogs: each handler parses, checks the token's permission, calls one core
+service and renders; refusals raised in the core are rendered once (bot/api/errors.py).
+Served by `peon run` beside the bot, or alone by `peon serve-api`; off unless `api:` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from bot.api.auth import AccessLogger
+from bot.api.compat import Compat
+from bot.api.errors import render_errors
+from bot.api.routes import ROUTES, Api, wrap
+
+if TYPE_CHECKING:
+    from bot.app import Services
+    from bot.automation import Automation
+    from bot.settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+API_KEY = web.AppKey("api", Api)
+DEFAULT_MAX_BODY = 65536
+
+
+def make_app(services: Services, *, automation: Automation | None = None) -> web.Application:
+    """The aiohttp application: /api/v1 (ROUTES) and the original PEON's /api/1.0."""
+    settings = services.settings.api
+    app = web.Application(
+        middlewares=[render_errors],
+        client_max_size=settings.max_body if settings else DEFAULT_MAX_BODY,
+    )
+    api = Api(services, automation=automation)
+    app[API_KEY] = api
+    for route in ROUTES:
+        # Ids are digits (a bounded number of them: SQLite's integers are 64-bit).
+        path = route.path.replace("{id}", r"{id:\d{1,18}}")
+        app.router.add_route(route.method, path, wrap(api, route), name=route.name)
+    Compat(api).add_to(app)
+
+    async def on_shutdown(app: web.Application) -> None:
+        api.closing.set()  # event streams end; their clients reconnect elsewhere or later
+
+    async def on_cleanup(app: web.Application) -> None:
+        await api.operations.close()
+
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def _tls(settings: ApiSettings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+class ApiServer:
+    """The API listening on its configured address, started and closed with its process."""
+
+    def __init__(self, services: Services, *, automation: Automation | None = None) -> None:
+        if services.settings.api is None:
+            raise ValueError("the API is not configured")
+        self.settings = services.settings.api
+        self.app = make_app(services, automation=automation)
+        self.runner = web.AppRunner(
+            self.app, access_log_class=AccessLogger, shutdown_timeout=2.0,
+            access_log=logging.getLogger("peon.api.access"),
+            handle_signals=False,
+        )  # fmt: skip
+        self.port = 0
+
+    @property
+    def api(self) -> Api:
+        return self.app[API_KEY]
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        host, port = self.settings.address
+        site = web.TCPSite(self.runner, host, port, ssl_context=_tls(self.settings))
+        await site.start()
+        self.port = self._bound_port() or port
+        scheme = "https" if self.settings.tls_cert else "http"
+        log.info("API listening on %s://%s:%s", scheme, host, self.port)
+
+    def _bound_port(self) -> int | None:
+        for addr in self.runner.addresses:
+            if isinstance(addr, tuple) and len(addr) >= 2:
+                return int(addr[1])
+        return None
+
+    async def close(self) -> None:
+        self.api.closing.set()
+        await self.runner.cleanup()
+
+
+async def serve_api(services: Services, stop: asyncio.Event) -> None:
+    """`peon serve-api`: the API without Discord, until `stop` is set."""
+    server = ApiServer(services)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
