@@ -257,6 +257,8 @@ def test_actions_scripts_come_along_as_files_in_the_actions_volume(tmp_path: Pat
     assert (cfg.when, cfg.mode, cfg.template) == ("missing", "0644", False)
     assert any(u.startswith("actions/logo.bin: not a text file") for u in result.unmapped)
     assert result.plan.title == "Valheim"  # from the recipe's README
+    titled = {**PEON_VALHEIM, "metadata": {**PEON_VALHEIM["metadata"], "title": "Valheim (PEON)"}}
+    assert import_file(recipe(tmp_path / "t", titled)).plan.title == "Valheim (PEON)"
 
 
 def test_missing_start_script_is_reported(tmp_path: Path) -> None:

@@ -78,7 +78,8 @@ def _locate(path: Path) -> tuple[Path, Path]:
 
 
 def _title(folder: Path, uid: str) -> str:
-    """The game's name: its README's heading, else the collection's plans.json, else uid."""
+    """The game's name (recipes carry no metadata.title): its README's heading, else the
+    collection's plans.json, else the uid."""
     readme = folder / "README.md"
     try:
         for line in readme.read_text(encoding="utf-8").splitlines():
@@ -357,7 +358,7 @@ def convert_peon(
     description = str(meta.get("description") or f"A PEON game server for {uid}.")
     out: dict[str, Any] = {
         "name": plan_name,
-        "title": _title(folder, uid),
+        "title": str(meta.get("title") or "").strip() or _title(folder, uid),
         "description": description,
         "image": image or str(meta["image"]),
     }
