@@ -48,8 +48,8 @@ cp /id /mnt/server/installer-id
 echo x >> /mnt/server/installs
 cat > /mnt/server/run.sh <<'EOF'
 trap 'echo saving; exit 0' TERM
-echo "game ready after $(wc -l < /data/installs) installs"
-touch /data/world
+touch /data/world || exit 3
+echo "game ready after $(wc -l < /data/installs) installs as $(id -u)"
 while :; do sleep 1; done
 EOF
 echo "install done"
@@ -102,8 +102,10 @@ def warplans(tmp_path: Path, built: tuple[str, str, str]) -> Path:
     folder = tmp_path / "warplans"
     folder.mkdir()
     server_image, installer_image, _ = built
-    for name, timeout in (("installed", 120), ("installed-quick", 3)):
+    for name, timeout in (("installed", 120), ("installed-quick", 3), ("installed-user", 120)):
         data = plan_data(name, server_image, installer_image, timeout)
+        if name == "installed-user":
+            data["user"] = "1234:1234"
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(data))
     return folder
 
@@ -169,7 +171,7 @@ async def test_create_runs_the_install_and_the_server_starts_from_what_it_instal
 
     started = await svc.servers.start("ins-ok", actor="test")
     assert not started.already_running
-    assert "game ready after 1 installs" in "\n".join(await svc.servers.logs("ins-ok"))
+    assert "game ready after 1 installs as 0" in "\n".join(await svc.servers.logs("ins-ok"))
     # Installed once: a second start does not run the script again.
     await svc.servers.stop("ins-ok", actor="test")
     await svc.servers.start("ins-ok", actor="test")
@@ -322,6 +324,26 @@ async def test_reconcile_removes_an_installer_left_by_a_dead_process(
     finally:
         with contextlib.suppress(docker.errors.NotFound):
             left.remove(force=True)
+
+
+async def test_a_plan_with_a_numeric_user_gets_the_installed_files_owned_by_it(
+    svc: Services, dclient: docker.DockerClient, built: tuple[str, str, str]
+) -> None:
+    """The script runs as root; the game runs as the plan's user and must write its world
+    among what was installed (Wings chowns before every boot for the same reason)."""
+    await svc.servers.create("installed-user", "ins-user", actor="test")
+    await svc.servers.start("ins-user", actor="test")
+    assert "game ready after 1 installs as 1234" in "\n".join(await svc.servers.logs("ins-user"))
+    volume = labels.volume_name("ins-user", "data")
+    out = dclient.containers.run(
+        built[0], ["stat", "-c", "%u:%g %n", "/v", "/v/run.sh", "/v/world"], remove=True,
+        volumes={volume: {"bind": "/v", "mode": "ro"}},
+    )  # fmt: skip
+    assert bytes(out).decode().split("\n")[:3] == [
+        "1234:1234 /v",
+        "1234:1234 /v/run.sh",
+        "1234:1234 /v/world",
+    ]
 
 
 async def wait_for_installer_line(
