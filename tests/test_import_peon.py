@@ -410,7 +410,7 @@ def test_imported_recipe_starts_with_its_actions_script(tmp_path: Path, steamcmd
         assert peon(config, "warplan", "validate", str(plans / "impgame.yaml")).returncode == 0
         r = peon(config, "server", "create", "impgame", server, "--set", "server_name=Zug")
         assert r.returncode == 0, r.stderr
-        assert f"port {port}/tcp" in r.stdout or str(port) in r.stdout
+        assert f"(ports: port {port}/tcp, port-udp {port}/udp)" in r.stdout
         r = peon(config, "server", "start", server)
         assert r.returncode == 0, r.stdout + r.stderr
         logs = ""
