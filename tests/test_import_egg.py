@@ -143,7 +143,12 @@ def egg(**changes: Any) -> dict[str, Any]:
                     },
                     "settings.json": {
                         "parser": "json",
-                        "find": {"net.port": "{{server.build.default.port}}", "net.open": True},
+                        "find": {
+                            "net.port": "{{server.build.default.port}}",
+                            "net.open": True,
+                            "worlds.*.port": "{{server.build.default.port}}",
+                            "bad..key": "x",
+                        },
                     },
                     "plain.cfg": {"parser": "file", "find": {"Port=": "Port=1"}},
                     "bungee.yml": {
@@ -370,7 +375,8 @@ def test_stop_variants(tmp_path: Path, stop: str, expect: dict[str, Any], noted:
 
 
 def test_config_files_with_panel_placeholders(tmp_path: Path) -> None:
-    plan = import_egg(write(tmp_path, egg())).plan
+    result = import_egg(write(tmp_path, egg()))
+    plan, unmapped = result.plan, result.unmapped
     files = {f.path: f for f in plan.files}
     props = files["tiny.properties"]
     assert (props.format, props.volume, props.when) == ("properties", "data", "always")
@@ -382,7 +388,12 @@ def test_config_files_with_panel_placeholders(tmp_path: Path) -> None:
         "mode": "{var:mode}",
         "keep": "{{NOT_A_PANEL_KEY}}",  # Wings leaves it as written too
     }
-    assert files["settings.json"].set == {"net.port": "{port:game}", "net.open": "true"}
+    assert files["settings.json"].set == {
+        "net.port": "{port:game}",
+        "net.open": True,  # typed, as Wings writes it
+        "worlds.*.port": "{port:game}",  # wildcards as Wings applies them
+    }
+    assert any(u.startswith("config.files.settings.json: key bad..key: ") for u in unmapped)
     assert "plain.cfg" not in files and "bungee.yml" not in files
 
 

@@ -31,6 +31,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from bot.configfiles import key_problem
 from bot.errors import WarplanError
 from bot.importers import ImportResult, dump_imported
 from bot.patterns import compile_pattern
@@ -410,15 +411,19 @@ class _Converter:
             if not rel or ".." in rel.split("/"):
                 self.note(f"{where}: the path leaves the server's directory")
                 continue
-            values: dict[str, str] = {}
+            values: dict[str, str | int | float | bool] = {}
             for key, value in spec["find"].items():
-                if "*" in key:
-                    self.note(f"{where}: key {key}: wildcard keys are not mapped")
+                problem = key_problem(fmt, key)
+                if problem is not None:
+                    self.note(f"{where}: key {key}: {problem}")
                     continue
                 if isinstance(value, dict | list):
                     self.note(f"{where}: key {key}: conditional replacements are not mapped")
                     continue
-                text = _value_text(value)
+                if isinstance(value, bool | int | float):
+                    values[key] = value  # typed, as Wings writes a JSON boolean or number
+                    continue
+                text = "" if value is None else str(value)
                 filled = self.placeholders(text, f"{where}: key {key}")
                 if filled is not None:
                     values[key] = filled
@@ -578,9 +583,3 @@ def _json_field(raw: Any) -> Any:
         except json.JSONDecodeError:
             return None
     return raw
-
-
-def _value_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "" if value is None else str(value)
