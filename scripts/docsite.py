@@ -902,6 +902,19 @@ def _project_imports(tree: ast.Module) -> set[str]:
     return {".".join(n.split(".")[:2]) for n in names if n.split(".")[0] in PACKAGES}
 
 
+def api_routes() -> str:
+    """Every /api/v1 route, from the API's own route table (bot/api/routes.py)."""
+    from bot.api.routes import ROUTES  # noqa: PLC0415 - aiohttp only for this page
+
+    rows = []
+    for r in ROUTES:
+        body = code(r.body.__name__) if r.body else ""
+        answer = "text/event-stream" if r.stream else (r.response.__name__ if r.response else "")
+        status = f"{r.status} {code(answer)}" if answer else str(r.status)
+        rows.append([code(f"{r.method} {r.path}"), text(r.summary), body, status])
+    return table(["Route", "What", "Body", "Answer"], rows)
+
+
 def library_table(source: Source) -> str:
     """Every third-party library the code imports, with the modules that import it."""
     distributions = importlib.metadata.packages_distributions()
@@ -945,6 +958,7 @@ GENERATED: dict[str, Callable[[Source], str]] = {
     "composition": composition_diagram,
     "libraries": library_table,
     "modules": module_table,
+    "api-routes": lambda _: api_routes(),
 }
 
 
