@@ -144,7 +144,7 @@ def test_cli_warplans(peon, tmp_path: Path) -> None:
     r = peon("warplan", "validate", str(bad))
     assert r.returncode == 1
     assert r.stderr == (
-        f"peon: {bad}: ports[0].container: Input should be greater than or equal to 1\n"
+        f"peon: {bad}: ports[0].container: must be between 1 and 65535 or 'host'\n"
     )
     r = peon("warplan", "schema")
     assert json.loads(r.stdout)["title"] == "PEON war plan"

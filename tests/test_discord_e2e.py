@@ -453,7 +453,7 @@ async def test_peon_status_help_and_reload(
     i = await slash(emu, ADMIN, "reload", command="peon")
     text = i.original.text() if i.original else ""
     assert "the last good version stays in force" in text
-    assert "fakegame.yaml: ports[0].container: Input should be less than or equal to 65535" in text
+    assert "fakegame.yaml: ports[0].container: must be between 1 and 65535 or 'host'" in text
     assert peon.services.warplans.get("fakegame").ports[0].container == 7777
 
 

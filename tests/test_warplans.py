@@ -64,7 +64,7 @@ def test_test_warplan_loads() -> None:
         (
             {**MINIMAL, "ports": [{"name": "g", "container": 70000}]},
             "ports[0].container",
-            "less than or equal to 65535",
+            "must be between 1 and 65535 or 'host'",
         ),
         (
             {**MINIMAL, "ports": [{"name": "g", "container": 1, "protocol": "sctp"}]},
