@@ -804,6 +804,17 @@ class ServerService:
             progress=progress,
         )
 
+    async def require_install(self, name: str) -> WarPlan:
+        """The server's plan; refused in one sentence when it has no install step."""
+        record = await self.store.get_server(name)
+        plan = self._plan_for(record)
+        if plan.install is None:
+            raise ServerStateError(
+                f"War plan '{plan.name}' has no install step, so '{name}' has nothing to "
+                "reinstall."
+            )
+        return plan
+
     async def reinstall(
         self, name: str, *, actor: str, progress: Progress | None = None
     ) -> ReinstallResult:
@@ -813,12 +824,8 @@ class ServerService:
         to restore."""
         async with self._operation(name, "reinstall", actor) as op:
             record = await self.store.get_server(name)
-            plan = self._plan_for(record)
-            if plan.install is None:
-                raise ServerStateError(
-                    f"War plan '{plan.name}' has no install step, so '{name}' has nothing to "
-                    "reinstall."
-                )
+            plan = await self.require_install(name)
+            assert plan.install is not None  # noqa: S101 - checked just above
             driver = self.driver_of(record)
             # The installer image first: a pull that fails leaves the server as it was.
             await self._ensure_image(driver, plan.install.image, name, progress)

@@ -639,15 +639,49 @@ class ServersCog(commands.Cog, name="ServersCog"):
             undone=self.confirm_texts(kind, name)[1],
         )
 
+    @server.command(
+        name="reinstall", description="Run the war plan's install step again (asks to confirm)"
+    )
+    @app_commands.autocomplete(name=server_autocomplete)
+    async def reinstall(self, interaction: discord.Interaction[Any], name: str) -> None:
+        self.access.check(interaction, "reinstall", name)
+        await self._precheck(name)
+        plan = await self.servers.require_install(name)
+        backup = " and backs it up" if any(v.backup for v in plan.volumes) else ""
+        embed = Embed(
+            title=f"Reinstall {name}?",
+            description=f"<@{interaction.user.id}>, confirm running the install step of "
+            f"**{name}** again: it stops the server{backup}, and the script may overwrite its "
+            f"files. This expires in {self.confirm_timeout} s.",
+            colour=discord.Colour.orange(),
+        )
+        await ask_confirmation(
+            interaction,
+            kind="reinstall",
+            arg=name,
+            label="Reinstall",
+            embed=embed,
+            timeout=self.confirm_timeout,
+            undone=self.confirm_texts("reinstall", name)[1],
+        )
+
     # Confirmable: the prompt's buttons come back here, also after a restart.
-    confirm_kinds = ("delete", "purge", "purgekept")
+    confirm_kinds = ("delete", "purge", "purgekept", "reinstall")
 
     def confirm_texts(self, kind: str, arg: str) -> tuple[str, str]:
+        if kind == "reinstall":
+            return f"Reinstalling {arg}…", f"**{arg}** was not reinstalled"
         if kind == "purgekept":
             return f"Deleting the data kept from {arg}…", f"the data kept from **{arg}** stays"
         return f"Deleting {arg}…", f"**{arg}** was not deleted"
 
     async def confirmed(self, interaction: discord.Interaction[Any], kind: str, arg: str) -> str:
+        if kind == "reinstall":
+            self.access.check(interaction, "reinstall", arg)  # roles may have changed since
+            done = await self.servers.reinstall(arg, actor=actor(interaction))
+            backup = f" after backup #{done.backup_id}" if done.backup_id is not None else ""
+            again = " It was running and is ready again." if done.restarted else ""
+            return f"Reinstalled **{arg}** in {done.seconds:.0f} s{backup}.{again}"
         self.access.check(interaction, "delete", arg)  # roles may have changed since
         if kind == "purgekept":
             await self.servers.purge_kept(arg, actor=actor(interaction))
