@@ -28,8 +28,18 @@ from bot import labels
 from bot.app import Services
 from bot.errors import InstallFailed
 from bot.models import Phase, ProgressEvent, ServerState
-from tests.conftest import ROOT, config_file, make_settings, services_for
+from tests.conftest import (
+    ADMIN,
+    OPERATOR,
+    ROOT,
+    config_file,
+    make_settings,
+    peon,
+    services_for,
+)
+from tests.discord_emulator import DiscordEmulator
 from tests.images import Images
+from tests.test_discord_e2e import answer, bot_settings, refusal, running_bot, slash, until
 
 pytestmark = pytest.mark.docker
 
@@ -305,6 +315,14 @@ async def test_a_cli_killed_mid_reinstall_installs_again_at_the_next_start(
     assert steps.index("installing") < steps.index("starting")
     assert "game ready after 2 installs" in "\n".join(await svc.servers.logs("ins-kill"))
 
+    # The CLI shows the whole log of the last run, and wants a confirmation to reinstall.
+    shown = await asyncio.to_thread(peon, config, "server", "install-log", "ins-kill")
+    assert shown.returncode == 0 and ": ok, " in shown.stderr
+    assert shown.stdout.splitlines()[-1] == "install done" and "admin ••••••" in shown.stdout
+    refused = await asyncio.to_thread(peon, config, "server", "reinstall", "ins-kill")
+    assert refused.returncode == 1
+    assert refused.stderr == "peon: Refusing to reinstall without confirmation: pass --yes.\n"
+
 
 async def test_reconcile_removes_an_installer_left_by_a_dead_process(
     svc: Services, dclient: docker.DockerClient, built: tuple[str, str, str]
@@ -360,3 +378,34 @@ async def wait_for_installer_line(
                 return
         await asyncio.sleep(0.2)
     raise AssertionError(f"no installer printed {line!r}")
+
+
+async def test_discord_reinstall_asks_to_confirm_and_refuses_ephemerally(
+    tmp_path: Path, warplans: Path, built: tuple[str, str, str], emu: DiscordEmulator
+) -> None:
+    plain = plan_data("plain", built[0], built[1], 60)
+    del plain["install"]
+    (warplans / "plain.yaml").write_text(yaml.safe_dump(plain))
+    settings = bot_settings(tmp_path, emu).model_copy(update={"warplans_dir": warplans})
+    async with running_bot(settings, emu) as bot:
+        servers = bot.services.servers
+        await servers.create("installed", "ins-dc", actor="test")
+        await servers.create("plain", "ins-plain", actor="test")
+        # Refusals come at once, ephemeral, before any prompt.
+        i = await slash(emu, OPERATOR, "reinstall", name="ins-dc")
+        assert refusal(i) == "You need the PEON admin role to reinstall servers."
+        i = await slash(emu, ADMIN, "reinstall", name="ins-plain")
+        assert refusal(i) == (
+            "War plan 'plain' has no install step, so 'ins-plain' has nothing to reinstall."
+        )
+        i = await slash(emu, ADMIN, "reinstall", name="ins-dc")
+        prompt = i.original
+        assert prompt is not None and "Reinstall ins-dc?" in prompt.text()
+        assert "backs it up" in prompt.text()
+        ok = await emu.click(ADMIN, prompt, answer(prompt))
+        await ok.wait_done()
+        await until(emu, lambda: "Reinstalled **ins-dc**" in emu.message(prompt.id).text())
+        (backup,) = await servers.store.list_backups("ins-dc")
+        assert f"after backup #{backup.id}." in emu.message(prompt.id).text()
+        run = await servers.installs.last("ins-dc")
+        assert run.installed and run.started_at > backup.created_at
