@@ -28,7 +28,7 @@ from bot.importers import detect, import_file
 from bot.importers.egg import import_egg
 from bot.ports import choose_ports
 from bot.warplans import load_warplan, parse_warplan
-from tests.conftest import make_settings, services_for
+from tests.conftest import config_file, make_settings, peon, services_for
 from tests.engine import busybox_binary
 
 
@@ -496,7 +496,7 @@ def egg_images(engine: None) -> Iterator[tuple[str, str]]:
 def engine_egg(server_image: str, installer_image: str) -> dict[str, Any]:
     return egg(
         name="Egg Engine Game",
-        docker_images={"Busybox": server_image, "Other": "ghcr.io/example/none:1"},
+        docker_images={"Other": "ghcr.io/example/none:1", "Busybox": server_image},
         startup="./start.sh {{GREETING}}",
         config={
             "files": json.dumps(
@@ -539,13 +539,20 @@ async def test_an_imported_egg_installs_starts_twice_side_by_side_and_leaves_not
     tmp_path: Path, egg_images: tuple[str, str], dclient: docker.DockerClient
 ) -> None:
     server_image, installer_image = egg_images
-    result = import_file(
-        write(tmp_path, engine_egg(server_image, installer_image)), name="egg-engine"
-    )
+    source = write(tmp_path, engine_egg(server_image, installer_image))
     folder = tmp_path / "warplans"
     folder.mkdir()
-    (folder / "egg-engine.yaml").write_text(result.yaml_text)
     settings = make_settings(tmp_path, warplans_dir=folder)
+    config = config_file(settings, tmp_path / "peon.yaml")
+    # `peon warplan import`, as a user runs it: a wrong image is refused in one sentence
+    # and writes nothing; the image is chosen by its label.
+    r = peon(config, "warplan", "import", str(source), "--image", "Nightly", "--name", "egg-engine")
+    assert r.returncode != 0 and "docker_images: has no image 'Nightly'" in r.stderr
+    assert list(folder.iterdir()) == []
+    r = peon(config, "warplan", "import", str(source), "--image", "Busybox", "--name", "egg-engine")
+    assert r.returncode == 0, r.stderr
+    assert "not mapped: docker_images: also Other (ghcr.io/example/none:1)" in r.stderr
+    assert (folder / "egg-engine.yaml").is_file()
     async with services_for(settings) as svc:
         assert svc.warplans.get("egg-engine").image == server_image
         records = []
