@@ -25,7 +25,7 @@ from bot.api.operations import Operations, Progress
 from bot.errors import PeonError, ServerBusy, ServerExists, ShuttingDown
 from bot.events import Event
 from bot.models import ApiToken, Backup, Schedule, ServerRecord
-from bot.permissions import Level
+from bot.permissions import ACTIONS, Level, PermissionDenied
 from bot.servers import ServerSummary, validate_name
 from bot.tokens import TokenService, check_token, token_level
 from bot.warplans import change_variables, resolve_variables
@@ -533,7 +533,7 @@ class Api:
         server, full = self._event_scope(request)
         store = self.services.store
         raw = request.headers.get("Last-Event-ID")
-        if raw is not None and not raw.isdigit():
+        if raw is not None and not (raw.isdigit() and len(raw) <= 18):
             raise ApiError(422, "invalid_header", "Last-Event-ID must be an event id.")
         if raw is not None:
             position = int(raw)
@@ -572,6 +572,16 @@ class Api:
                 quiet_since = loop.time()
             await store.wait_for_events(SSE_POLL, seen)
 
+    async def whoami(self, request: web.Request) -> web.Response:
+        token = self.token(request)
+        may = []
+        for action in ACTIONS:
+            with contextlib.suppress(PermissionDenied):
+                check_token(token, action, token.server,
+                            players_can_start=self.players_can_start)  # fmt: skip
+                may.append(action)
+        return _json(m.TokenOut(name=token.name, role=token.role, server=token.server, may=may))
+
     async def openapi(self, request: web.Request) -> web.Response:
         from bot.api.openapi import document  # noqa: PLC0415 - built on first request
 
@@ -581,6 +591,8 @@ class Api:
 Q_SERVER = ("server", "string", "Only this server's.")
 ROUTES: list[Route] = [
     Route("GET", "/api/v1/openapi.json", "openapi", "This document", public=True),
+    Route("GET", "/api/v1/token", "whoami", "The calling token and what it may do",
+          response=m.TokenOut),
     Route("GET", "/api/v1/servers", "list_servers", "List servers", response=m.ServerList),
     Route("POST", "/api/v1/servers", "create_server", "Create a server from a war plan",
           body=m.ServerCreate, response=m.OperationAccepted, status=202),
