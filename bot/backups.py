@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -508,9 +509,14 @@ class BackupService:
         fresh = await self.servers.recreate_held(name, [v.name for v in b.volumes])
         driver = self.servers.driver_of(await self.store.get_server(name))
         for v in b.volumes:
-            parent = str(PurePosixPath(v.path).parent)
-            reader = await asyncio.to_thread(_reader_at_start, files[v.name])
-            await driver.write_archive(fresh.id, parent, reader)
+            # Into the new volume's directory when the engine is local (checked like a
+            # backup's reading, and root for the owners), else through the engine.
+            volume = labels.volume_name(name, v.name)
+            source = await volume_io.locate(driver, fresh.id, volume, v.path)
+            source = await volume_io.unpack(
+                driver, fresh.id, source, functools.partial(_reader_at_start, files[v.name])
+            )
+            log.info("restore of %s: volume %s %s", name, v.name, source.describe("written"))
         await self.store.set_restoring(name, None)
 
     async def _finish_restore(self, name: str, marker: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import stat
 import tarfile
 import threading
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from bot.docker_driver import DockerDriver
 
@@ -60,9 +61,9 @@ class Source:
     def direct(self) -> bool:
         return self.mountpoint is not None
 
-    def describe(self) -> str:
+    def describe(self, verb: str = "read") -> str:
         if self.mountpoint is not None:
-            return "read directly"
+            return f"{verb} directly"
         return f"through the engine ({self.reason})"
 
     def engine(self, reason: str) -> Source:
@@ -266,3 +267,163 @@ def _copy(
         left -= n
     if size % BLOCK:
         emit(bytes(BLOCK - size % BLOCK))
+
+
+# --- writing a volume back ------------------------------------------------------------------
+
+
+class NotDirect(Exception):
+    """An archive this side does not write itself (an unusual layout); str() says what, and
+    the caller lets the engine write it instead."""
+
+
+def can_write(mountpoint: Path) -> str:
+    """Why PEON cannot write a restore straight into this (new) volume directory; "" if
+    it can: it must be root (owners are restored as numbers) and find the directory empty
+    (the engine fills a new volume with the image's files at its path; over those, the
+    engine's extraction is the reference)."""
+    if os.geteuid() != 0:
+        return "PEON is not root, so it cannot give files their owners"
+    try:
+        if os.listdir(mountpoint):
+            return "the new volume already holds the image's files"
+    except OSError as e:
+        return f"{mountpoint} cannot be read here ({e.strerror})"
+    return ""
+
+
+async def unpack(
+    driver: DockerDriver, cid: str, source: Source, open_reader: Callable[[], BinaryIO]
+) -> Source:
+    """Write a verified tar of the volume (from `open_reader()`, a new reader at the start of
+    the archive) into the volume: into its directory when `source` is direct and that
+    directory is fit for it, else through the engine (put_archive into the path's parent).
+    Returns how it was written."""
+    if source.mountpoint is not None:
+        mountpoint = source.mountpoint
+        why = await asyncio.to_thread(can_write, mountpoint)
+        if not why:
+            reader = await asyncio.to_thread(open_reader)
+            try:
+                await asyncio.to_thread(
+                    write_back, reader, mountpoint, PurePosixPath(source.path).name
+                )
+                return source
+            except NotDirect as e:
+                why = str(e)
+                # Only what this restore wrote is there (the directory was empty): the
+                # engine starts again from an empty volume.
+                await asyncio.to_thread(_empty, mountpoint)
+        source = source.engine(why)
+    reader = await asyncio.to_thread(open_reader)
+    await driver.write_archive(cid, str(PurePosixPath(source.path).parent), reader)
+    return source
+
+
+def write_back(reader: BinaryIO, root: Path, top: str) -> int:
+    """Extract a tar of the volume (verified before: see bot.backups.check_members) into its
+    empty directory `root`, as the engine's extraction would: numeric owners, modes with
+    setuid/setgid/sticky, mtimes, symlinks, hard links, file capabilities. Returns members.
+
+    Never writes through a link: every member's parent must be a directory this call made
+    (the engine's archives list a directory before what it holds), every name is created
+    new (O_EXCL, O_NOFOLLOW), and a hard link's target must be a file this call made. Any
+    archive that does not fit these rules raises NotDirect before anything is written
+    outside `root` (nothing ever is)."""
+    dirs: dict[str, int] = {top: 0}  # directories made -> their mtime, set once all is in
+    made: set[str] = set()  # files and links made (a hard link may name only those)
+    count = 0
+    buf = bytearray(CHUNK)
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            for m in tar:
+                count += 1
+                parts = PurePosixPath(m.name).parts
+                name = "/".join(parts)
+                if parts == (top,) and m.isdir():
+                    _own(root_fd, m, None)
+                    dirs[top] = int(m.mtime)
+                    continue
+                parent = "/".join(parts[:-1])
+                if len(parts) < 2 or parts[0] != top or parent not in dirs:
+                    raise NotDirect(f"the archive lists {m.name[:120]} before its directory")
+                if name in dirs or name in made:
+                    raise NotDirect(f"the archive lists {m.name[:120]} twice")
+                rel = os.path.join(*parts[1:])
+                _make(root_fd, rel, m, tar=tar, buf=buf, made=made)
+                if m.isdir():
+                    dirs[name] = int(m.mtime)
+                else:
+                    made.add(name)
+        # Directory times last (writing inside one changes its time), deepest first.
+        for name in sorted(dirs, key=lambda n: n.count("/"), reverse=True):
+            rel = os.path.join(*PurePosixPath(name).parts[1:]) if name != top else "."
+            os.utime(rel, ns=(dirs[name] * 10**9,) * 2, dir_fd=root_fd, follow_symlinks=False)
+    except tarfile.TarError as e:
+        raise NotDirect(f"the archive could not be read here ({e})") from None
+    finally:
+        os.close(root_fd)
+    return count
+
+
+def _make(
+    root_fd: int,
+    rel: str,
+    m: tarfile.TarInfo,
+    *,
+    tar: tarfile.TarFile,
+    buf: bytearray,
+    made: set[str],
+) -> None:
+    times = (int(m.mtime) * 10**9,) * 2
+    if m.isdir():
+        os.mkdir(rel, 0o700, dir_fd=root_fd)
+        fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root_fd)
+        try:
+            _own(fd, m, None)
+        finally:
+            os.close(fd)
+    elif m.isfile():
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(rel, flags, 0o600, dir_fd=root_fd)
+        try:
+            src = tar.extractfile(m)
+            view = memoryview(buf)
+            while src is not None and (n := src.readinto(buf)):  # type: ignore[attr-defined]
+                os.write(fd, view[:n])
+            _own(fd, m, times)
+        finally:
+            os.close(fd)
+    elif m.issym():
+        os.symlink(m.linkname, rel, dir_fd=root_fd)
+        os.chown(rel, m.uid, m.gid, dir_fd=root_fd, follow_symlinks=False)
+        os.utime(rel, ns=times, dir_fd=root_fd, follow_symlinks=False)
+    elif m.islnk():
+        target = "/".join(PurePosixPath(m.linkname).parts)
+        if target not in made:
+            raise NotDirect(f"the hard link {m.name[:120]} names no file made before it")
+        source = os.path.join(*PurePosixPath(target).parts[1:])
+        os.link(source, rel, src_dir_fd=root_fd, dst_dir_fd=root_fd, follow_symlinks=False)
+    else:
+        raise NotDirect(f"{m.name[:120]} is a special file")
+
+
+def _own(fd: int, m: tarfile.TarInfo, times: tuple[int, int] | None) -> None:
+    """Owner first (a chown clears setuid bits and capabilities), then mode, capability."""
+    os.fchown(fd, m.uid, m.gid)
+    os.fchmod(fd, m.mode & 0o7777)
+    cap = m.pax_headers.get(f"SCHILY.xattr.{CAPABILITY}")
+    if cap:
+        os.setxattr(fd, CAPABILITY, cap.encode("utf-8", "surrogateescape"))
+    if times is not None:
+        os.utime(fd, ns=times)
+
+
+def _empty(root: Path) -> None:
+    """Remove everything below `root` (never following links), keeping `root` itself."""
+    for entry in os.scandir(root):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ import zstandard
 
 from bot import labels
 from bot.app import Services
-from bot.volumes import _ns, _why_not_here, locate, stream, write_tar
+from bot.volumes import NotDirect, _ns, _why_not_here, locate, stream, write_back, write_tar
 from tests.conftest import ROOT, make_settings, services_for
 
 NOBODY = 65534
@@ -161,8 +162,9 @@ async def test_direct_reading_gives_the_engines_archive_and_a_fallback_when_unre
 
 @pytest.mark.docker
 async def test_a_backup_read_directly_restores_owners_modes_and_links(
-    shared_dir: Path, fakegame: str
+    shared_dir: Path, fakegame: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="bot.backups")
     settings = make_settings(shared_dir)
     name = "dvb-restore"
     async with services_for(settings) as svc:
@@ -186,6 +188,8 @@ async def test_a_backup_read_directly_restores_owners_modes_and_links(
         assert code == 0, out
         await svc.backups.restore(name, made.id, actor="test")
         assert await svc.servers.is_running(name)
+        # As root on the engine's machine the restore writes into the new volume directly.
+        assert f"restore of {name}: volume world written directly" in caplog.text
         await svc.servers.stop(name, actor="test")
         info = await svc.servers.container_of(await svc.store.get_server(name))
         assert info is not None
@@ -245,3 +249,69 @@ def test_a_directory_is_taken_for_the_engines_only_when_its_times_match(tmp_path
     assert "is not the engine's" in _why_not_here(tmp_path, other)
     assert "cannot be read here" in _why_not_here(tmp_path / "gone", text)
     assert _ns("2026-12-02T16:16:17.5+01:00") == _ns("2026-12-02T15:16:17.500000000Z")
+
+
+def tar_of(*members: tuple[str, bytes, str]) -> io.BytesIO:
+    """A tar of (name, type, link) members, files holding b"x"."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, kind, link in members:
+            m = tarfile.TarInfo(name)
+            m.type, m.linkname = kind, link
+            m.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+            if kind == tarfile.REGTYPE:
+                m.size = 1
+                tar.addfile(m, io.BytesIO(b"x"))
+            else:
+                tar.addfile(m)
+    buf.seek(0)
+    return buf
+
+
+D, F, S, H = tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
+
+# Archives check_members lets through (every link's text stays inside the volume) that
+# could still write outside it if followed: writing back never goes through a link.
+THROUGH_LINKS = {
+    "a file below a symlink": [("data", D, ""), ("data/l", S, "."), ("data/l/x", F, "")],
+    "a symlink's name again": [("data", D, ""), ("data/l", S, "x"), ("data/l", F, "")],
+    "a hard link to a symlink's path": [
+        ("data", D, ""), ("data/q", S, "."), ("data/h", H, "data/q/x")],
+    "a file before its directory": [("data", D, ""), ("data/sub/x", F, "")],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(THROUGH_LINKS))
+def test_writing_back_never_goes_through_a_link(tmp_path: Path, case: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("writes owners, which needs root")
+    root = tmp_path / "vol" / "_data"
+    root.mkdir(parents=True)
+    with pytest.raises(NotDirect):
+        write_back(tar_of(*THROUGH_LINKS[case]), root, "data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vol"]
+    assert [p.name for p in (tmp_path / "vol").iterdir()] == ["_data"]
+
+
+def test_a_tree_written_back_reads_as_the_same_archive(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("writes owners, which needs root")
+    src = tmp_path / "src"
+    (src / "sub" / "deep").mkdir(parents=True)
+    (src / "owned").write_bytes(os.urandom(3 * (1 << 20) + 7))
+    os.chown(src / "owned", 1000, 1001)
+    (src / "owned").chmod(0o640)
+    os.link(src / "owned", src / "hard")
+    (src / "sym").symlink_to("owned")
+    (src / "sub" / "up").symlink_to("../owned")
+    (src / "sub").chmod(0o4755)
+    os.utime(src / "sub" / "deep", (981173106, 981173106))
+    first = io.BytesIO()
+    write_tar(src, "data", first)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    first.seek(0)
+    assert write_back(first, dst, "data") == 7
+    again = io.BytesIO()
+    write_tar(dst, "data", again)
+    assert members(again.getvalue()) == members(first.getvalue())
