@@ -22,6 +22,7 @@ import yaml
 import bot.watch
 from bot.app import Services
 from bot.client import DESCRIPTION_MAX, DiscordNotifier
+from bot.fanout import Fanout
 from bot.hang import Hang, HangTracker, Probe, answers, describe, probe_for, tcp_answers
 from bot.models import ContainerInfo, PortBinding, ServerRecord, ServerState
 from bot.settings import CrashSettings
@@ -186,6 +187,7 @@ class _FakeServers:
         ]  # fmt: skip
         self.store = self
         self.started = now - timedelta(hours=1)
+        self.fanout = Fanout(total=4, per_host=4, deadline=60)
 
     async def list_servers(self) -> list[ServerRecord]:
         return self.records
