@@ -98,6 +98,11 @@ def ini_key(key: str) -> tuple[str | None, str]:
 
 def key_problem(fmt: str, key: str) -> str | None:
     """Why `key` cannot name a value in a file of format `fmt`, or None."""
+    if fmt == "lines":
+        # The start of the line as written, spaces included ("sv_port ", "Port=").
+        if not key or any(c in key for c in "\r\n\0"):
+            return "must be the non-empty start of a line, without line breaks"
+        return None
     if not key or key != key.strip() or any(c in key for c in "\r\n\0"):
         return "must be a non-empty key without surrounding spaces or line breaks"
     if fmt == "ini":
@@ -448,12 +453,29 @@ def _append(parent: ET.Element, tag: str) -> ET.Element:
     return child
 
 
+def merge_lines(text: str, values: Mapping[str, tuple[Value, bool]]) -> str:
+    """Pterodactyl's `file` parser (parser.go parseTextFile): every line that starts with a
+    key becomes that key's value, whole; other lines stay, and no line is added."""
+    out = []
+    for line in text.split("\n"):
+        hit = next((v for start, (v, _attr) in values.items() if line.startswith(start)), None)
+        out.append(line if hit is None else _lines_text(hit))
+    return "\n".join(out)
+
+
+def _lines_text(value: Value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 MERGERS: dict[str, Callable[[str, Mapping[str, tuple[Value, bool]]], str]] = {
     "properties": merge_properties,
     "ini": merge_ini,
     "json": merge_json,
     "yaml": merge_yaml,
     "xml": merge_xml,
+    "lines": merge_lines,
 }
 
 

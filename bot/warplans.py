@@ -47,7 +47,7 @@ _TEMPLATE_LIKE = re.compile(r"\{(port|var|env):([^{}]*)\}")  # to refuse misspel
 # A user's value fills only these: a typed {var:...} must never reveal another (secret) value.
 _USER_TEMPLATE = re.compile(r"\{(server|port:[a-z0-9-]+)\}")
 MIB = 1024**2
-FILE_FORMATS = ("text", "properties", "ini", "json", "yaml", "xml")
+FILE_FORMATS = ("text", "properties", "ini", "json", "yaml", "xml", "lines")
 GENERATED_BYTES = 18  # a generated secret: 24 URL-safe characters
 _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n"}
@@ -225,8 +225,8 @@ class FileSpec(_Model):
     def _fits(self) -> FileSpec:
         if self.format == "text":
             if self.set is not None:
-                raise ValueError("'set' applies to properties, ini, json, yaml and xml; a text "
-                                 "file takes 'content'")  # fmt: skip
+                raise ValueError("'set' applies to properties, ini, json, yaml, xml and lines; "
+                                 "a text file takes 'content'")  # fmt: skip
             if self.content is None:
                 raise ValueError("a text file needs 'content'")
             return self
