@@ -23,6 +23,7 @@ import docker.errors
 import pytest
 
 from bot import labels
+from bot.configfiles import key_problem, merge_lines
 from bot.errors import PortUnavailable, WarplanError
 from bot.importers import detect, import_file
 from bot.importers.egg import import_egg
@@ -150,7 +151,11 @@ def egg(**changes: Any) -> dict[str, Any]:
                             "bad..key": "x",
                         },
                     },
-                    "plain.cfg": {"parser": "file", "find": {"Port=": "Port=1"}},
+                    "plain.cfg": {
+                        "parser": "file",
+                        "find": {"Port=": "Port={{server.build.default.port}}", "  Name ": "x"},
+                    },
+                    "odd.toml": {"parser": "toml", "find": {"port": "1"}},
                     "bungee.yml": {
                         "parser": "yaml",
                         "find": {"listeners[0].host": "{{config.docker.interface}}:25577"},
@@ -237,7 +242,7 @@ def test_a_v2_egg_becomes_a_plan_that_runs_its_startup_in_the_image(tmp_path: Pa
     assert plan.stop.console == "quit" and plan.stdin_open
     # What the plan cannot say is listed, one line each.
     assert any(line.startswith("docker_images: also Beta") for line in result.unmapped)
-    assert any("plain.cfg: parser 'file'" in line for line in result.unmapped)
+    assert "config.files.odd.toml: parser 'toml' is not one Wings knows" in result.unmapped
     assert any("{{config.docker.interface}} has no PEON counterpart" in u for u in result.unmapped)
     # The YAML written for the user loads back as the same plan.
     out = tmp_path / f"{plan.name}.yaml"
@@ -394,7 +399,21 @@ def test_config_files_with_panel_placeholders(tmp_path: Path) -> None:
         "worlds.*.port": "{port:game}",  # wildcards as Wings applies them
     }
     assert any(u.startswith("config.files.settings.json: key bad..key: ") for u in unmapped)
-    assert "plain.cfg" not in files and "bungee.yml" not in files
+    # Wings' `file` parser: a line that starts with the key becomes the value, whole.
+    assert (files["plain.cfg"].format, files["plain.cfg"].set) == (
+        "lines",
+        {"Port=": "Port={port:game}", "  Name ": "x"},
+    )
+    assert "odd.toml" not in files and "bungee.yml" not in files
+
+
+def test_lines_replace_whole_lines_by_their_start_and_add_none() -> None:
+    text = "Name=a\nPort=7777\n# Port=comment\n  Port=indented\nPort\n"
+    merged = merge_lines(text, {"Port=": ("Port=9000", False), "Name": (True, False)})
+    assert merged == "true\nPort=9000\n# Port=comment\n  Port=indented\nPort\n"
+    assert merge_lines("", {"Port=": ("Port=1", False)}) == ""
+    assert key_problem("lines", "  sv_port ") is None
+    assert key_problem("lines", "a\nb") is not None and key_problem("lines", "") is not None
 
 
 def test_install_script(tmp_path: Path) -> None:
@@ -453,7 +472,7 @@ cd /mnt/server
 echo "installing greeting=$GREETING port=$SERVER_PORT"
 cat > start.sh <<'GAME'
 #!/bin/sh
-echo "boot uid=$(id -u) greeting=$1"
+echo "boot uid=$(id -u) greeting=$1 cfg=$(grep Port= game.cfg) $(grep keep game.cfg)"
 echo played >> world.txt
 mkdir -p www && cp tiny.properties www/
 httpd -f -p "$SERVER_PORT" -h /home/container/www &
@@ -463,6 +482,7 @@ while read -r line; do
 done
 GAME
 chmod +x start.sh
+printf 'Port=1\n# keep me\n' > game.cfg
 echo installed > world.txt
 exit 0
 """
@@ -508,7 +528,11 @@ def engine_egg(server_image: str, installer_image: str) -> dict[str, Any]:
                             "memory": "{{server.build.memory}}",
                             "greeting": "{{server.build.env.GREETING}}",
                         },
-                    }
+                    },
+                    "game.cfg": {
+                        "parser": "file",
+                        "find": {"Port=": "Port={{server.build.default.port}}"},
+                    },
                 }
             ),
             "startup": json.dumps({"done": "Tiny server ready on port"}),
@@ -573,7 +597,7 @@ async def test_an_imported_egg_installs_starts_twice_side_by_side_and_leaves_not
         for name, ports, greeting in (("egg-one", one, "hi"), ("egg-two", two, "yo")):
             port = ports["game"].host
             logs = "\n".join(await svc.servers.logs(name))
-            assert "boot uid=1000 greeting=" + greeting in logs
+            assert f"boot uid=1000 greeting={greeting} cfg=Port={port} # keep me" in logs
             assert f"Tiny server ready on port {port} with 4096 MiB" in logs
             # The game announces the number players reach, and answers on it.
             url = f"http://127.0.0.1:{port}/tiny.properties"

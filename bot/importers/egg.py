@@ -48,7 +48,7 @@ READY_TIMEOUT = 900  # many yolks update the game (steamcmd) in the entrypoint, 
 INSTALL_TIMEOUT = 3600  # installers download whole games
 STOP_GRACE = 60
 FORMATS = {"properties": "properties", "ini": "ini", "json": "json", "yaml": "yaml",
-           "yml": "yaml", "xml": "xml"}  # fmt: skip
+           "yml": "yaml", "xml": "xml", "file": "lines"}  # fmt: skip
 _SECRETISH = re.compile(r"PASS|PASSWORD|_PW$|PWD|TOKEN|SECRET|GSLT|API_?KEY|AUTH", re.I)
 _PORTISH = re.compile(r"(^|_)PORT$")
 _PLACEHOLDER = re.compile(r"\{\{([\w.-]*)\}\}")
@@ -404,8 +404,7 @@ class _Converter:
             parser = str(spec.get("parser") or "")
             fmt = FORMATS.get(parser)
             if fmt is None:
-                self.note(f"{where}: parser '{parser}' (replace lines by their start) is not "
-                          "mapped; the file is left as the game writes it")  # fmt: skip
+                self.note(f"{where}: parser '{parser}' is not one Wings knows")
                 continue
             rel = path.strip().lstrip("/").removeprefix("./")
             if not rel or ".." in rel.split("/"):
