@@ -518,6 +518,7 @@ class BackupService:
             )
             log.info("restore of %s: volume %s %s", name, v.name, source.describe("written"))
         await self.store.set_restoring(name, None)
+        await self.servers.installs.restored(name, b.id)  # installed again if it was then
 
     async def _finish_restore(self, name: str, marker: dict[str, Any]) -> None:
         """A restore whose process died while writing: write the backup it restored from

@@ -38,6 +38,7 @@ _quiet = functools.partial(quietly, what="installer cleanup", logger=log)
 
 INSTALL_LOG_MAX = 512 * 1024  # characters of the installer's log kept (its end)
 LOG_TAIL_ON_FAILURE = 20  # lines shown with a refusal
+_BACKUP_KEY = "install.backup.{}"  # meta: the safety backup of an installed server
 PROGRESS_EVERY = 1.0  # seconds between progress lines taken from the installer's log
 PROGRESS_LINE_MAX = 200
 EXIT_WAIT = 30.0  # seconds the engine may take to report the exit once the log has ended
@@ -129,6 +130,20 @@ class InstallService:
             return False
         record = await self.store.get_install(name)
         return record is not None and not record.installed
+
+    async def remember_backup(self, name: str, plan: WarPlan, backup_id: int) -> None:
+        """Note a safety backup taken while the server was installed (or had nothing to
+        install): restoring exactly that backup makes the server installed again."""
+        record = await self.store.get_install(name)
+        if record is None or record.installed:
+            await self.store.set_meta(_BACKUP_KEY.format(name), str(backup_id))
+
+    async def restored(self, name: str, backup_id: int) -> None:
+        """A backup was written back: the one taken before a reinstall, while the server was
+        installed, brings back installed files, so its next start does not install again
+        (the refusal of a failed reinstall names that backup to restore)."""
+        if await self.store.get_meta(_BACKUP_KEY.format(name)) == str(backup_id):
+            await self.store.mark_installed(name)
 
     async def last(self, name: str) -> InstallRecord:
         """The server's last install run; ServerStateError when it never had one."""

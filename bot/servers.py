@@ -840,6 +840,8 @@ class ServerService:
                 await _emit(progress, Phase(name, "backing up"))
                 backup = await self.backup_hook(name, actor, "before-reinstall")
                 backup_id = getattr(backup, "id", None)
+                if backup_id is not None:
+                    await self.installs.remember_backup(name, plan, backup_id)
             op.payload["backup"] = backup_id
             try:
                 result = await self._install(record, plan, actor, progress)

@@ -715,6 +715,10 @@ class Store:
             (int(ok), int(ok), exit_code, seconds, log, _ts(utcnow()), server),
         )
 
+    async def mark_installed(self, server: str) -> None:
+        """Installed again without a run (its data came back from a backup of that state)."""
+        await self._write("UPDATE installs SET installed = 1 WHERE server = ?", (server,))
+
     async def get_install(self, server: str) -> InstallRecord | None:
         row = await (
             await self.db.execute(
