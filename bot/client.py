@@ -888,7 +888,11 @@ class PeonBot(commands.Bot):
         if self.settings.api is not None:
             # Last: every consumer runs, and the API's schedule routes go through automation.
             self.api_server = ApiServer(self.services, automation=self.automation)
-            await self.api_server.start()
+            try:
+                await self.api_server.start()
+            except PeonError as e:  # its address taken, its TLS files unreadable
+                self.api_server = None
+                raise StartupError(str(e)) from None
 
     # --- /peon reload -----------------------------------------------------------------------
 

@@ -722,3 +722,20 @@ async def test_serve_api_serves_alone_and_stops_on_sigterm(tmp_path: Path, fakeg
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_serve_api_on_a_taken_address_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = make_settings(tmp_path, api=ApiSettings(listen=f"127.0.0.1:{port}"))
+        cfg = config_file(settings, tmp_path / "peon.yaml")
+        ran = peon(cfg, "serve-api")
+    assert ran.returncode == 1
+    assert ran.stderr.strip().splitlines()[-1] == (
+        f"peon: The API cannot listen on 127.0.0.1:{port}: address already in use."
+    )
+    assert "Traceback" not in ran.stderr
+    off = peon(config_file(make_settings(tmp_path), tmp_path / "off.yaml"), "serve-api")
+    assert off.returncode == 1 and "The API is off" in off.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from typing import TYPE_CHECKING
 
@@ -16,8 +17,10 @@ from aiohttp import web
 
 from bot.api.auth import AccessLogger
 from bot.api.compat import Compat
+from bot.api.dashboard import add_dashboard
 from bot.api.errors import render_errors
 from bot.api.routes import ROUTES, Api, wrap
+from bot.errors import PeonError
 
 if TYPE_CHECKING:
     from bot.app import Services
@@ -27,6 +30,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 API_KEY = web.AppKey("api", Api)
+
+
+class ApiUnavailable(PeonError):
+    """The API cannot be served as configured (its address is taken, its TLS files)."""
+
+
 DEFAULT_MAX_BODY = 65536
 
 
@@ -44,6 +53,7 @@ def make_app(services: Services, *, automation: Automation | None = None) -> web
         path = route.path.replace("{id}", r"{id:\d{1,18}}")
         app.router.add_route(route.method, path, wrap(api, route), name=route.name)
     Compat(api).add_to(app)
+    add_dashboard(app)  # the web page at / (bot/api/dashboard.py)
 
     async def on_shutdown(app: web.Application) -> None:
         api.closing.set()  # event streams end; their clients reconnect elsewhere or later
@@ -84,10 +94,24 @@ class ApiServer:
         return self.app[API_KEY]
 
     async def start(self) -> None:
-        await self.runner.setup()
+        """Listen; ApiUnavailable (one sentence) when the address or the TLS files fail."""
         host, port = self.settings.address
-        site = web.TCPSite(self.runner, host, port, ssl_context=_tls(self.settings))
-        await site.start()
+        try:
+            context = _tls(self.settings)
+        except (OSError, ssl.SSLError) as e:
+            raise ApiUnavailable(
+                f"The API cannot load tls_cert/tls_key: {getattr(e, 'strerror', None) or e}."
+            ) from None
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, ssl_context=context)
+        try:
+            await site.start()
+        except OSError as e:
+            await self.runner.cleanup()
+            why = os.strerror(e.errno) if e.errno else str(e)  # not asyncio's long wrapping
+            raise ApiUnavailable(
+                f"The API cannot listen on {self.settings.listen}: {why.lower()}."
+            ) from None
         self.port = self._bound_port() or port
         scheme = "https" if self.settings.tls_cert else "http"
         log.info("API listening on %s://%s:%s", scheme, host, self.port)
