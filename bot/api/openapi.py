@@ -23,6 +23,7 @@ ERRORS = {
     "413": "The body is over the size limit.",
     "422": "Invalid values.",
     "429": "Too many requests for this token; see Retry-After.",
+    "502": "An image could not be pulled from its registry.",
     "503": "PEON is shutting down or Docker is unreachable.",
 }
 
