@@ -30,6 +30,7 @@ the format is small and no library keeps comments and continuation lines as writ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -391,6 +392,7 @@ def merge_yaml(text: str, values: Mapping[str, tuple[Value, bool]]) -> str:
 
 # --- xml ------------------------------------------------------------------------------------
 
+_XMLNS = re.compile(r"""\sxmlns:([\w.-]+)\s*=\s*(["'])(.*?)\2""")
 _PROLOG = re.compile(r"\A(?:\s|<\?xml[^>]*\?>|<!--.*?-->|<!DOCTYPE[^>\[]*>|<\?[^>]*\?>)*", re.S)
 
 
@@ -410,13 +412,21 @@ def merge_xml(text: str, values: Mapping[str, tuple[Value, bool]]) -> str:
             raise MergeError(f"is not valid XML (line {line}, column {col})") from None
         m = _PROLOG.match(text)
         prolog = m.group(0) if m else ""
+        _keep_prefixes(text)
     new = root is None
+    # A default namespace (<Project xmlns="...">): keys name elements by their local names.
+    default_ns = root.tag[1:].split("}", 1)[0] if root is not None and root.tag[0] == "{" else ""
+
+    def qualified(name: str) -> str:
+        return f"{{{default_ns}}}{name}" if default_ns else name
+
     for key, (value, attr) in values.items():
         parts = key.split(".")
         if root is None:
             root = ET.Element(parts[0])
-        if root.tag != parts[0]:
-            raise MergeError(f"has root element <{root.tag}>, not <{parts[0]}> of key {key}")
+        if root.tag != qualified(parts[0]):
+            tag = root.tag.rsplit("}", 1)[-1]
+            raise MergeError(f"has root element <{tag}>, not <{parts[0]}> of key {key}")
         targets = [root]
         for part in parts[1:]:
             if part == "*":
@@ -424,9 +434,9 @@ def merge_xml(text: str, values: Mapping[str, tuple[Value, bool]]) -> str:
                 continue
             found: list[ET.Element] = []
             for t in targets:
-                hits = t.findall(part)
+                hits = t.findall(qualified(part))
                 if not hits and "*" not in parts:
-                    hits = [_append(t, part)]
+                    hits = [_append(t, qualified(part))]
                 found += hits
             targets = found
         for element in targets:
@@ -439,8 +449,21 @@ def merge_xml(text: str, values: Mapping[str, tuple[Value, bool]]) -> str:
         raise MergeError("was given no key to set")
     if new:
         ET.indent(root, space="  ")
-    body = ET.tostring(root, encoding="unicode")
+    try:
+        body = ET.tostring(root, encoding="unicode", default_namespace=default_ns or None)
+    except ValueError:  # an element outside the default namespace (xmlns="" inside)
+        raise MergeError("mixes namespaces in a way PEON cannot write back") from None
     return prolog + body + "\n"
+
+
+def _keep_prefixes(text: str) -> None:
+    """Write the document's namespace prefixes as it declares them (xsi:nil stays xsi:nil,
+    not ns0:nil). ElementTree's prefix registry is process-wide; a prefix maps to one URI
+    everywhere, which is what config files' schema prefixes are."""
+    for prefix, _, uri in _XMLNS.findall(text):
+        if prefix:
+            with contextlib.suppress(ValueError):  # the reserved ns0, ns1... forms
+                ET.register_namespace(prefix, uri)
 
 
 def _append(parent: ET.Element, tag: str) -> ET.Element:

@@ -224,6 +224,15 @@ def test_xml_refuses_entities_and_other_roots() -> None:
         render("xml", "<R>", {"R.x": "1"})
 
 
+def test_xml_namespaces_keep_their_prefixes_and_keys_use_local_names() -> None:
+    old = '<Project xmlns="urn:x" xmlns:xsi="urn:i">\n  <A xsi:nil="true" />\n</Project>\n'
+    out = render("xml", old, {"Project.A": "2", "Project.B": "3"})
+    assert out == (
+        '<Project xmlns="urn:x" xmlns:xsi="urn:i">\n  <A xsi:nil="true">2</A>\n  <B>3</B>\n'
+        "</Project>\n"
+    )
+
+
 def test_xml_new_file() -> None:
     out = render("xml", None, {"R.A.B": "1"})
     assert out == '<?xml version="1.0" encoding="utf-8"?>\n<R>\n  <A>\n    <B>1</B>\n  </A>\n</R>\n'
