@@ -24,11 +24,11 @@ import pytest
 
 from bot import labels
 from bot.configfiles import key_problem, merge_lines
-from bot.errors import PortUnavailable, WarplanError
+from bot.errors import PortUnavailable, VariableError, WarplanError
 from bot.importers import detect, import_file
 from bot.importers.egg import import_egg
 from bot.ports import choose_ports
-from bot.warplans import load_warplan, parse_warplan
+from bot.warplans import load_warplan, parse_warplan, resolve_variables
 from tests.conftest import config_file, make_settings, peon, services_for
 from tests.engine import busybox_binary
 
@@ -612,3 +612,19 @@ async def test_an_imported_egg_installs_starts_twice_side_by_side_and_leaves_not
             assert await svc.store.find_server(name) is None
         assert engine_leftovers(dclient, settings.instance_id) == []
         assert await svc.store.taken_ports() == set()
+
+
+def test_the_eula_feature_is_a_required_choice_written_to_eula_txt(tmp_path: Path) -> None:
+    result = import_egg(write(tmp_path, egg(features=["eula", "java_version"])))
+    plan = result.plan
+    eula = plan.variable("eula")
+    assert eula is not None and eula.env is None and eula.required
+    assert eula.choices == ["true", "false"]
+    files = {f.path: f for f in plan.files}
+    assert (files["eula.txt"].format, files["eula.txt"].content) == ("text", "eula={var:eula}\n")
+    assert "features.java_version: a Panel feature PEON does not have" in result.unmapped
+    assert not any(u.startswith("features.eula") for u in result.unmapped)
+    # Nobody accepts it for the user: a create without it is refused.
+    with pytest.raises(VariableError, match="is required"):
+        resolve_variables(plan, {}, "egg-x")
+    assert resolve_variables(plan, {"eula": "true"}, "egg-x")["eula"] == "true"

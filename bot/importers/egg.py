@@ -144,6 +144,8 @@ class _Converter:
             if config.get(key) not in (None, "", "{}", "[]", {}, []):
                 self.note(f"config.{key}: not used by PEON")
         for feature in egg.get("features") or []:
+            if feature == "eula" and self.eula(plan):
+                continue
             self.note(f"features.{feature}: a Panel feature PEON does not have")
         if egg.get("file_denylist"):
             self.note("file_denylist: PEON offers no file manager to restrict")
@@ -234,6 +236,27 @@ class _Converter:
                 spec["secret"] = True
             out.append(spec)
         return out
+
+    def eula(self, plan: dict[str, Any]) -> bool:
+        """The Panel asks the user to accept the EULA and writes eula.txt with eula=true
+        (panel resources/scripts/components/server/features/eula/EulaModalFeature.tsx): here
+        a required variable, written to eula.txt before each start."""
+        files = plan.setdefault("files", [])
+        if any(f["path"] == "eula.txt" for f in files):
+            return False
+        name = _var_name("eula", {v["name"] for v in plan["variables"]})
+        plan["variables"].append(
+            {
+                "name": name,
+                "description": "Accept the Minecraft EULA (https://www.minecraft.net/eula): "
+                "true; the server does not start without it.",
+                "type": "choice",
+                "choices": ["true", "false"],
+                "required": True,
+            }
+        )
+        files.append({"path": "eula.txt", "volume": "data", "content": f"eula={{var:{name}}}\n"})
+        return True
 
     def extra_port(self, env: str) -> None:
         base = _slug(env.removesuffix("_PORT").removesuffix("PORT") or "port")[:24] or "port"
