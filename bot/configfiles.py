@@ -568,7 +568,7 @@ class FileWriter:
         """Render every file first, then write them: a file that cannot be rendered or merged
         refuses the whole step (ConfigFileError) with nothing written. `only_missing`: just
         the `when: missing` files (at create). Returns the paths written."""
-        plan_owner = numeric_owner(getattr(plan, "user", None))
+        plan_owner = numeric_owner(plan.user)
         todo: list[Rendered] = []
         for spec in plan.files:
             if only_missing and spec.when != "missing":
@@ -597,7 +597,9 @@ class FileWriter:
             todo.append(Rendered(spec, directory, data, owner, tuple(folders)))
         for item in todo:
             mode = parse_mode(item.spec.mode)
-            tar = file_tar(item.spec.path, item.data, mode, item.owner, item.folders)
+            tar = await asyncio.to_thread(
+                file_tar, item.spec.path, item.data, mode, item.owner, item.folders
+            )
             await driver.write_archive(container, item.directory, io.BytesIO(tar))
         written = [r.spec.path for r in todo]
         if written:
