@@ -241,6 +241,15 @@ class Deleted(_Out):
     deleted: str
 
 
+class TokenOut(_Out):
+    """The calling token: what a client (the dashboard) shows and which buttons it offers."""
+
+    name: str
+    role: str
+    server: str | None = Field(description="The one server it is for, if any.")
+    may: list[str] = Field(description="Actions it may take (start, stop, logs...).")
+
+
 # The original PEON orchestrator's API 1.0 (the-peon-project/peon-orc, commit 431b5f2^,
 # documentation/api/1.0/peon-api-v1.0.yml: definitions servers, servers.settings.*).
 
@@ -279,5 +288,6 @@ MODELS: list[type[BaseModel]] = [
     ErrorOut, ServerList, ServerDetail, ServerCreate, UpdateIn, SettingsIn, SettingsOut,
     ConsoleIn, ConsoleOut, LogsOut, OperationAccepted, OperationOut, BackupList, BackupOut,
     LockIn, ScheduleList, ScheduleOut, ScheduleCreate, PauseIn, WarplanList, WarplanOut,
-    HostList, EventList, EventOut, Deleted, CompatServerCreate, CompatServerOut, CompatStatus,
+    HostList, EventList, EventOut, Deleted, TokenOut, CompatServerCreate, CompatServerOut,
+    CompatStatus,
 ]  # fmt: skip
