@@ -38,6 +38,7 @@ from bot.docker_driver import DockerDriver
 from bot.errors import BackupError, BackupNotFound, PeonError
 from bot.models import Backup, BackupVolume, ServerRecord
 from bot.patterns import compile_pattern
+from bot.repositories import Repositories
 from bot.servers import ServerService, saves_by_stopping
 from bot.settings import Settings
 from bot.store import Store
@@ -226,6 +227,18 @@ class BackupService:
         self.policy = Retention(b.keep_last, b.keep_daily, b.keep_weekly, b.keep_monthly)
         # Backups this process has open for a restore: never pruned or deleted under it.
         self._holding: set[int] = set()
+        # restic repositories (backups.repository, backups.offsite): new backups go there.
+        self.repos = Repositories(settings=settings, store=store, prune_rule=to_prune,
+                                  policy_of=self._policy_for)  # fmt: skip
+        self._sources: dict[int, str] = {}  # backup -> the repository a restore reads
+
+    def _policy_for(self, r: Any) -> Retention:
+        """An offsite repository's retention: its own keep_* where set, else the backups'."""
+        p = self.policy
+        if r is None:
+            return p
+        own = {k: getattr(r, f"keep_{k}") for k in ("last", "daily", "weekly", "monthly")}
+        return Retention(**{k: getattr(p, k) if v is None else v for k, v in own.items()})
 
     def reconfigure(self, settings: Settings) -> None:
         """Settings from a reload: retention, level and free space from the next backup on
@@ -244,6 +257,10 @@ class BackupService:
         dirs = await asyncio.to_thread(lambda: list(self.root.glob(pattern)))
         abandoned, live = await self.store.unfinished_backups(server)
         removed = []
+        try:  # what a killed backup stored in the repository is never listed, nor kept
+            await self.repos.forget_unfinished(b.id for b in abandoned)
+        except PeonError as e:
+            log.warning("snapshots of interrupted backups not forgotten yet: %s", e)
         for b in abandoned:
             for d in (self.root / b.dir, self.root / (b.dir + PARTIAL)):
                 await asyncio.to_thread(shutil.rmtree, d, True)
@@ -273,7 +290,12 @@ class BackupService:
             backup = await self.create_held(name, actor=actor, trigger=trigger, sources=sources)
             op.detail = f"#{backup.id}, {backup.size} bytes, {'; '.join(sources)}"
             op.payload.update(backup=backup.id, size=backup.size, trigger=trigger)
-            return backup
+        # Offsite copies run after the server's lease is released: an upload never holds
+        # the server; a failure is announced and retried (bot/repositories.py).
+        if self.repos.enabled and self.repos.offsite_for(name):
+            await self.repos.send_offsite(backup)
+            await self._prune(name)
+        return await self.store.get_backup(backup.id)
 
     async def create_held(
         self, name: str, *, actor: str, trigger: str, sources: MutableSequence[str] | None = None
@@ -288,6 +310,11 @@ class BackupService:
         info = await self.servers.container_of(record)
         if info is None:
             raise BackupError(f"Server '{name}' has no container; start it once, then back it up.")
+        if self.repos.enabled:
+            return await self._create_in_repository(
+                name, record=record, plan=plan, volumes=volumes, info=info, actor=actor,
+                trigger=trigger,
+            )  # fmt: skip
         free = await self._check_space(name)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         rel = f"{name}/{stamp}"
@@ -325,6 +352,45 @@ class BackupService:
                     f"after {_human(written)}, so the backup needs more than the "
                     f"{_human(free)} that was free there; nothing of it was kept."
                 ) from None
+            raise
+        await self._prune(name)
+        return backup
+
+    async def _create_in_repository(
+        self, name: str, *, record: ServerRecord, plan: WarPlan, volumes: Iterable[Any],
+        info: Any, actor: str, trigger: str,
+    ) -> Backup:  # fmt: skip
+        """The same backup into the restic repository: each volume's tar stream a snapshot,
+        stored before the row is marked complete; on any failure its snapshots are forgotten
+        and the row deleted, so nothing half-made is listed or kept."""
+        stamp = datetime.now(UTC)
+        rel = f"{name}/{stamp.strftime('%Y%m%dT%H%M%S.%fZ')}"
+        backup_id = await self.store.begin_backup(
+            name, rel, trigger=trigger, actor=actor, warplan=plan.name, image=record.image
+        )
+        started = time.monotonic()
+        snapshots: dict[str, str] = {}
+        try:
+            made, added = [], 0
+            async with _Consistency(self, record, plan, info.id, info.running):
+                driver = self.servers.driver_of(record)
+                for v in volumes:
+                    got, file = await self.repos.back_up(
+                        driver, info.id, server=name, backup_id=backup_id, trigger=trigger,
+                        volume=v.name, path=v.path, at=stamp,
+                    )  # fmt: skip
+                    snapshots[v.name] = got.snapshot
+                    made.append(BackupVolume(v.name, v.path, file, got.size))
+                    added += got.added
+            await self.store.set_backup_stored(backup_id, {self.repos.primary: snapshots}, added)
+            backup = await self.store.finish_backup(
+                backup_id, sum(v.size for v in made), time.monotonic() - started,
+                [v.__dict__ for v in made],
+            )  # fmt: skip
+        except BaseException:
+            with contextlib.suppress(PeonError):
+                await self.repos.repo(self.repos.primary).forget(list(snapshots.values()))
+            await _quiet(self.store.delete_backup(backup_id))
             raise
         await self._prune(name)
         return backup
@@ -393,7 +459,11 @@ class BackupService:
 
     async def _prune(self, name: str) -> None:
         held = await self._held_ids()
-        for b in to_prune(await self.store.list_backups(name), self.policy):
+        for b in await self.repos.prune(name, held):
+            await self._remove(b)
+        # .tar.zst backups (made before a repository was configured) by the same policy
+        files = [b for b in await self.store.list_backups(name) if not b.stored]
+        for b in to_prune(files, self.policy):
             if b.id in held:
                 continue  # a restore reads it (or falls back to it): never pruned under it
             await self._remove(b)
@@ -415,6 +485,7 @@ class BackupService:
             raise BackupError(
                 f"Backup #{backup_id} is being restored; delete it once the restore is done."
             )
+        await self.repos.forget(b, list(b.stored))  # each repository's copy, before the row
         await self._remove(b)
         await self.store.audit(actor, "backup-delete", b.server, True, f"#{b.id}")
         return b
@@ -422,6 +493,8 @@ class BackupService:
     async def set_locked(self, backup_id: int, locked: bool, actor: str) -> Backup:
         await self.store.set_backup_locked(backup_id, locked)
         b = await self.store.get_backup(backup_id)
+        if b.stored:
+            await self.repos.mark_locked(b, locked)
         await self.store.audit(actor, "backup-lock" if locked else "backup-unlock", b.server, True,
                                f"#{b.id}")  # fmt: skip
         return b
@@ -440,7 +513,9 @@ class BackupService:
         files: dict[str, BinaryIO] = {}
         self._holding.add(b.id)
         try:
-            for v in b.volumes:
+            if b.stored:  # read through from its repository: restic checks every block
+                self._sources[b.id] = await self.repos.verify(b, check_members)
+            for v in b.volumes if not b.stored else ():
                 try:
                     files[v.name] = await asyncio.to_thread((directory / v.file).open, "rb")
                 except FileNotFoundError:
@@ -457,6 +532,7 @@ class BackupService:
             yield files
         finally:
             self._holding.discard(b.id)
+            self._sources.pop(b.id, None)
             for f in files.values():
                 await asyncio.to_thread(f.close)
 
@@ -509,6 +585,14 @@ class BackupService:
         fresh = await self.servers.recreate_held(name, [v.name for v in b.volumes])
         driver = self.servers.driver_of(await self.store.get_server(name))
         for v in b.volumes:
+            parent = str(PurePosixPath(v.path).parent)
+            if b.stored:
+
+                async def write(reader: BinaryIO, parent: str = parent) -> None:
+                    await driver.write_archive(fresh.id, parent, reader)
+
+                await self.repos.write_volume(b, v, self._sources[b.id], write)
+                continue
             # Into the new volume's directory when the engine is local (checked like a
             # backup's reading, and root for the owners), else through the engine.
             volume = labels.volume_name(name, v.name)

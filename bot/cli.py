@@ -154,6 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     for action in ("lock", "unlock"):
         s = bsub.add_parser(action, help=f"{action} a backup (locked ones are never pruned)")
         s.add_argument("id", type=int)
+    s = bsub.add_parser("check", help="verify the backup repositories' integrity (restic check)")
+    s.add_argument("repository", nargs="?", help="only this one (default: all)")
+    s.add_argument("--read-data", metavar="SHARE", help="also read back this share, e.g. 10%%")
 
     tk = sub.add_parser("token", help="HTTP API tokens (docs/api.md)")
     tsub = tk.add_subparsers(dest="action", required=True)
@@ -552,6 +555,8 @@ def backup_row(b: Backup) -> list[str]:
         f"{b.seconds:.1f} s",
         b.trigger,
         "locked" if b.locked else "",
+        "" if b.added is None else f"{b.added / 2**20:.1f} MiB",
+        b.where,
     ]
 
 
@@ -565,7 +570,8 @@ async def _backup(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
     if args.action == "list":
         if args.name is not None:
             await svc.store.get_server(args.name)
-        rows = [["ID", "SERVER", "CREATED (UTC)", "SIZE", "TOOK", "TRIGGER", "LOCKED"]]
+        rows = [["ID", "SERVER", "CREATED (UTC)", "SIZE", "TOOK", "TRIGGER", "LOCKED", "ADDED",
+                 "STORED IN"]]  # fmt: skip
         _table(rows + [backup_row(b) for b in await backups.list(args.name)], out)
         return 0
     if args.action == "restore":
@@ -584,6 +590,11 @@ async def _backup(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
         kept = f"; the data before it is backup #{safety.id}" if safety else ""
         out.write(f"restored {args.name} from backup #{b.id}{kept}\n")
         return 0
+    if args.action == "check":
+        results = await backups.repos.check(args.repository, read_data=args.read_data)
+        for r in results:
+            out.write(f"{r.repository}: {'ok' if r.ok else 'FAILED'}: {r.detail}\n")
+        return 0 if all(r.ok for r in results) else 1
     if args.action == "delete":
         b = await backups.delete(args.id, actor)
         out.write(f"deleted backup #{b.id} of {b.server}\n")

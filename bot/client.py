@@ -313,6 +313,9 @@ class DiscordNotifier:
                 await self.gave_up(notice.server, notice.p["attempts"], notice.p.get("error"))
             elif event.kind in notices.UPDATE_KINDS:
                 await self.update_notice(notice)
+            elif event.kind == notices.OFFSITE:
+                mark = "📦" if event.ok else "⚠️"
+                await self.announce(f"{mark} **{notice.server}**: {event.detail}")
         finally:
             self._event = None
 
@@ -893,6 +896,8 @@ class PeonBot(commands.Bot):
             except PeonError as e:  # its address taken, its TLS files unreadable
                 self.api_server = None
                 raise StartupError(str(e)) from None
+        # Offsite copies that failed are tried again on their own schedule (never by a cog).
+        self.spawn(self.services.backups.repos.keep_offsite())
 
     # --- /peon reload -----------------------------------------------------------------------
 

@@ -122,6 +122,14 @@ class Backup:
     image: str
     volumes: tuple[BackupVolume, ...]
     owner: str | None = None  # the process writing it, while incomplete
+    # Repository backups: {repository: {volume: restic snapshot id}}; {} for .tar.zst files.
+    stored: dict[str, dict[str, str]] = field(default_factory=dict, hash=False, compare=False)
+    added: int | None = None  # bytes new to the repository (None: a full copy, `size`)
+
+    @property
+    def where(self) -> str:
+        """Where it is stored: its repositories, or 'files' (a .tar.zst per volume)."""
+        return ", ".join(sorted(self.stored)) if self.stored else "files"
 
 
 @dataclass(frozen=True)

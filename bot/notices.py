@@ -37,9 +37,11 @@ CRASHED, HUNG, RECOVERED, GAVE_UP = "crashed", "hung", "recovered", "gave-up"
 UPDATE_AVAILABLE = updates.UPDATE_AVAILABLE  # recorded by the update checks themselves
 UPDATE_WAITING, UPDATE_DONE, UPDATE_SKIPPED = "update-waiting", "update-done", "update-skipped"
 UPDATE_KINDS = frozenset({UPDATE_AVAILABLE, UPDATE_WAITING, UPDATE_DONE, UPDATE_SKIPPED})
+OFFSITE = "backup-offsite"  # an offsite copy failed (ok=False) or went through after all
 NOTICE_KINDS = UPDATE_KINDS | frozenset(
-    {WARNING, SCHEDULED, SCHEDULE_FAILED, CANCELLED, PLAYERS, CRASHED, HUNG, RECOVERED, GAVE_UP}
-)
+    {WARNING, SCHEDULED, SCHEDULE_FAILED, CANCELLED, PLAYERS, CRASHED, HUNG, RECOVERED, GAVE_UP,
+     OFFSITE}
+)  # fmt: skip
 READY_KINDS = frozenset({"start", "restart"})
 # Operations after which the automation replans the server (its automatic stop may change).
 REPLAN_KINDS = frozenset(

@@ -359,6 +359,43 @@ class CrashSettings(_Model):
         return _span(self.hang_interval)
 
 
+class RepositorySettings(_Model):
+    """A restic repository backups are stored in: deduplicated (a backup costs what changed),
+    compressed, encrypted with a password that comes only from the environment."""
+
+    name: str = Field(default="local", pattern=HOST_NAME,
+                      description="Names it in /backup list and peon backup check.")  # fmt: skip
+    location: str = Field(
+        description="A directory, sftp:user@host:/path, s3:https://host/bucket/path, "
+        "rclone:remote:path or rest:https://host/ (restic's --repo)."
+    )
+    password_env: str = Field(
+        default="PEON_RESTIC_PASSWORD",
+        description="Environment variable holding the repository's password.",
+    )
+    password_file: Path | None = Field(
+        default=None, description="A file holding the password, instead of password_env."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="The backend's variables, each from an environment variable of PEON's "
+        "(AWS_SECRET_ACCESS_KEY: PEON_S3_SECRET), so no credential is written in the file.",
+    )
+    options: list[str] = Field(
+        default_factory=list, description="restic -o options, e.g. sftp.command=..."
+    )
+    servers: list[str] = Field(
+        default_factory=list, description="Offsite: only these servers' backups (empty: all)."
+    )
+    keep_last: int | None = Field(default=None, ge=1, le=1000,
+                                  description="Offsite retention; unset: the backups' own.")  # fmt: skip
+    keep_daily: int | None = Field(default=None, ge=0, le=1000)
+    keep_weekly: int | None = Field(default=None, ge=0, le=1000)
+    keep_monthly: int | None = Field(default=None, ge=0, le=1000)
+    retry_minutes: int = Field(default=10, ge=1, le=1440,
+                               description="Offsite: how often a failed copy is tried again.")  # fmt: skip
+
+
 class BackupSettings(_Model):
     """Where backups go and how many are kept (like restic's forget policy)."""
 
@@ -369,6 +406,16 @@ class BackupSettings(_Model):
     keep_monthly: int = Field(default=6, ge=0, le=1000)
     level: int = Field(default=3, ge=1, le=19, description="zstd level (1 fastest).")
     min_free_mb: int = Field(default=512, ge=0, description="Free space to leave on the disk.")
+    repository: RepositorySettings | None = Field(
+        default=None,
+        description="Store new backups in this restic repository (deduplicated) instead of "
+        "as .tar.zst files; those stay listable and restorable.",
+    )
+    offsite: list[RepositorySettings] = Field(
+        default_factory=list,
+        description="Repositories every backup is copied to after it is made (needs "
+        "repository), each with its own retention.",
+    )
 
 
 WEBHOOK_KINDS = ("discord", "slack", "ntfy", "json")

@@ -247,7 +247,7 @@ SQL_TAKE_OVER = "UPDATE servers SET op_owner = ?, op_started = ? WHERE name = ? 
 SQL_SCHEDULES = "SELECT id, server, kind, spec, paused, created_by, created_at FROM schedules"
 SQL_BACKUPS = (
     "SELECT id, server, dir, created_at, complete, size, seconds, trigger, actor, locked, "
-    "warplan, image, volumes, owner FROM backups"
+    "warplan, image, volumes, owner, stored, added FROM backups"
 )
 SQL_EVENT = (
     "INSERT INTO events (at, kind, server, actor, ok, detail, payload) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -645,6 +645,15 @@ class Store:
         )
         return await self.get_backup(backup_id)
 
+    async def set_backup_stored(
+        self, backup_id: int, stored: dict[str, dict[str, str]], added: int | None = None
+    ) -> None:
+        """Where a backup's snapshots are (and, once, the bytes it added)."""
+        await self._write(
+            "UPDATE backups SET stored = ?, added = COALESCE(?, added) WHERE id = ?",
+            (json.dumps(stored, sort_keys=True), added, backup_id),
+        )
+
     async def unfinish_backup(self, backup_id: int) -> None:
         """Unlist a backup about to be removed, as this process's incomplete one."""
         await self._write(
@@ -897,6 +906,8 @@ def _backup(row: Any) -> Backup:
         image=row[11],
         volumes=tuple(BackupVolume(**v) for v in json.loads(row[12])),
         owner=row[13],
+        stored=json.loads(row[14] or "{}"),
+        added=None if row[15] is None else int(row[15]),
     )
 
 

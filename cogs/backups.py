@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 
 def backup_line(b: Backup) -> str:
     lock = " 🔒" if b.locked else ""
+    added = "" if b.added is None else f" (+{b.added / 2**20:.1f} MiB)"
     return (
-        f"`#{b.id}` {timestamp(b.created_at, 'f')} · {b.size / 2**20:.1f} MiB · {b.trigger}{lock}"
+        f"`#{b.id}` {timestamp(b.created_at, 'f')} · {b.size / 2**20:.1f} MiB{added} · "
+        f"{b.trigger} · {b.where}{lock}"
     )
 
 
