@@ -37,6 +37,11 @@ RUN /venv/bin/pip install --no-deps . \
 FROM ${BASE}
 RUN groupadd --system --gid 10001 peon \
  && useradd --system --uid 10001 --gid peon --home-dir /data --shell /usr/sbin/nologin peon
+# restic stores backups in repositories (backups.repository, backups.offsite); ssh is its
+# SFTP transport, ca-certificates its TLS to S3 and REST servers.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends restic openssh-client ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=build /venv /venv
 COPY warplans /app/warplans
 COPY config /app/config
