@@ -413,3 +413,20 @@ async def test_discord_reinstall_asks_to_confirm_and_refuses_ephemerally(
         assert f"after backup #{backup.id}." in emu.message(prompt.id).text()
         run = await servers.installs.last("ins-dc")
         assert run.installed and run.started_at > backup.created_at
+
+
+async def test_the_cli_shows_a_failed_installs_last_lines_and_leaves_nothing(
+    svc: Services, dclient: docker.DockerClient, tmp_path: Path
+) -> None:
+    config = config_file(svc.settings, tmp_path / "peon.yaml")
+    args = ("server", "create", "installed", "ins-clif", "--set", "mode=fail")
+    r = await asyncio.to_thread(peon, config, *args)
+    assert r.returncode == 1 and r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert "ins-clif: installing: " in r.stderr  # progress, as for a create or start
+    assert lines[-2:] == [
+        "  | download failed: 404",
+        "peon: The install step of 'ins-clif' failed: the script exited with code 1.",
+    ]
+    assert await svc.store.find_server("ins-clif") is None
+    assert leftovers(dclient, svc.settings.instance_id) == []
