@@ -580,7 +580,7 @@ async def test_an_imported_egg_installs_starts_twice_side_by_side_and_leaves_not
     async with services_for(settings) as svc:
         assert svc.warplans.get("egg-engine").image == server_image
         records = []
-        for name, greeting in (("egg-one", "hi"), ("egg-two", "yo")):
+        for name, greeting in (("egg-e2e-one", "hi"), ("egg-e2e-two", "yo")):
             record = await svc.servers.create(
                 "egg-engine", name, {"greeting": greeting}, actor="test"
             )
@@ -594,7 +594,7 @@ async def test_an_imported_egg_installs_starts_twice_side_by_side_and_leaves_not
             assert ports["game"].container == ports["game"].host == ports["game-udp"].host
             assert ports["game-udp"].container == ports["game"].host
         assert one["game"].host != two["game"].host
-        for name, ports, greeting in (("egg-one", one, "hi"), ("egg-two", two, "yo")):
+        for name, ports, greeting in (("egg-e2e-one", one, "hi"), ("egg-e2e-two", two, "yo")):
             port = ports["game"].host
             logs = "\n".join(await svc.servers.logs(name))
             assert f"boot uid=1000 greeting={greeting} cfg=Port={port} # keep me" in logs
@@ -604,10 +604,15 @@ async def test_an_imported_egg_installs_starts_twice_side_by_side_and_leaves_not
             body = await asyncio.to_thread(fetch, url)
             assert f"server-port={port}" in body and f"greeting={greeting}" in body
             assert "memory=4096" in body
+        # A lost record is adopted back from the container, on the same numbers.
+        await svc.store.delete_server("egg-e2e-two")
+        report = await svc.servers.reconcile()
+        assert report.adopted == ["egg-e2e-two"]
+        assert (await svc.store.get_server("egg-e2e-two")).ports == records[1].ports
         # The console stop ('quit') reaches the game, which saves.
-        await svc.servers.stop("egg-one", actor="test")
-        assert "saving world" in "\n".join(await svc.servers.logs("egg-one"))
-        for name in ("egg-one", "egg-two"):
+        await svc.servers.stop("egg-e2e-one", actor="test")
+        assert "saving world" in "\n".join(await svc.servers.logs("egg-e2e-one"))
+        for name in ("egg-e2e-one", "egg-e2e-two"):
             await svc.servers.delete(name, actor="test", purge=True)
             assert await svc.store.find_server(name) is None
         assert engine_leftovers(dclient, settings.instance_id) == []
