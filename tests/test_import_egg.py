@@ -299,7 +299,8 @@ def test_variables_with_their_rules(tmp_path: Path) -> None:
         variable("WORLD", "world", "required|regex:/^[a-z]+$/"),
         variable("STEAM_USER", "", "nullable|alpha_dash"),
         variable("ADMIN_PASSWORD", "", "nullable|string"),
-        variable("HIDDEN_KEY", "abc", "required|string", user_viewable=False),
+        variable("HIDDEN", "abc", "required|string", user_viewable=False),
+        variable("LICENSE_KEY", "", "nullable|string"),
         variable("BRANCH", "public", "required|string", user_editable=False),
         variable("QUERY_PORT", "27015", "required|integer"),
         variable("SERVER_PORT", "1", "required|integer"),
@@ -320,7 +321,8 @@ def test_variables_with_their_rules(tmp_path: Path) -> None:
     assert by_env["WORLD"].pattern == ".*(?:^[a-z]+$).*"
     assert by_env["STEAM_USER"].pattern == "|[A-Za-z0-9_-]*"
     assert by_env["ADMIN_PASSWORD"].secret  # password-like
-    assert by_env["HIDDEN_KEY"].secret  # not viewable by users
+    assert by_env["HIDDEN"].secret  # not viewable by users
+    assert by_env["LICENSE_KEY"].secret
     assert not by_env["NAME"].secret
     assert "BRANCH" not in by_env and plan.env["BRANCH"] == "public"  # not user-editable
     # An extra allocation: PEON allocates it, on one number for tcp and udp.

@@ -49,7 +49,7 @@ INSTALL_TIMEOUT = 3600  # installers download whole games
 STOP_GRACE = 60
 FORMATS = {"properties": "properties", "ini": "ini", "json": "json", "yaml": "yaml",
            "yml": "yaml", "xml": "xml", "file": "lines"}  # fmt: skip
-_SECRETISH = re.compile(r"PASS|PASSWORD|_PW$|PWD|TOKEN|SECRET|GSLT|API_?KEY|AUTH", re.I)
+_SECRETISH = re.compile(r"PASS|_PW$|PWD|TOKEN|SECRET|GSLT|(^|_)(API_?)?KEY$|AUTH", re.I)
 _PORTISH = re.compile(r"(^|_)PORT$")
 _PLACEHOLDER = re.compile(r"\{\{([\w.-]*)\}\}")
 
