@@ -177,6 +177,8 @@ class _Converter:
         if not images:
             raise self.refuse("docker_images", "the egg names no image to run the server in")
         if wanted is None:
+            # The Panel's new-server form lists them in order with the first selected
+            # (panel public/themes/pterodactyl/js/admin/new-server.js).
             label, ref = next(iter(images.items()))
         else:
             match = [(k, v) for k, v in images.items() if wanted in (k, v, v.lstrip("~"))]
