@@ -215,6 +215,12 @@ MIGRATIONS: list[str] = [
         created_at TEXT NOT NULL,
         created_by TEXT NOT NULL
     );
+    -- A token scoped to a server dies with it: a later server of the same name is not the
+    -- one the token was given for.
+    CREATE TRIGGER api_tokens_die_with_their_server AFTER DELETE ON servers
+    BEGIN
+        DELETE FROM api_tokens WHERE server = OLD.name;
+    END;
     """,
 ]
 

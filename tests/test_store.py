@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from bot.errors import ServerBusy, ServerExists, ServerNotFound
-from bot.models import PortBinding, ServerState, StaleLease
+from bot.models import ApiToken, PortBinding, ServerState, StaleLease
 from bot.store import MIGRATIONS, Store
 
 
@@ -209,3 +210,17 @@ async def test_ports_are_unique_per_host(store: Store) -> None:
     with pytest.raises(sqlite3.IntegrityError):
         await store.create_server(name="c", warplan="w", image="i", variables={}, ports=port,
                                   created_by="t", host="two")  # fmt: skip
+
+
+async def test_a_token_scoped_to_a_server_dies_with_it(store: Store) -> None:
+    await make(store, "a")
+    await make(store, "b")
+    now = datetime.now(UTC)
+    await store.add_token(ApiToken("on-a", "operator", "a", now, "t"), "h-a")
+    await store.add_token(ApiToken("on-b", "operator", "b", now, "t"), "h-b")
+    await store.add_token(ApiToken("all", "admin", None, now, "t"), "h-all")
+    await store.delete_server("a")
+    assert await store.token_by_hash("h-a") is None
+    await make(store, "a")  # a new server of the same name is not the token's server
+    assert await store.token_by_hash("h-a") is None
+    assert {t.name for t in await store.list_tokens()} == {"on-b", "all"}
