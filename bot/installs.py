@@ -247,15 +247,19 @@ class InstallService:
                 await _emit(progress, Phase(name, "installing", text))
 
     async def remove_leftovers(
-        self, driver: DockerDriver, server: str | None = None, keep: frozenset[str] = frozenset()
+        self, driver: DockerDriver, server: str | None = None, *, idle_only: bool = False
     ) -> list[str]:
-        """Remove installer containers of this instance (of one server), except those of the
-        servers in `keep` (installs under way); returns the servers they were for."""
+        """Remove installer containers of this instance (of one server); returns the servers
+        they were for. `idle_only`: only those whose server has no live operation (an install
+        under way), read from the store right before each removal, so a create that another
+        process began since the caller looked is never cut short."""
         removed = []
         for info in await driver.list_containers(labels.installer_filter(self.instance, server)):
             owner = info.labels.get(labels.INSTALLER, "")
-            if owner in keep:
-                continue
+            if idle_only:
+                record = await self.store.find_server(owner)
+                if record is not None and record.operation:
+                    continue
             await driver.remove(info.id, force=True)
             removed.append(owner)
         return removed

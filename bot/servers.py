@@ -1405,8 +1405,7 @@ class ServerService:
                 report.refreshed.append(record.name)
         # Installers of a dead process (none of a live operation's): the server stays not
         # installed, so its next start installs again.
-        busy = frozenset(r.name for r in records if r.host == camp.name and r.operation)
-        report.installers.extend(await self.installs.remove_leftovers(camp.driver, keep=busy))
+        report.installers.extend(await self.installs.remove_leftovers(camp.driver, idle_only=True))
         for server, info in by_server.items():
             # Adoption reads the container's environment and port bindings: inspect it.
             detailed = await camp.driver.inspect(info.id) if _adoptable(server) else None

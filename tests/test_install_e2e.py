@@ -277,6 +277,9 @@ async def test_a_create_cancelled_mid_install_leaves_nothing(
         svc.servers.create("installed", "ins-cut", {"mode": "hang"}, actor="test")
     )
     await wait_for_installer_line(dclient, instance, "waiting forever", task)
+    # A reconcile meanwhile (another process's, say) leaves an install under way alone.
+    report = await svc.servers.reconcile("test")
+    assert report.installers == [] and len(installers(dclient, instance)) == 1
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
