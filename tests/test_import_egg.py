@@ -301,6 +301,9 @@ def test_variables_with_their_rules(tmp_path: Path) -> None:
         variable("ADMIN_PASSWORD", "", "nullable|string"),
         variable("HIDDEN", "abc", "required|string", user_viewable=False),
         variable("LICENSE_KEY", "", "nullable|string"),
+        variable("STEAM_WEBAPIKEY", "", "nullable|string"),
+        variable("FIVEM_LICENSE", "", "required|string"),
+        variable("WEB_PORT", "8080", "required|string|max:5"),
         variable("BRANCH", "public", "required|string", user_editable=False),
         variable("QUERY_PORT", "27015", "required|integer"),
         variable("SERVER_PORT", "1", "required|integer"),
@@ -322,7 +325,9 @@ def test_variables_with_their_rules(tmp_path: Path) -> None:
     assert by_env["STEAM_USER"].pattern == "|[A-Za-z0-9_-]*"
     assert by_env["ADMIN_PASSWORD"].secret  # password-like
     assert by_env["HIDDEN"].secret  # not viewable by users
-    assert by_env["LICENSE_KEY"].secret
+    assert by_env["LICENSE_KEY"].secret and by_env["STEAM_WEBAPIKEY"].secret
+    assert by_env["FIVEM_LICENSE"].secret
+    assert "WEB_PORT" not in by_env and plan.env["WEB_PORT"] == "{port:web}"
     assert not by_env["NAME"].secret
     assert "BRANCH" not in by_env and plan.env["BRANCH"] == "public"  # not user-editable
     # An extra allocation: PEON allocates it, on one number for tcp and udp.

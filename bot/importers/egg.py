@@ -49,7 +49,7 @@ INSTALL_TIMEOUT = 3600  # installers download whole games
 STOP_GRACE = 60
 FORMATS = {"properties": "properties", "ini": "ini", "json": "json", "yaml": "yaml",
            "yml": "yaml", "xml": "xml", "file": "lines"}  # fmt: skip
-_SECRETISH = re.compile(r"PASS|_PW$|PWD|TOKEN|SECRET|GSLT|(^|_)(API_?)?KEY$|AUTH", re.I)
+_SECRETISH = re.compile(r"PASS|_PW$|PWD|TOKEN|SECRET|GSLT|KEY$|AUTH|LICENSE", re.I)
 _PORTISH = re.compile(r"(^|_)PORT$")
 _PLACEHOLDER = re.compile(r"\{\{([\w.-]*)\}\}")
 
@@ -219,7 +219,7 @@ class _Converter:
             rules = _rules(raw.get("rules"))
             editable = bool(raw.get("user_editable", True))
             viewable = bool(raw.get("user_viewable", True))
-            if _PORTISH.search(env) and _numeric(rules) and env != "SERVER_PORT":
+            if _PORTISH.search(env) and (_numeric(rules) or _int(default)):
                 # An extra allocation in Pterodactyl: PEON allocates it like the main port.
                 self.extra_port(env)
                 continue
