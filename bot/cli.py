@@ -23,7 +23,14 @@ from bot.app import Services, open_services
 from bot.errors import ConfigError, InstallFailed, PeonError, StartFailed, WarplanError
 from bot.events import Event
 from bot.importers import import_file
-from bot.models import Backup, Phase, ProgressEvent, PullProgress, human_duration
+from bot.models import (
+    Backup,
+    InstallRecord,
+    Phase,
+    ProgressEvent,
+    PullProgress,
+    human_duration,
+)
 from bot.players import format_players
 from bot.settings import Settings, config_path, load_settings
 from bot.store import Store
@@ -224,6 +231,14 @@ class ProgressPrinter:
         self.stream.flush()
 
 
+def _install_state(run: InstallRecord) -> str:
+    when = f"{run.started_at:%Y-%m-%d %H:%M} UTC"
+    if run.installed:
+        return f"installed {when} in {run.seconds:.0f} s"
+    last = "cut short" if run.ok is None else f"failed (exit code {run.exit_code})"
+    return f"not installed: the run of {when} {last}; it installs at its next start"
+
+
 def _table(rows: list[list[str]], out: IO[str]) -> None:
     if not rows:
         return
@@ -365,6 +380,9 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
             rows.append(["players", format_players(count)])
         if st.hang_check is not None:
             rows.append(["hang check", st.hang_check])
+        run = await svc.store.get_install(args.name)
+        if run is not None:
+            rows.append(["install", _install_state(run)])
         for k, v in servers.public_variables(st.record).items():
             rows.append([f"var {k}", v])
         _table(rows, out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -312,6 +313,8 @@ async def test_a_cli_killed_mid_reinstall_installs_again_at_the_next_start(
     assert len(installers(dclient, instance)) == 1
     run = await svc.servers.installs.last("ins-kill")
     assert not run.installed and run.ok is None
+    status = await asyncio.to_thread(peon, config, "server", "status", "ins-kill")
+    assert "cut short; it installs at its next start" in status.stdout
 
     report = await svc.servers.reconcile("test")
     assert "ins-kill (reinstall)" in report.interrupted
@@ -326,6 +329,8 @@ async def test_a_cli_killed_mid_reinstall_installs_again_at_the_next_start(
     shown = await asyncio.to_thread(peon, config, "server", "install-log", "ins-kill")
     assert shown.returncode == 0 and ": ok, " in shown.stderr
     assert shown.stdout.splitlines()[-1] == "install done" and "admin ••••••" in shown.stdout
+    status = await asyncio.to_thread(peon, config, "server", "status", "ins-kill")
+    assert re.search(r"^install +installed \S+ \S+ UTC in \d+ s$", status.stdout, re.M)
     refused = await asyncio.to_thread(peon, config, "server", "reinstall", "ins-kill")
     assert refused.returncode == 1
     assert refused.stderr == "peon: Refusing to reinstall without confirmation: pass --yes.\n"
