@@ -637,10 +637,11 @@ class WarPlan(_Model):
             *(str(v.default) for v in self.variables),
             *(self.command or []),
             *(self.entrypoint or []),
-            *(self.install.env.values() if self.install else []),
         ]
         for text in texts:
             self._check_templates("", text)
+        for key, value in (self.install.env if self.install else {}).items():
+            self._check_templates(f"install.env.{key}: ", value)
         for key, value in self.env.items():
             if "{env:" in value:
                 raise ValueError(f"env.{key}: {{env:...}} is for files and commands; use "
