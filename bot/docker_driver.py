@@ -605,9 +605,15 @@ class DockerDriver:
         """The last `tail` lines ("all" for every one), optionally only those after `since`."""
 
         def call() -> list[str]:
-            data: bytes = self._docker().api.logs(
-                ref, stdout=True, stderr=True, tail=tail, since=since
-            )
+            api = self._docker().api
+            params: dict[str, Any] = {"stdout": 1, "stderr": 1, "tail": tail}
+            if since is not None:
+                params["since"] = docker.utils.datetime_to_timestamp(since)
+            # Not api.logs(): it inspects the container first to learn whether it has a TTY,
+            # one more engine call per read (the player count reads every watched server's
+            # log each tick). PEON creates every container without one (create_container).
+            res = api._get(api._url("/containers/{0}/logs", ref), params=params, stream=False)
+            data: bytes = api._get_result_tty(False, res, False)
             return data.decode(errors="replace").splitlines()
 
         return await self._run(call)
