@@ -24,7 +24,16 @@ import zstandard
 
 from bot import labels
 from bot.app import Services
-from bot.volumes import NotDirect, _ns, _why_not_here, locate, stream, write_back, write_tar
+from bot.volumes import (
+    NotDirect,
+    _ns,
+    _why_not_here,
+    locate,
+    stream,
+    unpack,
+    write_back,
+    write_tar,
+)
 from tests.conftest import ROOT, make_settings, services_for
 
 NOBODY = 65534
@@ -315,3 +324,28 @@ def test_a_tree_written_back_reads_as_the_same_archive(tmp_path: Path) -> None:
     again = io.BytesIO()
     write_tar(dst, "data", again)
     assert members(again.getvalue()) == members(first.getvalue())
+
+
+@pytest.mark.docker
+async def test_an_archive_not_written_directly_is_written_by_the_engine_from_empty(
+    shared_dir: Path, fakegame: str
+) -> None:
+    """An archive that writing back refuses half-way (here a file listed before its
+    directory, which the engine's extraction accepts): what was written is removed and the
+    engine writes the whole archive into the volume."""
+    if os.geteuid() != 0:
+        pytest.skip("writes owners, which needs root")
+    settings = make_settings(shared_dir)
+    name = "dvb-unpack"
+    async with services_for(settings) as svc:
+        await svc.servers.create("fakegame", name, {"world": "Midgard"}, actor="test")
+        info = await svc.servers.container_of(await svc.store.get_server(name))
+        assert info is not None  # created, never started: its volume is empty
+        volume = labels.volume_name(name, "world")
+        source = await locate(svc.driver, info.id, volume, "/data")
+        assert source.direct, source.reason
+        data = tar_of(("data", D, ""), ("data/a", F, ""), ("data/sub/x", F, "")).getvalue()
+        got = await unpack(svc.driver, info.id, source, lambda: io.BytesIO(data))
+        assert not got.direct and "before its directory" in got.reason, got
+        names = [m[0] for m in members(await engine_tar(svc, info.id))]
+        assert names == ["data", "data/a", "data/sub", "data/sub/x"]
