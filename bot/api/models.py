@@ -88,8 +88,15 @@ class SettingsOut(_Out):
     variables: dict[str, str] = Field(description="Secret ones masked.")
 
 
+# What bot/consoles.py check_command accepts: something besides white space, and no line break
+# or other control character. Stated in the document only; the core refuses with its sentence.
+CONSOLE_COMMAND = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+
+
 class ConsoleIn(_In):
-    command: str = Field(min_length=1, max_length=1000)
+    command: str = Field(
+        min_length=1, max_length=1000, json_schema_extra={"pattern": CONSOLE_COMMAND}
+    )
 
 
 class ConsoleOut(_Out):

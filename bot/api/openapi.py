@@ -11,7 +11,7 @@ from pydantic.json_schema import models_json_schema
 
 from bot import __version__
 from bot.api import models as m
-from bot.api.routes import ROUTES, Route
+from bot.api.routes import QUERY_BOUNDS, ROUTES, Route
 
 REF = "#/components/schemas/{model}"
 ERRORS = {
@@ -32,6 +32,13 @@ def _ref(model: type[Any]) -> dict[str, str]:
     return {"$ref": REF.format(model=model.__name__)}
 
 
+def _query(name: str, kind: str) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": kind}
+    if name in QUERY_BOUNDS:
+        schema["minimum"], schema["maximum"] = QUERY_BOUNDS[name]
+    return schema
+
+
 def _operation(route: Route) -> dict[str, Any]:
     op: dict[str, Any] = {"operationId": route.name, "summary": route.summary,
                           "tags": [route.path.split("/")[3]]}  # fmt: skip
@@ -43,7 +50,7 @@ def _operation(route: Route) -> dict[str, Any]:
         for p in re.findall(r"{(\w+)}", route.path)
     ]  # fmt: skip
     params += [
-        {"name": n, "in": "query", "required": False, "description": d, "schema": {"type": t}}
+        {"name": n, "in": "query", "required": False, "description": d, "schema": _query(n, t)}
         for n, t, d in route.query
     ]
     if route.stream:

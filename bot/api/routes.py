@@ -43,6 +43,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SSE_POLL = 0.5  # seconds; events other processes commit are found by polling
 SSE_KEEPALIVE = 15.0  # seconds between comment lines, so proxies keep an idle stream open
 EVENTS_LIMIT = 500
+# Integer query parameters' bounds: checked by the handlers and stated in the OpenAPI document
+# (bot/api/openapi.py), so a client generating requests from it sends only accepted values.
+QUERY_BOUNDS = {"tail": (1, 2000), "limit": (1, EVENTS_LIMIT), "after": (0, 2**62)}
 
 
 class SchedulesReadOnly(PeonError):
@@ -79,7 +82,8 @@ def _first_error(e: ValidationError) -> str:
     return f"{where}: {err['msg'].removeprefix('Value error, ')}."
 
 
-def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+def _int_query(request: web.Request, name: str, default: int) -> int:
+    lo, hi = QUERY_BOUNDS[name]
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -298,7 +302,7 @@ class Api:
     async def server_logs(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         self.allow(request, "logs", name)
-        tail = _int_query(request, "tail", 100, 1, 2000)
+        tail = _int_query(request, "tail", 100)
         lines = await self.services.servers.logs(name, tail)
         return _json(m.LogsOut(server=name, lines=lines))
 
@@ -519,9 +523,9 @@ class Api:
     async def list_events(self, request: web.Request) -> web.Response:
         server, full = self._event_scope(request)
         store = self.services.store
-        limit = _int_query(request, "limit", 100, 1, EVENTS_LIMIT)
+        limit = _int_query(request, "limit", 100)
         if "after" in request.query:
-            after = _int_query(request, "after", 0, 0, 2**62)
+            after = _int_query(request, "after", 0)
             found = await store.events_after(after, limit, server)
         else:
             found = list(reversed(await store.latest_events(server, limit)))
@@ -538,7 +542,7 @@ class Api:
         if raw is not None:
             position = int(raw)
         elif "after" in request.query:
-            position = _int_query(request, "after", 0, 0, 2**62)
+            position = _int_query(request, "after", 0)
         else:
             position = await store.last_event_id()
         response = web.StreamResponse(headers={
