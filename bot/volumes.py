@@ -336,7 +336,8 @@ def write_back(reader: BinaryIO, root: Path, top: str) -> int:
     buf = bytearray(CHUNK)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        with tarfile.open(fileobj=reader, mode="r|") as tar:
+        # 1 MiB reads: tarfile's default 10 KiB blocks cost twice the CPU of the rest.
+        with tarfile.open(fileobj=reader, mode="r|", bufsize=CHUNK) as tar:
             for m in tar:
                 count += 1
                 parts = PurePosixPath(m.name).parts
