@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from bot.errors import PeonError
+from bot.models import ProgressEvent
+
+log = logging.getLogger(__name__)
+
+# How a service reports a long operation's steps to whoever shows them (a Discord message,
+# the CLI's terminal, an API operation's stream).
+Progress = Callable[[ProgressEvent], Awaitable[None]]
 
 
 async def quietly(aw: Awaitable[object], *, what: str, logger: logging.Logger) -> None:
@@ -18,3 +25,13 @@ async def quietly(aw: Awaitable[object], *, what: str, logger: logging.Logger) -
         logger.warning("%s failed: %s", what, e)
     except Exception:
         logger.exception("%s failed", what)
+
+
+async def emit_progress(progress: Progress | None, event: ProgressEvent) -> None:
+    """Report progress; a failing display (a Discord edit, say) never fails the operation."""
+    if progress is None:
+        return
+    try:
+        await progress(event)
+    except Exception:
+        log.warning("progress callback failed", exc_info=True)

@@ -21,15 +21,15 @@ import logging
 import shlex
 import tarfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bot import labels
-from bot.aio import quietly
+from bot.aio import Progress, emit_progress, quietly
 from bot.configfiles import numeric_owner
 from bot.docker_driver import ContainerSpec, DockerDriver
 from bot.errors import InstallFailed, ServerStateError
-from bot.models import InstallRecord, Phase, ProgressEvent, ServerRecord
+from bot.models import InstallRecord, Phase, ServerRecord
 from bot.store import Store
 from bot.warplans import INSTALL_SCRIPT_PATH, WarPlan, fill_template, variable_texts
 
@@ -43,7 +43,6 @@ PROGRESS_EVERY = 1.0  # seconds between progress lines taken from the installer'
 PROGRESS_LINE_MAX = 200
 EXIT_WAIT = 30.0  # seconds the engine may take to report the exit once the log has ended
 
-Progress = Callable[[ProgressEvent], Awaitable[None]]
 Redact = Callable[[list[str]], list[str]]
 
 
@@ -174,7 +173,7 @@ class InstallService:
         began = time.monotonic()
         await self.store.begin_install(name, spec.image)
         await self.remove_leftovers(driver, name)  # an earlier run's, cut short
-        await _emit(progress, Phase(name, "installing", spec.image))
+        await emit_progress(progress, Phase(name, "installing", spec.image))
         mounts = installer_mounts(plan)
         cid = await driver.create_container(
             ContainerSpec(
@@ -225,7 +224,7 @@ class InstallService:
         await self.store.audit(
             actor, "install", name, True, f"{spec.image} in {seconds:.1f} s", payload=payload
         )
-        await _emit(progress, Phase(name, "installed", f"in {seconds:.1f} s"))
+        await emit_progress(progress, Phase(name, "installed", f"in {seconds:.1f} s"))
         return InstallResult(name, spec.image, seconds, script_seconds)
 
     async def _follow(
@@ -244,7 +243,7 @@ class InstallService:
             if progress is not None and line.strip() and now - shown >= PROGRESS_EVERY:
                 shown = now
                 text = redact([line.strip()])[0][:PROGRESS_LINE_MAX]
-                await _emit(progress, Phase(name, "installing", text))
+                await emit_progress(progress, Phase(name, "installing", text))
 
     async def remove_leftovers(
         self, driver: DockerDriver, server: str | None = None, *, idle_only: bool = False
@@ -263,13 +262,3 @@ class InstallService:
             await driver.remove(info.id, force=True)
             removed.append(owner)
         return removed
-
-
-async def _emit(progress: Progress | None, event: ProgressEvent) -> None:
-    """Report progress; a failing display never fails the install."""
-    if progress is None:
-        return
-    try:
-        await progress(event)
-    except Exception:
-        log.warning("progress callback failed", exc_info=True)

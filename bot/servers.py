@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bot import labels
-from bot.aio import quietly
+from bot.aio import Progress, emit_progress, quietly
 from bot.camps import Camp, CampHealth, Camps, allocation
 from bot.configfiles import FileWriter
 from bot.consoles import Console, ConsoleError, ConsoleReply, check_command, fill_message
@@ -54,7 +54,6 @@ from bot.models import (
     ContainerInfo,
     Phase,
     PortBinding,
-    ProgressEvent,
     PullProgress,
     ReconcileReport,
     ServerRecord,
@@ -92,8 +91,6 @@ NO_READY_CHECK_SETTLE = 2.0  # without a ready check, a server that survives thi
 READY_LOG_SLACK = timedelta(seconds=2)  # log lines may be stamped before StartedAt
 MAX_LOG_TAIL = 2000
 PLAYER_LOG_LINES = 20000  # log lines replayed to count players (the scheduler will follow live)
-
-Progress = Callable[[ProgressEvent], Awaitable[None]]
 
 
 @dataclass
@@ -419,10 +416,10 @@ class ServerService:
     ) -> None:
         if await driver.image_info(image) is not None:
             return
-        await _emit(progress, Phase(server, "pulling", image))
+        await emit_progress(progress, Phase(server, "pulling", image))
 
         async def on_pull(p: PullProgress) -> None:
-            await _emit(progress, p)
+            await emit_progress(progress, p)
 
         await driver.pull(image, on_pull)
 
@@ -444,7 +441,7 @@ class ServerService:
         driver = self.driver_of(record)
         if info is None:
             await self._ensure_image(driver, plan.image, record.name, progress)
-            await _emit(progress, Phase(record.name, "creating", "container was missing"))
+            await emit_progress(progress, Phase(record.name, "creating", "container was missing"))
             mounts = await self._mounts(driver, record.name, plan)
             for vid in mounts:
                 await driver.ensure_volume(
@@ -492,7 +489,7 @@ class ServerService:
             )
             raise
         try:
-            await _emit(progress, Phase(name, "creating"))
+            await emit_progress(progress, Phase(name, "creating"))
             volumes = await camp.driver.list_volumes(labels.instance_filter(self.instance, name))
             existing = {v.name for v in volumes}
             mounts = await self._mounts(camp.driver, name, plan)
@@ -655,15 +652,15 @@ class ServerService:
             # a half-installed server.
             await self._install(record, plan, actor, progress)
         await self._write_files(record, plan, info.id)
-        await _emit(progress, Phase(name, "starting"))
+        await emit_progress(progress, Phase(name, "starting"))
         driver = self.driver_of(record)
         await driver.start(info.id)
         started = await driver.inspect(info.id)
         await self.store.update_server(name, state=ServerState.RUNNING)
-        await _emit(progress, Phase(name, "waiting for ready"))
+        await emit_progress(progress, Phase(name, "waiting for ready"))
         await self._wait_ready(record, plan, info.id, _ready_since(info, started))
         result = StartResult(name, address, record.ports, time.monotonic() - began)
-        await _emit(progress, Phase(name, "ready", result.connect()))
+        await emit_progress(progress, Phase(name, "ready", result.connect()))
         return result
 
     async def _wait_ready(
@@ -732,7 +729,7 @@ class ServerService:
             if record.state == ServerState.RUNNING:
                 await self.store.update_server(name, state=ServerState.STOPPED)
             return False
-        await _emit(progress, Phase(name, "stopping"))
+        await emit_progress(progress, Phase(name, "stopping"))
         await self._graceful_stop(record, info)
         await self.store.update_server(name, state=ServerState.STOPPED)
         return True
@@ -832,12 +829,12 @@ class ServerService:
             info = await self._ensure_container(record, plan, progress)
             was_running = info.running
             if info.running:
-                await _emit(progress, Phase(name, "stopping"))
+                await emit_progress(progress, Phase(name, "stopping"))
                 await self._graceful_stop(record, info)
                 await self.store.update_server(name, state=ServerState.STOPPED)
             backup_id: int | None = None
             if self.backup_hook is not None and any(v.backup for v in plan.volumes):
-                await _emit(progress, Phase(name, "backing up"))
+                await emit_progress(progress, Phase(name, "backing up"))
                 backup = await self.backup_hook(name, actor, "before-reinstall")
                 backup_id = getattr(backup, "id", None)
                 if backup_id is not None:
@@ -1083,10 +1080,10 @@ class ServerService:
             pulled = False
             if pull and (local is None or local.repo_digests):
                 # Pull before touching the server: a registry error leaves it as it was.
-                await _emit(progress, Phase(name, "pulling", plan.image))
+                await emit_progress(progress, Phase(name, "pulling", plan.image))
 
                 async def on_pull(p: PullProgress) -> None:
-                    await _emit(progress, p)
+                    await emit_progress(progress, p)
 
                 local = await driver.pull(plan.image, on_pull)
                 pulled = True
@@ -1104,7 +1101,7 @@ class ServerService:
                 )
                 info = await self._current_container(record) or info
                 if info.running:
-                    await _emit(progress, Phase(name, "stopping"))
+                    await emit_progress(progress, Phase(name, "stopping"))
                     await self._graceful_stop(record, info)
                 for path, vol in (await driver.unnamed_mounts(info.id, "peon-")).items():
                     # A container made before PEON named image VOLUMEs: its anonymous volume
@@ -1134,7 +1131,7 @@ class ServerService:
     ) -> None:
         if self.backup_hook is None or plan is None or not any(v.backup for v in plan.volumes):
             return
-        await _emit(progress, Phase(name, "backing up"))
+        await emit_progress(progress, Phase(name, "backing up"))
         await self.backup_hook(name, actor, trigger)
 
     async def _back_up_before(
@@ -1203,7 +1200,7 @@ class ServerService:
                 )  # fmt: skip
                 info = await self._current_container(record) or info
                 if info.running:
-                    await _emit(progress, Phase(name, "stopping"))
+                    await emit_progress(progress, Phase(name, "stopping"))
                     await self._graceful_stop(record, info)
                 await self._remove_for_recreate(record, info)
             # A process killed before this line leaves the old values and no container: the
@@ -1496,16 +1493,6 @@ def image_volume_id(path: str) -> str:
     unique (two paths that slug alike differ in the hash)."""
     slug = re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")[:16].strip("-") or "root"
     return f"image-{slug}-{hashlib.sha256(path.encode()).hexdigest()[:6]}"
-
-
-async def _emit(progress: Progress | None, event: ProgressEvent) -> None:
-    """Report progress; a failing display (e.g. a Discord edit) never fails the operation."""
-    if progress is None:
-        return
-    try:
-        await progress(event)
-    except Exception:
-        log.warning("progress callback failed", exc_info=True)
 
 
 async def _quiet_logs(driver: DockerDriver, cid: str) -> list[str]:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bot.aio import Progress
 from bot.api.models import OperationAccepted, OperationOut
 from bot.errors import PeonError
 from bot.events import NewEvent
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 KEEP = 500  # finished operations remembered for GET /operations/{id}
 PULL_EVERY = 1.0  # seconds between pull progress events (a pull reports many per second)
 
-Progress = Callable[[ProgressEvent], Awaitable[None]]
 Work = Callable[[Progress], Awaitable[dict[str, Any]]]
 
 

@@ -18,10 +18,11 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from bot import rules
+from bot.aio import Progress
 from bot.api import models as m
 from bot.api.auth import TOKEN_KEY, RateLimiter, authenticate
 from bot.api.errors import ApiError
-from bot.api.operations import Operations, Progress
+from bot.api.operations import Operations
 from bot.errors import PeonError, ServerBusy, ServerExists, ShuttingDown
 from bot.events import Event
 from bot.models import ApiToken, Backup, Schedule, ServerRecord
