@@ -243,10 +243,12 @@ class BackupService:
 
     def reconfigure(self, settings: Settings) -> None:
         """Settings from a reload: retention, level and free space from the next backup on
-        (where backups live changes only with a restart)."""
+        (where .tar.zst backups live changes only with a restart; repositories and their
+        retention apply to the next backup and copy)."""
         self.settings = settings
         b = settings.backups
         self.policy = Retention(b.keep_last, b.keep_daily, b.keep_weekly, b.keep_monthly)
+        self.repos.configure(settings)
 
     async def recover(self, server: str | None = None) -> list[str]:
         """Remove what interrupted backups left (of every server, or of one): rows never
@@ -586,13 +588,12 @@ class BackupService:
         fresh = await self.servers.recreate_held(name, [v.name for v in b.volumes])
         driver = self.servers.driver_of(await self.store.get_server(name))
         for v in b.volumes:
-            parent = str(PurePosixPath(v.path).parent)
             if b.stored:
-
-                async def write(reader: BinaryIO, parent: str = parent) -> None:
-                    await driver.write_archive(fresh.id, parent, reader)
-
-                await self.repos.write_volume(b, v, self._sources[b.id], write)
+                how = await self.repos.write_volume(
+                    b, v, self._sources[b.id], driver=driver, cid=fresh.id,
+                    volume=labels.volume_name(name, v.name),
+                )  # fmt: skip
+                log.info("restore of %s: volume %s %s", name, v.name, how)
                 continue
             # Into the new volume's directory when the engine is local (checked like a
             # backup's reading, and root for the owners), else through the engine.

@@ -25,8 +25,18 @@ from bot.errors import BackupError
 from bot.models import BackupVolume
 from bot.repositories import OFFSITE_EVENT, open_repository
 from bot.settings import BackupSettings, RepositorySettings, Settings
-from tests.conftest import ROOT, config_file, make_settings, peon, services_for
+from tests.conftest import (
+    OPERATOR,
+    PLAYER,
+    ROOT,
+    config_file,
+    make_settings,
+    peon,
+    services_for,
+)
+from tests.discord_emulator import DiscordEmulator
 from tests.test_backups import KILLED, MALICIOUS, member, read_file, tar_bytes
+from tests.test_discord_e2e import bot_settings, channel, finished, running_bot, slash, until
 
 pytestmark = pytest.mark.skipif(shutil.which("restic") is None, reason="restic not installed")
 
@@ -425,3 +435,24 @@ def test_password_never_on_the_command_line(
     monkeypatch.delenv(PASSWORD_ENV)
     with pytest.raises(BackupError, match=f"{PASSWORD_ENV}; it is not set"):
         open_repository(local(tmp_path / "repo"), None)
+
+
+@pytest.mark.docker
+async def test_from_discord_backup_list_and_a_failed_upload_announced(
+    tmp_path: Path, emu: DiscordEmulator, fakegame: str
+) -> None:
+    base = bot_settings(tmp_path, emu)
+    backups = BackupSettings(repository=local(tmp_path / "repo"), offsite=[s3_repo(free_port())])
+    async with running_bot(base.model_copy(update={"backups": backups}), emu) as bot:
+        await running(bot.services, "rst-dc")
+        i = await slash(emu, OPERATOR, "create", command="backup", server="rst-dc")
+        text = await finished(emu, i, "Backed up")
+        assert "backup #" in text
+        i = await slash(emu, PLAYER, "list", command="backup", server="rst-dc")
+        listed = await finished(emu, i, "local")
+        assert "MiB)" in listed and "manual" in listed  # size added, where stored
+        # The upload to the unreachable offsite repository is announced in the channel.
+        await until(emu, lambda: any("could not be copied to s3" in m.text()
+                                     for m in channel(emu, "peon")))  # fmt: skip
+        notice = next(m.text() for m in channel(emu, "peon") if "copied to s3" in m.text())
+        assert "cannot be reached" in notice and "testing-secret" not in notice
