@@ -345,12 +345,17 @@ class Api:
 
     # --- backups ----------------------------------------------------------------------------
 
-    async def list_backups(self, request: web.Request) -> web.Response:
-        token = self.token(request)
-        server = request.query.get("server") or token.server
+    async def _listing_scope(self, request: web.Request) -> str | None:
+        """The server a listing is for: ?server=, else the token's own one (a token for one
+        server lists only that one's); a server that does not exist is a 404, not []."""
+        server = request.query.get("server") or self.token(request).server
         self.allow(request, "list", server)
         if server is not None:
             await self.services.store.get_server(server)
+        return server
+
+    async def list_backups(self, request: web.Request) -> web.Response:
+        server = await self._listing_scope(request)
         found = await self.services.backups.list(server)
         return _json(m.BackupList(backups=[backup_out(b) for b in found]))
 
@@ -405,11 +410,7 @@ class Api:
         )  # fmt: skip
 
     async def list_schedules(self, request: web.Request) -> web.Response:
-        token = self.token(request)
-        server = request.query.get("server") or token.server
-        self.allow(request, "list", server)
-        if server is not None:
-            await self.services.store.get_server(server)
+        server = await self._listing_scope(request)
         if self.automation is not None:
             views = await self.automation.list(server)
             out = [self._schedule_out(v, v.schedule) for v in views]
