@@ -234,8 +234,9 @@ def test_cli_backup_create_list_restore(peon, fakegame: str) -> None:
     assert r.returncode == 0, r.stderr
     assert re.match(r"^backup #1 of bk: [\d.]+ MiB in [\d.]+ s$", r.stdout)
     r = peon("backup", "list")
-    assert re.search(r"^1 +bk +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d +[\d.]+ MiB +[\d.]+ s +manual$",
-                     r.stdout, re.M), r.stdout  # fmt: skip
+    # ... TRIGGER, LOCKED (blank), ADDED (blank: a full copy), STORED IN (files: .tar.zst)
+    row = r"^1 +bk +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d +[\d.]+ MiB +[\d.]+ s +manual +files$"
+    assert re.search(row, r.stdout, re.M), r.stdout
     r = peon("backup", "restore", "bk", "1")  # no terminal: refuses without --yes
     assert r.returncode == 1
     assert r.stderr == "peon: Refusing to restore without confirmation: pass --yes.\n"
