@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.aio import Progress
 from bot.backups import BackupService
 from bot.client import Access, Embed, timestamp
 from bot.models import Backup
@@ -138,7 +139,9 @@ class BackupsCog(commands.Cog, name="BackupsCog"):
         server = arg.partition(".")[0]
         return f"Restoring {server}…", f"**{server}** was not restored"
 
-    async def confirmed(self, interaction: discord.Interaction[Any], kind: str, arg: str) -> str:
+    async def confirmed(
+        self, interaction: discord.Interaction[Any], kind: str, arg: str, progress: Progress
+    ) -> str:
         server, _, backup_id = arg.partition(".")
         self.access.check(interaction, "restore", server)  # roles may have changed since
         safety = await self.backups.restore(server, int(backup_id), actor=actor(interaction))

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import discord
 from discord import app_commands
 
+from bot.aio import Progress
 from bot.client import (
     CONTENT_MAX,
     FIELD_VALUE_MAX,
@@ -306,8 +307,10 @@ class Confirmable(Protocol):
         """(what is being done, "… was not deleted") for the prompt's outcomes."""
         ...
 
-    async def confirmed(self, interaction: discord.Interaction[Any], kind: str, arg: str) -> str:
-        """Do it; the sentence that ends the prompt."""
+    async def confirmed(
+        self, interaction: discord.Interaction[Any], kind: str, arg: str, progress: Progress
+    ) -> str:
+        """Do it, its steps shown through `progress`; the sentence that ends the prompt."""
         ...
 
 
@@ -368,7 +371,7 @@ class ConfirmButton(
         await interaction.response.edit_message(embed=Embed(title=doing, colour=INFO), view=None)
         # A restore or purge can outlive the click's token: the outcome still shows.
         progress = ProgressMessage(interaction, doing, handler.interval, lifetime=handler.lifetime)
-        text = await handler.confirmed(interaction, self.kind, self.arg)
+        text = await handler.confirmed(interaction, self.kind, self.arg, progress)
         await progress.finish(Embed(description=text, colour=OK))
 
 

@@ -14,6 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.aio import Progress
 from bot.automation import Automation
 from bot.client import (
     CONTENT_MAX,
@@ -675,10 +676,13 @@ class ServersCog(commands.Cog, name="ServersCog"):
             return f"Deleting the data kept from {arg}…", f"the data kept from **{arg}** stays"
         return f"Deleting {arg}…", f"**{arg}** was not deleted"
 
-    async def confirmed(self, interaction: discord.Interaction[Any], kind: str, arg: str) -> str:
+    async def confirmed(
+        self, interaction: discord.Interaction[Any], kind: str, arg: str, progress: Progress
+    ) -> str:
         if kind == "reinstall":
             self.access.check(interaction, "reinstall", arg)  # roles may have changed since
-            done = await self.servers.reinstall(arg, actor=actor(interaction))
+            # An install may take minutes: its steps and the script's latest line show.
+            done = await self.servers.reinstall(arg, actor=actor(interaction), progress=progress)
             backup = f" after backup #{done.backup_id}" if done.backup_id is not None else ""
             again = " It was running and is ready again." if done.restarted else ""
             return f"Reinstalled **{arg}** in {done.seconds:.0f} s{backup}.{again}"

@@ -419,6 +419,8 @@ async def test_discord_reinstall_asks_to_confirm_and_refuses_ephemerally(
         await until(emu, lambda: "Reinstalled **ins-dc**" in emu.message(prompt.id).text())
         (backup,) = await servers.store.list_backups("ins-dc")
         assert f"after backup #{backup.id}." in emu.message(prompt.id).text()
+        # The prompt showed the install's progress while it ran, as a create's does.
+        assert any("installing" in m.text() for m in i.edits)
         run = await servers.installs.last("ins-dc")
         assert run.installed and run.started_at > backup.created_at
 
