@@ -271,17 +271,26 @@ class Automation:
                 f"auto:s{s.id}:cron", rule.expr, rule.zone, functools.partial(self._cron, s.id)
             )
 
-    async def replan(self, server: str, *, running: bool | None = None) -> Pending | None:
+    async def replan(
+        self,
+        server: str,
+        *,
+        running: bool | None = None,
+        rows: list[Schedule] | None = None,
+    ) -> Pending | None:
         """Recompute the server's next automatic stop and (re)arm its warnings and its stop.
-        `running`: whether it runs, as a listing just said (else the engine is asked)."""
+        `running`: whether it runs, as a listing just said (else the engine is asked);
+        `rows`: its schedules, as just read (else the store is asked)."""
         async with self._locks[server]:
-            return await self._replan(server, running)
+            return await self._replan(server, running, rows)
 
-    async def _replan(self, server: str, listed: bool | None = None) -> Pending | None:
+    async def _replan(
+        self, server: str, listed: bool | None = None, read: list[Schedule] | None = None
+    ) -> Pending | None:
         now = self.clock()
         current = self._pending.get(server)
         try:
-            rows = await self.store.list_schedules(server)
+            rows = await self.store.list_schedules(server) if read is None else read
             if listed is None:
                 self._fresh[server] = self._listing
                 running = await self.servers.is_running(server)
@@ -518,10 +527,14 @@ class Automation:
         await _quiet(self.servers.recover_interrupted("peon:tick"))
         if self.backups is not None:
             await _quiet(self.backups.recover())
-        schedules = await self.store.list_schedules()
-        idle = {s.server: rules.rule_of(s) for s in schedules if s.kind == "idle" and not s.paused}
+        # Numbered before anything is read: a replan that asks for itself from now on wins.
         self._listing += 1
         listing = self._listing
+        schedules = await self.store.list_schedules()
+        idle = {s.server: rules.rule_of(s) for s in schedules if s.kind == "idle" and not s.paused}
+        rows: dict[str, list[Schedule]] = defaultdict(list)
+        for s in schedules:
+            rows[s.server].append(s)
         listed = {s.record.name: s for s in await self.servers.list_servers()}
         fanout, host = self.servers.fanout, self._host_of(listed)
         await fanout.each("update-wait", sorted(self._updates), self._update_step, key=str,
@@ -538,15 +551,19 @@ class Automation:
             if server in watched and summary is not None:
                 rule = idle.get(server)
                 await self._watch(server, rule if isinstance(rule, IdleRule) else None, summary)
+            if server not in rows and server not in self._pending and not self._forced.get(server):
+                return  # no schedule, nothing planned: nothing to replan (and no store reads)
             # The listing says whether it runs, unless a replan asked the engine since.
             running = None
             if summary is not None and self._fresh.get(server, 0) < listing:
                 running = summary.container is not None and summary.container.running
-            await _quiet(self.replan(server, running=running))
+            # Its schedules as read above, unless they may have changed since (a replan that
+            # asked the engine itself may follow a change made meanwhile).
+            read = rows.get(server, []) if running is not None else None
+            await _quiet(self.replan(server, running=running, rows=read))
 
-        await fanout.each(
-            "players", sorted(watched | {s.server for s in schedules}), check, key=str, host=host
-        )
+        everyone = watched | set(rows) | set(self._pending) | set(self._forced)
+        await fanout.each("players", sorted(everyone), check, key=str, host=host)
         for gone in set(self._idle) - set(idle):
             del self._idle[gone]
 
