@@ -43,7 +43,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -668,11 +667,10 @@ async def main(sizes: list[int], workers: int) -> None:
         cleanup(instance, [None, second.base_url])
         second.remove()
         shutil.rmtree(work, ignore_errors=True)
-    if results:
-        report(results)
-        counts = Counter(n for n in results)
-        print(f"\nmeasured sizes: {sorted(counts)}; reproduce: .venv/bin/python bench/scale.py "
-              f"--sizes {','.join(map(str, sizes))}")  # fmt: skip
+        if results:  # also what was measured before an interruption
+            report(results)
+            print(f"\nmeasured sizes: {sorted(results)}; reproduce: .venv/bin/python "
+                  f"bench/scale.py --sizes {','.join(map(str, sizes))}")  # fmt: skip
 
 
 if __name__ == "__main__":
