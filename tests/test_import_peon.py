@@ -276,6 +276,14 @@ def test_uploaded_files_of_the_original_are_listed_not_dropped(tmp_path: Path) -
     assert extra.volume == "config"  # the deepest volume holding its target
 
 
+def test_a_file_outside_the_recipe_folder_is_never_read(tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("the importing machine's own\n")
+    plan = {**PEON_VALHEIM, "files": {"~!/../secret.txt": "/home/steam/config/secret.txt"}}
+    result = import_file(recipe(tmp_path, plan, {"actions/server_start": START_SCRIPT}))
+    assert "files.~!/../secret.txt: not inside the recipe's folder; not read" in result.unmapped
+    assert all("importing machine" not in (f.content or "") for f in result.plan.files)
+
+
 def test_environment_equals_what_the_original_exports(tmp_path: Path) -> None:
     plan = import_file(recipe(tmp_path, PEON_VALHEIM)).plan
     values = resolve_variables(plan, {"server_name": "s", "world_name": "w", "password": "p"}, "w1")

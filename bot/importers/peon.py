@@ -300,6 +300,10 @@ def _files(
         for source, target in raw_files.items():
             rel_source = str(source).removeprefix(MARK).strip("/")
             file = folder / rel_source
+            if not file.resolve().is_relative_to(folder.resolve()):
+                # A recipe must not bring the importing machine's own files into its plan.
+                unmapped.append(f"files.{source}: not inside the recipe's folder; not read")
+                continue
             placed = _place(str(target), volumes) if isinstance(target, str) else None
             content = _read_text(file) if file.is_file() else None
             if content is not None and placed is not None:
