@@ -594,6 +594,17 @@ async def test_the_original_peon_create_start_stop_and_destroy(api: Api) -> None
     assert await api.svc.store.find_server("api-orig") is None
     assert engine_objects(api.svc.settings.instance_id) == ([], [])
 
+    # A later server of the same name never shows an earlier one's description, whichever
+    # way that one was deleted.
+    payload |= {"start_later": "true", "settings": []}
+    status, server = await call(api, "POST", "/api/1.0/servers", None, json=payload, headers=key)
+    assert status == 200 and server["description"] == "My PEON fake server"
+    await api.svc.servers.delete("api-orig", actor="test", purge=True)
+    payload["description"] = ""
+    status, server = await call(api, "POST", "/api/1.0/servers", None, json=payload, headers=key)
+    assert status == 200 and server["description"] == "", server
+    await api.svc.servers.delete("api-orig", actor="test", purge=True)
+
 
 async def test_original_file_settings_and_unknown_ones_are_refused_whole(api: Api) -> None:
     key = {"X-Api-Key": api.tokens["admin"]}

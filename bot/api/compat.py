@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from datetime import UTC
 from typing import Any
 
 from aiohttp import web
@@ -39,8 +40,14 @@ from bot.models import ServerRecord
 from bot.servers import ServerSummary, validate_name
 from bot.warplans import WarPlan, resolve_variables
 
-DESCRIPTION_KEY = "compat:description:{server}"
 TRUE = ("true", "1", "yes")
+
+
+def _description_key(record: ServerRecord) -> str:
+    """Where a server's description is kept: keyed by its creation too, so a later server of
+    the same name (made by Discord, the CLI or /api/v1, which never clear it) starts blank."""
+    created = record.created_at.astimezone(UTC).isoformat(timespec="milliseconds")  # as stored
+    return f"compat:description:{record.name}:{created}"
 
 
 def _refusal(status: int, code: str, message: str) -> web.Response:
@@ -140,9 +147,7 @@ class Compat:
         servers = self.api.services.servers
         info = await servers.container_of(record)
         state = ServerSummary(record, info).state
-        description = await self.api.services.store.get_meta(
-            DESCRIPTION_KEY.format(server=record.name)
-        )
+        description = await self.api.services.store.get_meta(_description_key(record))
         return m.CompatServerOut(
             game_uid=record.warplan, servername=record.name,
             container_state=info.status if info else "missing", server_state=state,
@@ -191,7 +196,7 @@ class Compat:
         resolve_variables(plan, values, raw.servername)  # 422 before anything is made
         record = await svc.servers.create(plan.name, raw.servername, values, actor=actor)
         if raw.description:
-            await svc.store.set_meta(DESCRIPTION_KEY.format(server=record.name), raw.description)
+            await svc.store.set_meta(_description_key(record), raw.description)
         if str(raw.start_later).lower() not in TRUE:
             await svc.servers.start(record.name, actor=actor)
         record = await svc.store.get_server(record.name)
@@ -228,7 +233,7 @@ class Compat:
         purge = str(getattr(data, "eradicate", "")).lower() in TRUE
         actor = self.api.actor(self.api.token(request))
         await self.api.services.servers.delete(record.name, actor=actor, purge=purge)
-        await self.api.services.store.set_meta(DESCRIPTION_KEY.format(server=record.name), "")
+        await self.api.services.store.set_meta(_description_key(record), "")
         note = f"Server {record.warplan}.{record.name} was removed."
         note += " Its data was deleted too." if purge else " Its data was kept."
         return web.json_response(m.CompatStatus(status="success", info=note).model_dump())
