@@ -253,6 +253,21 @@ def _confirm(question: str, expected: str, stdin: IO[str], out: IO[str]) -> bool
     return stdin.readline().strip() == expected
 
 
+def _confirmed(
+    yes: bool, verb: str, question: str, expected: str, *, stdin: IO[str], out: IO[str]
+) -> bool:
+    """Whether to go ahead: --yes, or the person typed `expected`. Refused in one sentence
+    when there is no terminal to ask on (a script must say --yes); "cancelled" on a no."""
+    if yes:
+        return True
+    if not stdin.isatty():
+        raise PeonError(f"Refusing to {verb} without confirmation: pass --yes.")
+    if _confirm(question, expected, stdin, sys.stderr):
+        return True
+    out.write("cancelled\n")
+    return False
+
+
 async def _warplan(args: argparse.Namespace, settings: Settings, out: IO[str]) -> int:
     if args.action == "list":
         catalog = load_catalog(settings.warplans_dir)
@@ -429,15 +444,10 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
         return 0
     if args.action == "delete":
         record = await svc.store.get_server(args.name)
-        if not args.yes:
-            if not stdin.isatty():
-                raise PeonError("Refusing to delete without confirmation: pass --yes.")
-            what = "and ALL ITS DATA " if args.purge else "(data volumes are kept) "
-            if not _confirm(
-                f"Delete server '{record.name}' {what}?", record.name, stdin, sys.stderr
-            ):
-                out.write("cancelled\n")
-                return 1
+        what = "and ALL ITS DATA " if args.purge else "(data volumes are kept) "
+        question = f"Delete server '{record.name}' {what}?"
+        if not _confirmed(args.yes, "delete", question, record.name, stdin=stdin, out=out):
+            return 1
         deleted = await servers.delete(args.name, actor=actor, purge=args.purge)
         if deleted.removed_volumes:
             out.write(f"deleted {args.name} and its volumes {', '.join(deleted.removed_volumes)}\n")
@@ -449,17 +459,15 @@ async def _server(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
             )
         return 0
     if args.action == "reinstall":
-        record = await svc.store.get_server(args.name)
-        if not args.yes:
-            if not stdin.isatty():
-                raise PeonError("Refusing to reinstall without confirmation: pass --yes.")
-            question = (
-                f"Run the install step of '{record.name}' again (it stops the server and may "
-                "overwrite its files; its data is backed up first)?"
-            )
-            if not _confirm(question, record.name, stdin, sys.stderr):
-                out.write("cancelled\n")
-                return 1
+        # Before asking: a plan without an install step is refused at once.
+        plan = await servers.require_install(args.name)
+        backed_up = "; its data is backed up first" if any(v.backup for v in plan.volumes) else ""
+        question = (
+            f"Run the install step of '{args.name}' again (it stops the server and may "
+            f"overwrite its files{backed_up})?"
+        )
+        if not _confirmed(args.yes, "reinstall", question, args.name, stdin=stdin, out=out):
+            return 1
         done = await servers.reinstall(args.name, actor=actor, progress=progress)
         backup = f"; backup #{done.backup_id} taken first" if done.backup_id is not None else ""
         again = ", restarted" if done.restarted else ""
@@ -527,17 +535,14 @@ async def _purge_kept(args: argparse.Namespace, svc: Services, out: IO[str], std
     kept = [k for k in await svc.servers.kept_data() if k.server == args.name]
     if record is None and not kept:
         raise PeonError(f"There is no server and no kept data named '{args.name}'.")
-    if not args.yes:
-        if not stdin.isatty():
-            raise PeonError("Refusing to purge without confirmation: pass --yes.")
-        what = (
-            f"server '{args.name}' and ALL ITS DATA"
-            if record is not None
-            else f"the kept data of '{args.name}' ({', '.join(v for k in kept for v in k.volumes)})"
-        )
-        if not _confirm(f"Delete {what} for good?", args.name, stdin, sys.stderr):
-            out.write("cancelled\n")
-            return 1
+    what = (
+        f"server '{args.name}' and ALL ITS DATA"
+        if record is not None
+        else f"the kept data of '{args.name}' ({', '.join(v for k in kept for v in k.volumes)})"
+    )
+    question = f"Delete {what} for good?"
+    if not _confirmed(args.yes, "purge", question, args.name, stdin=stdin, out=out):
+        return 1
     if record is None:  # never a server created since the question
         deleted = await svc.servers.purge_kept(args.name, actor=_actor())
     else:
@@ -594,16 +599,12 @@ async def _backup(args: argparse.Namespace, svc: Services, out: IO[str], stdin: 
         return 0
     if args.action == "restore":
         b = await svc.store.get_backup(args.id)
-        if not args.yes:
-            if not stdin.isatty():
-                raise PeonError("Refusing to restore without confirmation: pass --yes.")
-            question = (
-                f"Replace the data of '{args.name}' with backup #{b.id} from "
-                f"{b.created_at:%Y-%m-%d %H:%M} UTC?"
-            )
-            if not _confirm(question, args.name, stdin, sys.stderr):
-                out.write("cancelled\n")
-                return 1
+        question = (
+            f"Replace the data of '{args.name}' with backup #{b.id} from "
+            f"{b.created_at:%Y-%m-%d %H:%M} UTC?"
+        )
+        if not _confirmed(args.yes, "restore", question, args.name, stdin=stdin, out=out):
+            return 1
         safety = await backups.restore(args.name, args.id, actor=actor)
         kept = f"; the data before it is backup #{safety.id}" if safety else ""
         out.write(f"restored {args.name} from backup #{b.id}{kept}\n")

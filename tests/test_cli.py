@@ -87,6 +87,12 @@ def test_cli_lifecycle(peon, fakegame: str) -> None:
     assert r.returncode == 0 and "already running" in r.stdout
     r = peon("server", "stop", "cli-one")
     assert r.returncode == 0 and r.stdout == "cli-one stopped\n"
+    # A plan without an install step is refused before any confirmation is asked for.
+    r = peon("server", "reinstall", "cli-one")
+    assert r.returncode == 1
+    assert r.stderr == (
+        "peon: War plan 'fakegame' has no install step, so 'cli-one' has nothing to reinstall.\n"
+    )
     # Deleting needs confirmation: no terminal and no --yes is refused, nothing happens.
     r = peon("server", "delete", "cli-one")
     assert r.returncode == 1
