@@ -308,7 +308,10 @@ async def _warplan(args: argparse.Namespace, settings: Settings, out: IO[str]) -
         out.write(json.dumps(warplan_json_schema(), indent=2) + "\n")
         return 0
     if args.action == "import":
-        result = import_file(Path(args.path), image=args.image, name=args.name)
+        # Reads the recipe's whole actions/ folder: off the loop, like all file work.
+        result = await asyncio.to_thread(
+            import_file, Path(args.path), image=args.image, name=args.name
+        )
         for item in result.unmapped:
             sys.stderr.write(f"not mapped: {item}\n")
         if result.untested:
