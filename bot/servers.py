@@ -835,7 +835,13 @@ class ServerService:
             backup_id: int | None = None
             if self.backup_hook is not None and any(v.backup for v in plan.volumes):
                 await emit_progress(progress, Phase(name, "backing up"))
-                backup = await self.backup_hook(name, actor, "before-reinstall")
+                try:
+                    backup = await self.backup_hook(name, actor, "before-reinstall")
+                except BaseException:
+                    # Refused before the script touched anything: running again, as it was.
+                    if was_running:
+                        await _quiet(self._start(name, None, actor=actor))
+                    raise
                 backup_id = getattr(backup, "id", None)
                 if backup_id is not None:
                     await self.installs.remember_backup(name, plan, backup_id)

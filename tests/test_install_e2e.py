@@ -27,8 +27,9 @@ import yaml
 
 from bot import labels
 from bot.app import Services
-from bot.errors import InstallFailed
+from bot.errors import BackupError, InstallFailed
 from bot.models import Phase, ProgressEvent, ServerState
+from bot.settings import BackupSettings
 from tests.conftest import (
     ADMIN,
     OPERATOR,
@@ -258,6 +259,24 @@ async def test_reinstall_backs_up_reruns_the_script_and_restarts(
     assert (await svc.servers.installs.last("ins-re")).installed
     await svc.servers.start("ins-re", actor="test")
     assert "game ready after 2 installs" in "\n".join(await svc.servers.logs("ins-re"))
+
+
+async def test_a_reinstall_whose_backup_is_refused_leaves_the_server_running(
+    tmp_path: Path, warplans: Path, dclient: docker.DockerClient
+) -> None:
+    # No disk has this much free: the safety backup is refused after the server stopped.
+    settings = make_settings(
+        tmp_path, warplans_dir=warplans, backups=BackupSettings(min_free_mb=2**40)
+    )
+    async with services_for(settings) as svc:
+        await svc.servers.create("installed", "rev-bkfail", actor="test")
+        await svc.servers.start("rev-bkfail", actor="test")
+        with pytest.raises(BackupError):
+            await svc.servers.reinstall("rev-bkfail", actor="test")
+        assert await svc.servers.is_running("rev-bkfail")
+        assert (await svc.servers.installs.last("rev-bkfail")).installed
+        assert "game ready after 1 installs" in "\n".join(await svc.servers.logs("rev-bkfail"))
+        assert installers(dclient, settings.instance_id) == []
 
 
 async def test_a_plan_without_install_step_refuses_reinstall(svc: Services, tmp_path: Path) -> None:
