@@ -130,7 +130,7 @@ class InstallService:
         record = await self.store.get_install(name)
         return record is not None and not record.installed
 
-    async def remember_backup(self, name: str, plan: WarPlan, backup_id: int) -> None:
+    async def remember_backup(self, name: str, backup_id: int) -> None:
         """Note a safety backup taken while the server was installed (or had nothing to
         install): restoring exactly that backup makes the server installed again."""
         record = await self.store.get_install(name)

@@ -844,7 +844,7 @@ class ServerService:
                     raise
                 backup_id = getattr(backup, "id", None)
                 if backup_id is not None:
-                    await self.installs.remember_backup(name, plan, backup_id)
+                    await self.installs.remember_backup(name, backup_id)
             op.payload["backup"] = backup_id
             try:
                 result = await self._install(record, plan, actor, progress)
