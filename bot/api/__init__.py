@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from bot.api.admission import admission
 from bot.api.auth import AccessLogger
 from bot.api.compat import Compat
 from bot.api.dashboard import add_dashboard
@@ -43,7 +44,8 @@ def make_app(services: Services, *, automation: Automation | None = None) -> web
     """The aiohttp application: /api/v1 (ROUTES) and the original PEON's /api/1.0."""
     settings = services.settings.api
     app = web.Application(
-        middlewares=[render_errors],
+        # A few requests at a time: the bot's interactions share this loop (admission.py).
+        middlewares=[admission(), render_errors],
         client_max_size=settings.max_body if settings else DEFAULT_MAX_BODY,
     )
     api = Api(services, automation=automation)

@@ -506,17 +506,9 @@ class _Converter:
             self.note("scripts.installation: names no container image; the install is left out")
             return None
         entrypoint = str(inst.get("entrypoint") or "bash").strip() or "bash"
-        # What the installer (root) writes must belong to the user the server runs as, as
-        # Wings' chown before each boot makes it; on EXIT also when the script exits early.
-        chown = (
-            f"trap 'chown -R {RUN_AS} {INSTALL_DIR}' EXIT  "
-            "# PEON: hand the files to the server's user\n"
-        )
-        if script.startswith("#!"):
-            first, _, rest = script.partition("\n")
-            script = f"{first}\n{chown}{rest}"
-        else:
-            script = chown + script
+        # What the installer (root) writes is handed to the plan's user (RUN_AS) after the
+        # script, by the install step itself (bot/installs.py installer_command), as Wings'
+        # chown before each boot does: the script is the egg's, unchanged.
         return {
             "image": image,
             "entrypoint": entrypoint,
