@@ -770,9 +770,22 @@ async def _serve_api(settings: Settings) -> int:
     configure_logging(settings.log, settings.secret_values())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     async with open_services(settings) as svc:
+        closing: list[asyncio.Task[None]] = []
+
+        async def shutdown() -> None:
+            # As `peon run`: operations under way (an API create mid-install, say) get
+            # shutdown_grace to end before the API closes, which cancels what is left.
+            for item in await svc.servers.drain(settings.shutdown_grace):
+                log.warning("operation interrupted by shutdown: %s", item)
+            stop.set()
+
+        def on_signal() -> None:
+            if not closing:  # a second signal while draining changes nothing
+                closing.append(asyncio.create_task(shutdown()))
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
         await serve_api(svc, stop)
     return 0
 

@@ -31,11 +31,14 @@ from bot.api.openapi import document
 from bot.api.routes import ROUTES
 from bot.app import Services
 from bot.errors import ConfigError
+from bot.models import ServerState
 from bot.settings import ApiSettings, Settings, load_settings
+from bot.store import Store
 from bot.tokens import TokenService, digest
 from tests.conftest import (
     ROOT,
     TEST_WARPLANS,
+    cleanup_instance,
     config_file,
     make_settings,
     peon,
@@ -703,7 +706,7 @@ async def test_serve_api_serves_alone_and_stops_on_sigterm(tmp_path: Path, fakeg
     port = _free_port()
     settings = make_settings(tmp_path, api=ApiSettings(listen=f"127.0.0.1:{port}"))
     cfg = config_file(settings, tmp_path / "peon.yaml")
-    made = peon(cfg, "token", "create", "ops", "--role", "operator")
+    made = peon(cfg, "token", "create", "ops", "--role", "admin")
     secret = made.stdout.strip()
     env = {**os.environ, "PEON_CONFIG": str(cfg)}
     env.pop("DISCORD_TOKEN", None)
@@ -725,14 +728,36 @@ async def test_serve_api_serves_alone_and_stops_on_sigterm(tmp_path: Path, fakeg
                             break
                     except aiohttp.ClientConnectionError:
                         await asyncio.sleep(0.2)
+            # A create under way when SIGTERM comes gets shutdown_grace to finish.
+            body = {"warplan": "fakegame", "name": "rev-drain",
+                    "variables": {"password": PASSWORD}}  # fmt: skip
+            async with http.post(
+                f"http://127.0.0.1:{port}/api/v1/servers", json=body,
+                headers={"Authorization": f"Bearer {secret}"},
+            ) as r:  # fmt: skip
+                assert r.status == 202, await r.text()
+        # Once its record is made (the create holds the server), PEON is told to stop.
+        store = Store(settings.db_path)
+        await store.open()
+        try:
+            async with asyncio.timeout(30):
+                while await store.find_server("rev-drain") is None:
+                    await asyncio.sleep(0.05)
+        finally:
+            await store.close()
         proc.send_signal(signal.SIGTERM)
-        out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+        out, err = await asyncio.to_thread(proc.communicate, timeout=60)
         assert proc.returncode == 0, err
         assert secret not in out + err
         assert "/api/v1/servers 200" in err and "token=ops" in err
+        assert "interrupted" not in err
+        async with services_for(settings) as svc:
+            record = await svc.store.get_server("rev-drain")
+            assert record.state == ServerState.STOPPED and record.operation is None
     finally:
         if proc.poll() is None:
             proc.kill()
+        cleanup_instance(settings.instance_id)
 
 
 def test_serve_api_on_a_taken_address_says_so_in_one_line(tmp_path: Path) -> None:
