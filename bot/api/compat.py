@@ -63,9 +63,8 @@ def env_to_variables(plan: WarPlan, content: Any) -> dict[str, str]:
     by_key: dict[str, str] = {}
     for v in plan.variables:
         by_key[v.name.lower()] = v.name
-        env = getattr(v, "env", None)
-        if env:
-            by_key[str(env).lower()] = v.name
+        if v.env:
+            by_key[v.env.lower()] = v.name
     out: dict[str, str] = {}
     for key, value in content.items():
         name = by_key.get(str(key).lower())
@@ -103,7 +102,7 @@ def file_to_variables(plan: WarPlan, setting: m.CompatSetting) -> dict[str, str]
                         f"The {setting.type} setting '{setting.name[:40]}' cannot be applied: "
                         f"{why}.")  # fmt: skip
 
-    files = list(getattr(plan, "files", None) or [])
+    files = plan.files
     spec = next((f for f in files if setting.name in (f.path, posixpath.basename(f.path))), None)
     if spec is None:
         names = ", ".join(f.path for f in files) or "none"
