@@ -850,7 +850,8 @@ class ServerService:
                 result = await self._install(record, plan, actor, progress)
             except InstallFailed as e:
                 restore = (
-                    f"; restore its data with: peon backup restore {name} {backup_id}"
+                    # Edge-neutral: restored by /backup restore or peon backup restore alike.
+                    f"; restoring backup #{backup_id} brings its data back"
                     if backup_id is not None
                     else " (its plan backs no volume up, so there is no backup to restore)"
                 )

@@ -246,8 +246,8 @@ async def test_reinstall_backs_up_reruns_the_script_and_restarts(
     message = str(caught.value)
     second = max(b.id for b in await svc.store.list_backups("ins-re"))
     assert message == (
-        "The reinstall of 'ins-re' failed (the script exited with code 1); restore its data "
-        f"with: peon backup restore ins-re {second}."
+        "The reinstall of 'ins-re' failed (the script exited with code 1); restoring backup "
+        f"#{second} brings its data back."
     )
     assert caught.value.logs[-1] == "mirror down: 503"
     assert not (await svc.servers.installs.last("ins-re")).installed
