@@ -59,7 +59,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_EXISTING = 4 * 1024 * 1024  # bytes; a config file bigger than this is not merged
-STRUCTURED = ("properties", "ini", "json", "yaml", "xml")
 _SEGMENT = re.compile(r"^(?P<name>[^\[\]]+)(?:\[(?P<index>\d+)\])?$")
 _XML_NAME = re.compile(r"^[A-Za-z_][\w.-]*$")
 _XML_ATTR = re.compile(r"^\[(\w+)='(.*)'\]$", re.S)  # Wings' xmlValueMatchRegex
