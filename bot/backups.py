@@ -298,6 +298,7 @@ class BackupService:
         if self.repos.enabled and self.repos.offsite_for(name):
             await self.repos.send_offsite(backup)
             await self._prune(name)
+        await self.repos.prune_data()  # what retention forgot, freed outside the lease
         return await self.store.get_backup(backup.id)
 
     async def create_held(
@@ -490,6 +491,7 @@ class BackupService:
             )
         await self.repos.forget(b, list(b.stored))  # each repository's copy, before the row
         await self._remove(b)
+        await self.repos.prune_data()
         await self.store.audit(actor, "backup-delete", b.server, True, f"#{b.id}")
         return b
 

@@ -87,6 +87,7 @@ class Repositories:
         self._prune_rule, self._policy_of = prune_rule, policy_of
         self._copying = asyncio.Lock()
         self._failing: set[tuple[int, str]] = set()  # (backup, repository) announced as failing
+        self._unpruned: set[str] = set()  # repositories with forgotten snapshots' data left
         self.configure(settings)
 
     def configure(self, settings: Settings) -> None:
@@ -323,7 +324,10 @@ class Repositories:
         stored = dict(b.stored)
         for name in names:
             if name in stored:
-                await self.repo(name).forget(list(stored[name].values()))
+                # Forgetting is quick; freeing the data (prune) rewrites packs and takes the
+                # repository's exclusive lock: it runs after the server's lease (prune_data).
+                await self.repo(name).forget(list(stored[name].values()), prune=False)
+                self._unpruned.add(name)
                 del stored[name]
                 await self.store.set_backup_stored(b.id, stored)
         return stored
@@ -346,6 +350,17 @@ class Repositories:
                 b = await self.store.get_backup(b.id)
             except PeonError as e:
                 log.warning("backup #%s: %s not tagged in %s: %s", b.id, LOCKED_TAG, name, e)
+
+    async def prune_data(self) -> None:
+        """Free the data only forgotten snapshots used (restic prune), in each repository
+        that has some; a failure is logged and tried again after the next backup."""
+        for name in sorted(self._unpruned):
+            try:
+                await self.repo(name).run(["prune"], what="clean-up")
+            except PeonError as e:
+                log.warning("repository %s not pruned yet: %s", name, e)
+                continue
+            self._unpruned.discard(name)
 
     def _settings_of(self, name: str) -> RepositorySettings | None:
         for r in self.offsite_settings:
@@ -438,6 +453,7 @@ class Repositories:
             await asyncio.sleep(minutes * 60)
             try:
                 await self.retry_offsite()
+                await self.prune_data()
             except Exception:
                 log.exception("offsite retry failed")
 
