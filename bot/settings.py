@@ -387,13 +387,15 @@ class RepositorySettings(_Model):
     servers: list[str] = Field(
         default_factory=list, description="Offsite: only these servers' backups (empty: all)."
     )
-    keep_last: int | None = Field(default=None, ge=1, le=1000,
-                                  description="Offsite retention; unset: the backups' own.")  # fmt: skip
+    keep_last: int | None = Field(
+        default=None, ge=1, le=1000, description="Offsite retention; unset: the backups' own."
+    )
     keep_daily: int | None = Field(default=None, ge=0, le=1000)
     keep_weekly: int | None = Field(default=None, ge=0, le=1000)
     keep_monthly: int | None = Field(default=None, ge=0, le=1000)
-    retry_minutes: int = Field(default=10, ge=1, le=1440,
-                               description="Offsite: how often a failed copy is tried again.")  # fmt: skip
+    retry_minutes: int = Field(
+        default=10, ge=1, le=1440, description="Offsite: how often a failed copy is tried again."
+    )
 
 
 class BackupSettings(_Model):
