@@ -568,9 +568,7 @@ class ServerService:
                 taken = (
                     await self.store.taken_ports(camp.name) | await camp.driver.published_ports()
                 )
-                chosen = await asyncio.to_thread(
-                    choose_ports, wanted, camp.pool, taken, free, same
-                )
+                chosen = await asyncio.to_thread(choose_ports, wanted, camp.pool, taken, free, same)
                 bindings = [
                     PortBinding(
                         p.name,
@@ -807,8 +805,7 @@ class ServerService:
         plan = self._plan_for(record)
         if plan.install is None:
             raise ServerStateError(
-                f"War plan '{plan.name}' has no install step, so '{name}' has nothing to "
-                "reinstall."
+                f"War plan '{plan.name}' has no install step, so '{name}' has nothing to reinstall."
             )
         return plan
 

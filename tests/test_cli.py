@@ -149,9 +149,7 @@ def test_cli_warplans(peon, tmp_path: Path) -> None:
     bad.write_text("name: bad\ntitle: Bad\nimage: x\nports:\n  - name: g\n    container: 0\n")
     r = peon("warplan", "validate", str(bad))
     assert r.returncode == 1
-    assert r.stderr == (
-        f"peon: {bad}: ports[0].container: must be between 1 and 65535 or 'host'\n"
-    )
+    assert r.stderr == (f"peon: {bad}: ports[0].container: must be between 1 and 65535 or 'host'\n")
     r = peon("warplan", "schema")
     assert json.loads(r.stdout)["title"] == "PEON war plan"
 
