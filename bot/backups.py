@@ -231,7 +231,6 @@ class BackupService:
         # restic repositories (backups.repository, backups.offsite): new backups go there.
         self.repos = Repositories(settings=settings, store=store, prune_rule=to_prune,
                                   policy_of=self._policy_for)  # fmt: skip
-        self._sources: dict[int, str] = {}  # backup -> the repository a restore reads
 
     def _policy_for(self, r: Any) -> Retention:
         """An offsite repository's retention: its own keep_* where set, else the backups'."""
@@ -518,8 +517,10 @@ class BackupService:
         files: dict[str, BinaryIO] = {}
         self._holding.add(b.id)
         try:
-            if b.stored:  # read through from its repository: restic checks every block
-                self._sources[b.id] = await self.repos.verify(b, check_members)
+            if b.stored:  # read through from its repository (restic checks every block)
+                # into spool files the write-back reads, so the snapshot is read once
+                spool_dir = await self._check_space_to_spool(b)
+                _, files = await self.repos.verify(b, check_members, spool_dir)
             for v in b.volumes if not b.stored else ():
                 try:
                     files[v.name] = await asyncio.to_thread((directory / v.file).open, "rb")
@@ -537,9 +538,24 @@ class BackupService:
             yield files
         finally:
             self._holding.discard(b.id)
-            self._sources.pop(b.id, None)
             for f in files.values():
                 await asyncio.to_thread(f.close)
+
+    async def _check_space_to_spool(self, b: Backup) -> Path:
+        """Refuse a restore whose tars cannot be spooled (bot/repositories.py verify) in
+        the server's backup folder; returns that folder."""
+        spool_dir = self.root / b.server
+        await asyncio.to_thread(spool_dir.mkdir, parents=True, exist_ok=True)
+        free = (await asyncio.to_thread(shutil.disk_usage, spool_dir)).free
+        # A snapshot's size counts its files' bytes; the tar adds a header per member.
+        tars = sum(v.size for v in b.volumes)
+        need = self.settings.backups.min_free_mb * 2**20 + tars + tars // 50 + 2**20
+        if free < need:
+            raise BackupError(
+                f"Not enough disk space to restore backup #{b.id}: {_human(free)} free in "
+                f"{spool_dir}, {_human(need)} needed to read it once before writing it back."
+            )
+        return spool_dir
 
     async def get_for(self, name: str, backup_id: int) -> Backup:
         """The backup, refused when it is another server's."""
@@ -592,7 +608,7 @@ class BackupService:
         for v in b.volumes:
             if b.stored:
                 how = await self.repos.write_volume(
-                    b, v, self._sources[b.id], driver=driver, cid=fresh.id,
+                    v, files[v.name], driver=driver, cid=fresh.id,
                     volume=labels.volume_name(name, v.name),
                 )  # fmt: skip
                 log.info("restore of %s: volume %s %s", name, v.name, how)

@@ -27,11 +27,12 @@ import logging
 import os
 import shutil
 import tarfile
+import tempfile
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from bot import labels
 from bot import volumes as volume_io
@@ -49,6 +50,8 @@ ACTOR = "peon:offsite"
 OFFSITE_EVENT = "backup-offsite"
 LOCKED_TAG = "peon-locked"
 COPY_BLOCK = 1 << 20
+# A restore's spool of a volume's tar, in the server's backup folder (see verify()).
+SPOOL = ".restore-spool-"
 
 Prune = Callable[[Iterable[Backup], Any], list[Backup]]
 
@@ -209,33 +212,51 @@ class Repositories:
         """The repositories holding the backup, the primary first."""
         return sorted(b.stored, key=lambda n: (n != self.primary, n))
 
-    async def verify(self, b: Backup, check: Callable[[BinaryIO, str], object]) -> str:
+    async def verify(
+        self, b: Backup, check: Callable[[BinaryIO, str], object], spool_dir: Path
+    ) -> tuple[str, dict[str, BinaryIO]]:
         """Read every volume of the backup through `check` (restic verifies each block's
-        hash as it reads); returns the repository it was read from: the primary, or an
-        offsite copy when the primary lacks it or cannot be reached."""
+        hash as it reads), keeping what was read in a spool file per volume, so the restore
+        writes back these very bytes rather than reading the snapshot again (each `restic
+        dump` costs ~11 s per GiB). Returns the repository it was read from (the primary, or
+        an offsite copy when the primary lacks it or cannot be reached) and the spools, by
+        volume, at their start; the caller closes them.
+
+        The spools are unnamed files in `spool_dir` (O_TMPFILE, or created and unlinked at
+        once): closing one frees its space, and a bot killed mid-restore leaves nothing
+        behind for recover() to find."""
         reasons = []
         for name in self._sources(b):
+            spools: dict[str, BinaryIO] = {}
             try:
                 for v in b.volumes:
                     top = v.path.rstrip("/").rsplit("/", 1)[-1]
+                    spool = await asyncio.to_thread(_spool, spool_dir)
+                    spools[v.name] = spool
 
-                    async def consume(f: BinaryIO, top: str = top) -> None:
-                        await asyncio.to_thread(_check_all, check, f, top)
+                    async def consume(f: BinaryIO, top: str = top, spool: BinaryIO = spool) -> None:
+                        await asyncio.to_thread(
+                            _check_all, check, cast(BinaryIO, _Tee(f, spool)), top
+                        )
 
                     await self._tar_of(name, b, v, consume)
+                    await asyncio.to_thread(spool.seek, 0)
             except RepositoryError as e:
+                await _close_all(spools)
                 reasons.append(str(e))
                 continue
-            return name
+            except BaseException:
+                await _close_all(spools)
+                raise
+            return name, spools
         raise BackupError(
             " ".join(reasons) or f"Backup #{b.id} is in no repository; it cannot be restored."
         )
 
     async def write_volume(
-        self, b: Backup, v: BackupVolume, source: str, *, driver: DockerDriver, cid: str,
-        volume: str,
-    ) -> str:  # fmt: skip
-        """Write the volume's verified tar from repository `source` into container `cid`'s
+        self, v: BackupVolume, spool: BinaryIO, *, driver: DockerDriver, cid: str, volume: str
+    ) -> str:
+        """Write the volume's verified tar (its spool from verify()) into container `cid`'s
         new, empty volume: straight into its directory when the engine is local and PEON may
         (bot/volumes.py write_back: never through a link, owners as numbers), else through
         the engine. Returns how, for the log."""
@@ -245,23 +266,15 @@ class Repositories:
             directory = where.mountpoint
             why = await asyncio.to_thread(volume_io.can_write, directory)
             if not why:
-
-                async def direct(reader: BinaryIO) -> None:
-                    await asyncio.to_thread(_write_all, reader, directory, top)
-
                 try:
-                    await self._tar_of(source, b, v, direct)
+                    await asyncio.to_thread(_write_all, spool, directory, top)
                     return "written directly"
                 except volume_io.NotDirect as e:
                     why = str(e)
                     await asyncio.to_thread(_empty, directory)  # the engine starts afresh
             where = where.engine(why)
-        parent = str(PurePosixPath(v.path).parent)
-
-        async def through_engine(reader: BinaryIO) -> None:
-            await driver.write_archive(cid, parent, reader)
-
-        await self._tar_of(source, b, v, through_engine)
+        await asyncio.to_thread(spool.seek, 0)
+        await driver.write_archive(cid, str(PurePosixPath(v.path).parent), spool)
         return where.describe()
 
     async def _tar_of(
@@ -510,10 +523,37 @@ def retar(src: BinaryIO, dst: BinaryIO, prefix: str, top: str) -> None:
         pass
 
 
-def _write_all(reader: BinaryIO, directory: Path, top: str) -> None:
-    volume_io.write_back(reader, directory, top)
-    while reader.read(COPY_BLOCK):  # the tar's padding, so the writer never meets a closed pipe
-        pass
+def _write_all(spool: BinaryIO, directory: Path, top: str) -> None:
+    spool.seek(0)
+    volume_io.write_back(spool, directory, top)
+
+
+def _spool(directory: Path) -> BinaryIO:
+    return tempfile.TemporaryFile(dir=directory, prefix=SPOOL)
+
+
+class _Tee:
+    """A reader that copies what it reads into `spool`; a spool that cannot be written (disk
+    full) refuses the restore with one sentence, before the server is touched."""
+
+    def __init__(self, source: BinaryIO, spool: BinaryIO) -> None:
+        self.source, self.spool = source, spool
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.source.read(n)
+        try:
+            self.spool.write(data)
+        except OSError as e:
+            raise BackupError(
+                f"The backup could not be read for the restore ({e.strerror}); nothing was "
+                "restored."
+            ) from None
+        return data
+
+
+async def _close_all(files: dict[str, BinaryIO]) -> None:
+    for f in files.values():
+        await asyncio.to_thread(f.close)
 
 
 def _empty(root: Path) -> None:

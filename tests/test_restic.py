@@ -456,3 +456,63 @@ async def test_from_discord_backup_list_and_a_failed_upload_announced(
                                      for m in channel(emu, "peon")))  # fmt: skip
         notice = next(m.text() for m in channel(emu, "peon") if "copied to s3" in m.text())
         assert "cannot be reached" in notice and "testing-secret" not in notice
+
+
+@pytest.mark.docker
+async def test_restore_reads_each_snapshot_once_and_leaves_no_spool(
+    tmp_path: Path, game: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verify pass spools the tar it reads; the write-back reads that spool, so each
+    volume's snapshot is dumped once (a spy around the real `restic dump` counts them), and
+    the spool is gone afterwards."""
+    from bot.restic import Restic
+
+    dumped: list[str] = []
+    real_dump = Restic.dump
+
+    async def counting(self: Restic, snapshot: str, filename: str, consume: object) -> None:
+        dumped.append(snapshot)
+        await real_dump(self, snapshot, filename, consume)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Restic, "dump", counting)
+    async with services_for(settings_with(tmp_path, local(tmp_path / "repo"))) as svc:
+        await running(svc, "rsr-once")
+        await sh(
+            svc, "rsr-once", "head -c 8000000 /dev/urandom > /data/big && echo one > /data/note"
+        )
+        big = await sh(svc, "rsr-once", "md5sum /data/big")
+        b = await svc.backups.create("rsr-once", actor="test")
+        await sh(svc, "rsr-once", "echo two > /data/note && rm /data/big")
+        dumped.clear()
+        await svc.backups.restore("rsr-once", b.id, actor="test")
+        assert sorted(dumped) == sorted(b.stored["local"].values())  # once per volume
+        assert (await read_file(svc, "rsr-once", "/data/note")).strip() == "one"
+        assert await sh(svc, "rsr-once", "md5sum /data/big") == big
+        assert await svc.servers.is_running("rsr-once")
+        left = [p for p in svc.settings.backup_dir.rglob("*") if "restore-spool" in p.name]
+        assert left == []
+
+
+@pytest.mark.docker
+async def test_restore_without_room_to_spool_refuses_before_the_server_is_touched(
+    tmp_path: Path, game: None, tmpfs: object
+) -> None:
+    disk = tmpfs("8m")  # type: ignore[operator]
+    settings = make_settings(
+        tmp_path,
+        backups=BackupSettings(repository=local(tmp_path / "repo"), dir=disk, min_free_mb=0),
+    )
+    async with services_for(settings) as svc:
+        await running(svc, "rsr-room")
+        await sh(
+            svc, "rsr-room", "head -c 20000000 /dev/urandom > /data/big && echo one > /data/note"
+        )
+        b = await svc.backups.create("rsr-room", actor="test")
+        await sh(svc, "rsr-room", "echo two > /data/note")
+        with pytest.raises(BackupError, match=r"^Not enough disk space to restore backup #") as e:
+            await svc.backups.restore("rsr-room", b.id, actor="test")
+        assert str(e.value).count(". ") == 0
+        assert (await read_file(svc, "rsr-room", "/data/note")).strip() == "two"
+        assert await svc.servers.is_running("rsr-room")
+        assert [x.id for x in await svc.backups.list("rsr-room")] == [b.id]  # no safety backup
+        assert list(disk.rglob("*restore-spool*")) == []
