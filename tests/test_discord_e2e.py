@@ -167,6 +167,7 @@ async def test_commands_sync_to_the_guild_and_list(peon: Runner, emu: DiscordEmu
         "list",
         "delete",
         "panel",
+        "reinstall",
     }
     assert groups["warplan"] == {"list", "show"}
     assert groups["peon"] == {"status", "help", "reload", "board"}
