@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 import uuid
@@ -17,7 +16,7 @@ import yaml
 from bot.app import Services, open_services
 from bot.settings import DockerSettings, PortSettings, Settings
 from tests.discord_emulator import DiscordEmulator
-from tests.engine import FAKEGAME_IMAGE, build_fakegame, ensure_engine
+from tests.engine import FAKEGAME_IMAGE, build_fakegame, ensure_engine, random_pool_base
 from tests.images import Images
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,9 +36,7 @@ def fakegame(engine: None) -> str:
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     # A random pool per test: leftovers of an earlier run can never collide with this one.
-    # Below Linux's ephemeral ports (32768 and up): an outgoing connection of anything on
-    # the machine must not hold a port a test expects free.
-    base = random.randrange(20000, 26000, 100)
+    base = random_pool_base()
     data = {
         "instance_id": f"t{uuid.uuid4().hex[:10]}",
         "data_dir": tmp_path / "data",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,15 @@ import docker.errors
 FAKEGAME_DIR = Path(__file__).parent / "fakegame"
 FAKEGAME_IMAGE = "peon-test/fakegame:latest"
 STARTUP_SECONDS = 60
+
+
+def random_pool_base() -> int:
+    """The first port of a random 100-port pool for one test, below Linux's ephemeral ports
+    (32768 and up: an outgoing connection must not hold a port a test expects free).
+    scripts/test runs two pytest shards side by side (PEON_TEST_SHARD 0 and 1); each draws
+    from its own half, so tests running at the same time never share a pool."""
+    shard = int(os.environ.get("PEON_TEST_SHARD", "0")) % 2
+    return random.randrange(20000 + 3000 * shard, 23000 + 3000 * shard, 100)
 
 
 def _answers() -> bool:

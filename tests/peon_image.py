@@ -28,7 +28,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from docker.models.containers import Container
 from docker.utils.build import exclude_paths
 
 from tests.discord_emulator import DiscordEmulator
+from tests.engine import random_pool_base
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -262,7 +262,7 @@ def write_config(folder: Path, emu: DiscordEmulator, discord_port: int, instance
     `discord_port`) as Discord and loopback for every game port. Readable by everyone, as
     the bot runs as uid 10001."""
     folder.mkdir()
-    pool = 20000 + (uuid.uuid4().int % 60) * 100
+    pool = random_pool_base()
     guild = {
         "notification_channel": emu.channels["peon"],
         "roles": {role: [emu.roles[role]] for role in ("admin", "operator", "player")},
