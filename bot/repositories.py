@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import tarfile
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable
@@ -271,7 +270,7 @@ class Repositories:
                     return "written directly"
                 except volume_io.NotDirect as e:
                     why = str(e)
-                    await asyncio.to_thread(_empty, directory)  # the engine starts afresh
+                    await asyncio.to_thread(volume_io.empty, directory)  # the engine starts afresh
             where = where.engine(why)
         await asyncio.to_thread(spool.seek, 0)
         await driver.write_archive(cid, str(PurePosixPath(v.path).parent), spool)
@@ -554,15 +553,6 @@ class _Tee:
 async def _close_all(files: dict[str, BinaryIO]) -> None:
     for f in files.values():
         await asyncio.to_thread(f.close)
-
-
-def _empty(root: Path) -> None:
-    """Remove what a direct write left below `root` (never following links)."""
-    for entry in os.scandir(root):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            os.unlink(entry.path)
 
 
 def _check_all(check: Callable[[BinaryIO, str], object], f: BinaryIO, top: str) -> None:

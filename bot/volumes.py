@@ -313,7 +313,7 @@ async def unpack(
                 why = str(e)
                 # Only what this restore wrote is there (the directory was empty): the
                 # engine starts again from an empty volume.
-                await asyncio.to_thread(_empty, mountpoint)
+                await asyncio.to_thread(empty, mountpoint)
         source = source.engine(why)
     reader = await asyncio.to_thread(open_reader)
     await driver.write_archive(cid, str(PurePosixPath(source.path).parent), reader)
@@ -421,7 +421,7 @@ def _own(fd: int, m: tarfile.TarInfo, times: tuple[int, int] | None) -> None:
         os.utime(fd, ns=times)
 
 
-def _empty(root: Path) -> None:
+def empty(root: Path) -> None:
     """Remove everything below `root` (never following links), keeping `root` itself."""
     for entry in os.scandir(root):
         if entry.is_dir(follow_symlinks=False):
